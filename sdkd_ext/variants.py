@@ -1,0 +1,189 @@
+"""The BK-SDM variants as data: a UNet topology, and per variant which teacher blocks the student keeps.
+
+Everything else (key renumbering, configs, key maps, feature-loss hook pairs) is derived from
+these two small declarations, so a new variant is one more `Variant(...)` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .errors import SdkdError
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The shape of an SD1.x-family UNet: enough to name every block in LDM and diffusers terms."""
+
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    attention: tuple[bool, ...] = (True, True, True, False)  # per resolution level
+    layers_per_block: int = 2  # resnets per down level; up levels have one more
+    mid_block: bool = True
+    context_dim: int = 768
+    in_channels: int = 4
+    out_channels: int = 4
+    num_heads: int = 8
+    transformer_depth: int = 1
+
+    @property
+    def levels(self) -> int:
+        """Number of resolution levels."""
+        return len(self.channel_mult)
+
+    @property
+    def up_layers(self) -> int:
+        """Resnets per up level (one more than down: the extra one consumes the level's input skip)."""
+        return self.layers_per_block + 1
+
+    def widths(self) -> list[int]:
+        """Channel count of each level."""
+        return [self.model_channels * m for m in self.channel_mult]
+
+
+SD15 = Topology()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A BK-SDM student: which teacher resnet(+attention) of each level it keeps, and what else survives.
+
+    Down levels keep `down_keep` (teacher indices), up levels keep `up_keep`; kept blocks move to
+    consecutive student slots. `levels` drops the teacher's innermost levels; `mid_block` keeps the
+    middle block or removes it.
+    """
+
+    name: str
+    down_keep: tuple[int, ...]
+    up_keep: tuple[int, ...]
+    mid_block: bool
+    levels: int | None = None  # None: as many as the teacher
+    aliases: tuple[str, ...] = ()
+
+    def student(self, teacher: Topology) -> Topology:
+        """The student topology this variant makes from `teacher`."""
+        n = self.levels or teacher.levels
+        return replace(
+            teacher,
+            channel_mult=teacher.channel_mult[:n],
+            attention=teacher.attention[:n],
+            layers_per_block=len(self.down_keep),
+            mid_block=self.mid_block and teacher.mid_block,
+        )
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("base", down_keep=(0,), up_keep=(0, 2), mid_block=True, aliases=("segmind-small", "bk-sdm-base")),
+        Variant("small", down_keep=(0,), up_keep=(0, 2), mid_block=False, aliases=("bk-sdm-small",)),
+        Variant("tiny", down_keep=(0,), up_keep=(0, 2), mid_block=False, levels=3, aliases=("segmind-tiny", "bk-sdm-tiny")),
+    )
+}
+
+
+def get_variant(name: str) -> Variant:
+    """Look a variant up by name or alias (case-insensitive)."""
+    key = name.strip().lower()
+    for v in VARIANTS.values():
+        if key == v.name or key in v.aliases:
+            return v
+    known = ", ".join(n for v in VARIANTS.values() for n in (v.name, *v.aliases))
+    raise SdkdError(f"unknown variant {name!r}; choose one of: {known}")
+
+
+def identify(topology: Topology, teacher: Topology = SD15) -> str | None:
+    """Name of the variant (or 'teacher') whose shape `topology` has, judged relative to an SD1.x teacher."""
+    full = replace(teacher, model_channels=topology.model_channels, context_dim=topology.context_dim,
+                   in_channels=topology.in_channels, out_channels=topology.out_channels)
+    if topology == full:
+        return "teacher"
+    for v in VARIANTS.values():
+        if topology == v.student(full):
+            return v.name
+    return None
+
+
+# ---- block naming, shared by key maps and hooks ------------------------------------------------
+
+@dataclass(frozen=True)
+class Block:
+    """One LDM block (a `TimestepEmbedSequential`) and the diffusers modules its parts become."""
+
+    ldm: str  # e.g. "input_blocks.4"
+    parts: tuple[tuple[str, str, str], ...]  # (ldm sub-index, diffusers prefix, part kind)
+    level: int | None = None
+    role: str = ""  # "down", "up", "mid", "stem", "downsample"
+    slot: int | None = None  # resnet index within its level
+
+
+def blocks(t: Topology) -> list[Block]:
+    """Every UNet block of topology `t`, in LDM order, with its diffusers names."""
+    out = [Block("input_blocks.0", (("0", "conv_in", "plain"),), role="stem")]
+    i = 1
+    for lvl in range(t.levels):
+        for j in range(t.layers_per_block):
+            parts = [("0", f"down_blocks.{lvl}.resnets.{j}", "resnet")]
+            if t.attention[lvl]:
+                parts.append(("1", f"down_blocks.{lvl}.attentions.{j}", "attention"))
+            out.append(Block(f"input_blocks.{i}", tuple(parts), lvl, "down", j))
+            i += 1
+        if lvl < t.levels - 1:
+            out.append(Block(f"input_blocks.{i}", (("0", f"down_blocks.{lvl}.downsamplers.0", "downsample"),), lvl, "downsample"))
+            i += 1
+    if t.mid_block:
+        out.append(Block("middle_block", (
+            ("0", "mid_block.resnets.0", "resnet"),
+            ("1", "mid_block.attentions.0", "attention"),
+            ("2", "mid_block.resnets.1", "resnet"),
+        ), role="mid"))
+    o = 0
+    for lvl in reversed(range(t.levels)):
+        up = t.levels - 1 - lvl
+        for j in range(t.up_layers):
+            parts = [("0", f"up_blocks.{up}.resnets.{j}", "resnet")]
+            if t.attention[lvl]:
+                parts.append(("1", f"up_blocks.{up}.attentions.{j}", "attention"))
+            if lvl > 0 and j == t.up_layers - 1:
+                parts.append((str(len(parts)), f"up_blocks.{up}.upsamplers.0", "upsample"))
+            out.append(Block(f"output_blocks.{o}", tuple(parts), lvl, "up", j))
+            o += 1
+    return out
+
+
+def block_map(variant: Variant, teacher: Topology = SD15) -> dict[str, str]:
+    """Student LDM block name -> teacher LDM block name it is initialised from."""
+    student = variant.student(teacher)
+    by_pos = {(b.role, b.level, b.slot): b.ldm for b in blocks(teacher)}
+    keep = {"down": variant.down_keep, "up": variant.up_keep}
+    mapping = {}
+    for b in blocks(student):
+        slot = keep[b.role][b.slot] if b.role in keep else b.slot
+        mapping[b.ldm] = by_pos[(b.role, b.level, slot)]
+    return mapping
+
+
+def hook_pairs(variant: Variant, teacher: Topology = SD15) -> list[tuple[str, str]]:
+    """(teacher module, student module) pairs, diffusers names, whose outputs the feature loss compares.
+
+    Each down and up level is compared at its output. Where the student lost a level's
+    downsampler (tiny's innermost kept level), both sides are compared before it instead: at the
+    last attention's `proj_out` (or last resnet) of that level.
+    """
+    student = variant.student(teacher)
+    pairs = []
+    for lvl in range(student.levels):
+        t_name, s_name = f"down_blocks.{lvl}", f"down_blocks.{lvl}"
+        if lvl == student.levels - 1 and lvl < teacher.levels - 1:
+            t_name = _level_tail(teacher, lvl)
+            s_name = _level_tail(student, lvl)
+        pairs.append((t_name, s_name))
+    for lvl in reversed(range(student.levels)):
+        pairs.append((f"up_blocks.{teacher.levels - 1 - lvl}", f"up_blocks.{student.levels - 1 - lvl}"))
+    return pairs
+
+
+def _level_tail(t: Topology, lvl: int) -> str:
+    """Diffusers name of the last module of down level `lvl` before its downsampler."""
+    j = t.layers_per_block - 1
+    return f"down_blocks.{lvl}.attentions.{j}.proj_out" if t.attention[lvl] else f"down_blocks.{lvl}.resnets.{j}"
