@@ -1,0 +1,268 @@
+"""Reading model files lazily: single-file `.safetensors`/`.ckpt` and diffusers folders, all as LDM-named tensors.
+
+A `Source` lists keys with their shapes and dtypes without loading data; tensors are read one at
+a time, so pruning a 4 GB file never holds 4 GB in memory. Diffusers folders are presented under
+LDM names, so the rest of sdkd sees one format.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from .convert import EMA, TEXT, UNET, VAE, PrefixMap, unet_map, vae_map
+from .errors import SdkdError
+from .variants import Topology
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class Source(Protocol):
+    """Lazily readable named tensors."""
+
+    metadata: dict[str, str]
+
+    def keys(self) -> list[str]: ...
+    def shape(self, key: str) -> tuple[int, ...]: ...
+    def dtype(self, key: str) -> torch.dtype: ...
+    def get(self, key: str) -> torch.Tensor: ...
+
+
+class SafetensorsSource:
+    """A `.safetensors` file read through `safe_open` (memory-mapped, one tensor at a time)."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        try:
+            self._f = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as e:  # safetensors raises its own error types, varying by version
+            raise SdkdError(f"{path.name}: corrupt or truncated safetensors file ({e}); re-download or re-export it") from e
+        self.metadata = dict(self._f.metadata() or {})
+        self._keys = list(self._f.keys())
+
+    def keys(self) -> list[str]:
+        return self._keys
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._f.get_slice(key).get_shape())
+
+    def dtype(self, key: str) -> torch.dtype:
+        return SAFETENSORS_DTYPES[self._f.get_slice(key).get_dtype()]
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._f.get_tensor(key)
+
+
+class DictSource:
+    """Tensors already in memory (a loaded pickle, or a state dict built in code)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+        self._t = tensors
+        self.metadata = dict(metadata or {})
+
+    def keys(self) -> list[str]:
+        return list(self._t)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._t[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._t[key].dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._t[key]
+
+
+class RenamedSource:
+    """Another source seen under new names, with an optional per-key transform applied on read."""
+
+    def __init__(self, base: Source, names: dict[str, str],
+                 transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+                 metadata: dict[str, str] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+                 has_ema: bool = False):
+        self._base, self._names, self._transform = base, names, transform  # new name -> base name
+        self._shapes = shapes or {}
+        self.has_ema = has_ema  # the underlying file carries model_ema.* weights
+        self.metadata = base.metadata if metadata is None else metadata
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes.get(key) or self._base.shape(self._names[key])
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._base.dtype(self._names[key])
+
+    def get(self, key: str) -> torch.Tensor:
+        t = self._base.get(self._names[key])
+        return self._transform(key, t) if self._transform else t
+
+
+class ChainSource:
+    """Several sources side by side (the parts of a diffusers folder)."""
+
+    def __init__(self, parts: list[Source], metadata: dict[str, str] | None = None):
+        self._owner = {k: p for p in parts for k in p.keys()}
+        self.metadata = dict(metadata or {})
+
+    def keys(self) -> list[str]:
+        return list(self._owner)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._owner[key].shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._owner[key].dtype(key)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._owner[key].get(key)
+
+
+def load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.ckpt`/`.pt`/`.bin` through torch's weights-only unpickler (never runs code from the file)."""
+    try:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        raise SdkdError(
+            f"{path.name}: refusing to load this pickle: it needs code execution beyond plain tensors "
+            f"({str(e).splitlines()[0][:200]}). A .ckpt can run arbitrary code. If you trust the file, "
+            "convert it to .safetensors with a tool you trust (e.g. A1111's checkpoint merger with "
+            "'safetensors' output), then pass the .safetensors file") from e
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+        raise SdkdError(f"{path.name}: corrupt or truncated checkpoint ({str(e).splitlines()[0][:200]}); re-download it") from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise SdkdError(f"{path.name}: not a model checkpoint (the pickle holds a {type(obj).__name__}, not a state dict)")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def open_file(path: Path) -> Source:
+    """A single weights file as a source, by suffix."""
+    if path.suffix == ".safetensors":
+        return SafetensorsSource(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        return DictSource(load_pickle(path))
+    raise SdkdError(f"{path.name}: unsupported file type {path.suffix!r}; give a .safetensors, .ckpt or a diffusers folder")
+
+
+def _weights_in(folder: Path, stem: str) -> Path | None:
+    """The weights file of one diffusers component folder (safetensors preferred, fp16 variants accepted)."""
+    for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors", f"{stem}.bin", f"{stem}.fp16.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def open_diffusers(folder: Path) -> Source:
+    """A diffusers pipeline folder as one LDM-named source (UNet, VAE and text encoder where present)."""
+    from .configs import topology_from_diffusers
+
+    parts: list[Source] = []
+    unet_file = _weights_in(folder / "unet", "diffusion_pytorch_model")
+    if unet_file is None:
+        raise SdkdError(f"{folder}: not a diffusers pipeline folder (no unet/diffusion_pytorch_model.safetensors)")
+    topo = topology_from_diffusers(json.loads((folder / "unet" / "config.json").read_text()))
+    parts.append(_from_diffusers(open_file(unet_file), unet_map(topo), UNET))
+    vae_file = _weights_in(folder / "vae", "diffusion_pytorch_model")
+    if vae_file:
+        cfg = json.loads((folder / "vae" / "config.json").read_text())
+        parts.append(_from_diffusers(open_file(vae_file), vae_map(len(cfg["block_out_channels"]), cfg["layers_per_block"]), VAE))
+    te_file = _weights_in(folder / "text_encoder", "model") or _weights_in(folder / "text_encoder", "pytorch_model")
+    if te_file:
+        te = open_file(te_file)
+        parts.append(RenamedSource(te, {TEXT + k: k for k in te.keys() if k.startswith("text_model.")}))
+    metadata = dict(parts[0].metadata)
+    return ChainSource(parts, metadata)
+
+
+def _from_diffusers(src: Source, pmap: PrefixMap, prefix: str) -> RenamedSource:
+    """A diffusers-named component seen under LDM full-checkpoint names."""
+    names, shapes = {}, {}
+    for k in src.keys():
+        ldm = pmap.to_ldm(k)
+        if ldm is None:
+            raise SdkdError(f"unexpected diffusers key {k!r}: the folder's config does not describe these weights")
+        names[prefix + ldm] = k
+        if pmap.needs_reshape(ldm) and len(src.shape(k)) == 2:
+            shapes[prefix + ldm] = (*src.shape(k), 1, 1)
+
+    def to_ldm_shape(key: str, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(shapes[key]) if key in shapes else t
+
+    return RenamedSource(src, names, to_ldm_shape, shapes=shapes)
+
+
+def normalise(src: Source, ema: bool = False) -> Source:
+    """LDM names as sdkd uses them: old text-encoder names fixed, EMA weights swapped in if asked, EMA copies hidden."""
+    names: dict[str, str] = {}
+    keys = src.keys()
+    ema_keys = {k for k in keys if k.startswith(EMA)}
+    if ema and not any(k.startswith(EMA + "diffusion_model") for k in ema_keys):
+        raise SdkdError("--ema was given but this checkpoint has no EMA weights (no model_ema.* keys); drop --ema")
+    for k in keys:
+        if k in ema_keys:
+            continue
+        new = k
+        if k.startswith(TEXT) and not k.startswith(TEXT + "text_model."):
+            new = TEXT + "text_model." + k[len(TEXT):]  # pre-2022 transformers layout
+        names[new] = k
+        if ema and k.startswith(UNET):
+            twin = EMA + "diffusion_model" + k[len(UNET):].replace(".", "")
+            if twin in ema_keys:
+                names[new] = twin
+    return RenamedSource(src, names, has_ema=bool(ema_keys))
+
+
+def open_model(path: str | Path, ema: bool = False) -> Source:
+    """Any supported model file or diffusers folder, LDM-named and normalised."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SdkdError(f"{p}: no such file or folder")
+    return normalise(open_diffusers(p) if p.is_dir() else open_file(p), ema=ema)
+
+
+def unet_keys(src: Source) -> list[str]:
+    """The UNet's keys without the `model.diffusion_model.` prefix."""
+    return [k[len(UNET):] for k in src.keys() if k.startswith(UNET)]
+
+
+@dataclass
+class ModelInfo:
+    """What a file is, as `sdkd inspect` reports it."""
+
+    kind: str  # sd1, student, sdxl, sd2, lora, vae, text_encoder, unknown
+    variant: str | None = None  # teacher, base, small, tiny
+    reason: str = ""  # why it can't be pruned, when it can't
+    topology: Topology | None = None
+    unet_params: int = 0
+    dtype: str | None = None
+    has_vae: bool = False
+    has_text_encoder: bool = False
+    has_ema: bool = False
+    inpainting: bool = False
+    metadata: dict[str, str] | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-ready form."""
+        d = {k: v for k, v in self.__dict__.items() if k != "topology"}
+        d["topology"] = self.topology.__dict__ if self.topology else None
+        return d

@@ -1,0 +1,137 @@
+"""The `sdkd` command line: a thin layer of argument parsing over the core functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import SdkdError
+from .variants import VARIANTS
+
+VARIANT_NAMES = [n for v in VARIANTS.values() for n in (v.name, *v.aliases)]
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    """Say what a file is; exit 2 unless it is an SD1.x teacher or a BK-SDM student."""
+    from .checkpoint import open_model
+    from .detect import describe
+
+    try:
+        info = describe(open_model(a.file, ema=False))
+    except SdkdError as e:
+        if a.json:
+            print(json.dumps({"kind": "error", "reason": str(e)}))
+        raise
+    if a.json:
+        print(json.dumps(info.as_dict(), indent=None if a.compact else 2))
+    else:
+        t = info.topology
+        print(f"{a.file}: {info.kind}" + (f" ({info.variant})" if info.variant else "") + (", inpainting" if info.inpainting else ""))
+        if t:
+            print(f"  UNet: {info.unet_params:,} parameters, {info.dtype}, {t.levels} levels x {t.layers_per_block} "
+                  f"resnets, {'with' if t.mid_block else 'no'} middle block, base width {t.model_channels}")
+        print(f"  VAE: {'yes' if info.has_vae else 'no'}; text encoder: {'yes' if info.has_text_encoder else 'no'}; "
+              f"EMA weights: {'yes' if info.has_ema else 'no'}")
+        for k, v in sorted((info.metadata or {}).items()):
+            if k.startswith("sdkd_") and k != "sdkd_topology":
+                print(f"  {k}: {v}")
+    if info.kind not in ("sd1", "student"):
+        print(f"sdkd: {info.reason}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    """Prune a teacher into a student and export it."""
+    from .progress import tqdm_progress
+    from .prune import prune
+
+    r = prune(a.file, a.variant, a.out, a.dtype, a.ema, a.overwrite, a.format == "diffusers", tqdm_progress())
+    print(f"{r.variant}: {r.unet_params:,} UNet parameters -> {r.checkpoint} (+ {r.yaml.name})"
+          + (f" and {r.diffusers}/" if r.diffusers else "") + f" in {r.seconds:.1f}s")
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    """Generate one image from a checkpoint."""
+    from .export import atomic_outputs
+    from .pipeline import generate, load_pipeline
+    from .progress import tqdm_progress
+
+    loaded = load_pipeline(a.file, device=a.device, ema=a.ema)
+    image = generate(loaded.pipe, a.prompt, a.negative, a.steps, a.seed, a.size, a.guidance, tqdm_progress())
+    out = Path(a.out)
+    with atomic_outputs(a.overwrite) as outs:
+        image.save(outs.temp(out), format="PNG")
+    print(f"{out} ({loaded.info.variant}, {a.size}px, {a.steps} steps, seed {a.seed})")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """Run the whole product on a built-in small model."""
+    from .demo import run_demo
+    from .progress import tqdm_progress
+
+    run_demo(Path(a.out), overwrite=a.overwrite, progress=tqdm_progress(), log=print)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (kept in one place so --help stays true to the code)."""
+    p = argparse.ArgumentParser(prog="sdkd", description="Prune SD1.x checkpoints into BK-SDM students "
+                                "(base, small, tiny) and export files A1111, Forge, ComfyUI and diffusers load.")
+    p.add_argument("--version", action="version", version=f"sdkd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="say what a model file is (exit 2 if it is not SD1.x)")
+    s.add_argument("file", help=".safetensors, .ckpt or diffusers folder")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--compact", action="store_true", help="with --json: on one line")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("prune", help="prune an SD1.x checkpoint into a BK-SDM student")
+    s.add_argument("file", help="the teacher: .safetensors, .ckpt or diffusers folder")
+    s.add_argument("--variant", required=True, choices=VARIANT_NAMES, help="student architecture")
+    s.add_argument("--out", help="output path (default: <teacher>-bk-<variant>.safetensors beside the teacher)")
+    s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="weights dtype (default fp16)")
+    s.add_argument("--ema", action="store_true", help="use the checkpoint's EMA UNet weights instead of the regular ones")
+    s.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
+                   help="diffusers: also write a diffusers folder beside the .safetensors")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.set_defaults(fn=cmd_prune)
+
+    s = sub.add_parser("generate", help="generate an image from an SD1.x checkpoint or sdkd student")
+    s.add_argument("file")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--negative", default="")
+    s.add_argument("--steps", type=int, default=25)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=512, help="image side in pixels")
+    s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    s.add_argument("--ema", action="store_true", help="use EMA UNet weights")
+    s.add_argument("--out", required=True, help="output PNG")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("demo", help="build a small built-in model, prune it to every variant, generate from each")
+    s.add_argument("--out", default="sdkd-demo", help="folder for the demo's files (default ./sdkd-demo)")
+    s.add_argument("--overwrite", action="store_true", help="replace files from an earlier demo run")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run one command; user errors print one line and exit 2."""
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SdkdError as e:
+        print(f"sdkd: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("sdkd: interrupted", file=sys.stderr)
+        return 130

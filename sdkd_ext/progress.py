@@ -1,0 +1,60 @@
+"""One progress/cancellation protocol for every long job: the CLI, the gradio tab and ComfyUI all consume it.
+
+A job calls `report(progress, ...)` at each step. The host's callback shows the event and may
+raise `Cancelled` (or its own interrupt exception) to stop the job at that point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Event:
+    """One progress report: which stage, how far, and any figures worth showing."""
+
+    stage: str
+    step: int
+    total: int
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        """Completed share of the stage, 0..1."""
+        return self.step / self.total if self.total else 0.0
+
+
+ProgressFn = Callable[[Event], None]
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop the job; jobs leave usable output where they can."""
+
+
+def report(progress: ProgressFn | None, stage: str, step: int, total: int, message: str = "", **metrics: float) -> None:
+    """Send one event to `progress`, if there is a listener."""
+    if progress is not None:
+        progress(Event(stage, step, total, message, metrics))
+
+
+def tqdm_progress() -> ProgressFn:
+    """A callback that draws one tqdm bar per stage on stderr (the CLI's view)."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def show(e: Event) -> None:
+        bar = bars.get(e.stage)
+        if bar is None:
+            bar = bars[e.stage] = tqdm(total=e.total, desc=e.stage, leave=False, dynamic_ncols=True)
+        bar.n = e.step
+        if e.metrics:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in e.metrics.items()}, refresh=False)
+        bar.refresh()
+        if e.step >= e.total:
+            bar.close()
+            del bars[e.stage]
+
+    return show

@@ -1,0 +1,119 @@
+"""Prune an SD1.x teacher into a BK-SDM student and export it as files every host loads."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .checkpoint import ModelInfo, Source, open_model
+from .configs import ldm_yaml
+from .convert import TEXT, UNET, VAE, student_key, student_renamer
+from .detect import describe, require_teacher, vae_shape
+from .errors import SdkdError
+from .export import Outputs, atomic_outputs, parse_dtype, plan_from, sha256_file, write_safetensors
+from .progress import ProgressFn
+from .variants import Topology, get_variant
+
+FORMAT_VERSION = "1"
+MODEL_PREFIXES = (UNET, VAE, TEXT)
+
+
+@dataclass
+class Exported:
+    """Where an export went and what it holds."""
+
+    checkpoint: Path
+    yaml: Path
+    variant: str
+    unet_params: int
+    seconds: float
+    diffusers: Path | None = None
+
+
+def default_out(teacher: Path, variant: str) -> Path:
+    """`<teacher>-bk-<variant>.safetensors` beside the teacher (A1111 and ComfyUI list it there)."""
+    stem = teacher.name if teacher.is_dir() else teacher.stem
+    return teacher.parent / f"{stem}-bk-{variant}.safetensors"
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """The .safetensors path for an --out given with or without the suffix."""
+    p = Path(out).expanduser()
+    return p if p.suffix == ".safetensors" else p.with_name(p.name + ".safetensors")
+
+
+def student_names(src: Source, info: ModelInfo, variant: str) -> dict[str, str]:
+    """Student key -> teacher key for every tensor the student keeps (UNet renumbered, the rest as is)."""
+    renamer = student_renamer(get_variant(variant), info.topology)
+    names = {}
+    for k in src.keys():
+        if k.startswith(UNET):
+            new = student_key(k[len(UNET):], renamer)
+            if new is not None:
+                names[UNET + new] = k
+        else:
+            names[k] = k
+    return names
+
+
+def teacher_metadata(path: Path) -> dict[str, str]:
+    """Provenance of the teacher: file name and sha256 (of the file; of the UNet weights for a folder)."""
+    target = path if path.is_file() else next((path / "unet").glob("diffusion_pytorch_model*"), None)
+    return {"sdkd_teacher": path.name, "sdkd_teacher_sha256": sha256_file(target) if target else ""}
+
+
+def export_model(src: Source, names: dict[str, str], topology: Topology, out: Path, variant: str,
+                 dtype: str = "fp16", extra: dict[str, str] | None = None, overwrite: bool = False,
+                 diffusers: bool = False, progress: ProgressFn | None = None) -> Exported:
+    """Write `<out>.safetensors` (LDM names, metadata) and `<out>.yaml`, optionally a diffusers folder, atomically."""
+    start = time.perf_counter()
+    target = parse_dtype(dtype)
+    ckpt = checkpoint_path(out)
+    yaml_path = ckpt.with_suffix(".yaml")
+
+    def cast(name: str, current: torch.dtype) -> torch.dtype:
+        return target if current.is_floating_point and name.startswith(MODEL_PREFIXES) else current
+
+    plan = plan_from(src, names, cast)
+    params = sum(math.prod(shape) for name, shape, _, _ in plan if name.startswith(UNET))
+    metadata = {
+        "sdkd_format": FORMAT_VERSION, "sdkd_version": __version__, "sdkd_variant": variant,
+        "sdkd_unet_params": str(params), "sdkd_topology": json.dumps(asdict(topology)),
+        "modelspec.architecture": "stable-diffusion-v1", **(extra or {}),
+    }
+    folder = ckpt.with_suffix("") if diffusers else None
+    with atomic_outputs(overwrite) as outs:
+        tmp_yaml = outs.temp(yaml_path)
+        tmp_yaml.write_text(ldm_yaml(topology, vae_shape(src)))
+        tmp_ckpt = outs.temp(ckpt)
+        write_safetensors(tmp_ckpt, plan, metadata, progress)
+        if folder is not None:
+            from .pipeline import load_pipeline
+
+            tmp_dir = outs.temp(folder, is_dir=True)
+            load_pipeline(tmp_ckpt).pipe.save_pretrained(str(tmp_dir), safe_serialization=True)
+    return Exported(ckpt, yaml_path, variant, params, time.perf_counter() - start, folder)
+
+
+def prune(teacher: str | Path, variant: str, out: str | Path | None = None, dtype: str = "fp16", ema: bool = False,
+          overwrite: bool = False, diffusers: bool = False, progress: ProgressFn | None = None) -> Exported:
+    """Copy the teacher's kept blocks into a BK-SDM student and export it (teacher file untouched)."""
+    path = Path(teacher).expanduser()
+    v = get_variant(variant)
+    src = open_model(path, ema=ema)
+    info = describe(src)
+    require_teacher(info, path.name)
+    out_path = checkpoint_path(out) if out else default_out(path, v.name)
+    if out_path.resolve() == path.resolve():
+        raise SdkdError(f"--out {out_path} is the teacher itself; sdkd never overwrites its input")
+    for final in (out_path, out_path.with_suffix(".yaml")):
+        Outputs(overwrite).check(final)  # fail before the slow part
+    extra = {**teacher_metadata(path), "sdkd_ema": str(ema).lower()}
+    return export_model(src, student_names(src, info, v.name), v.student(info.topology), out_path, v.name,
+                        dtype, extra, overwrite, diffusers, progress)

@@ -1,0 +1,33 @@
+"""Session-wide small models with the real SD1.5 topology, built in code (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdkd_ext.prune import prune
+from sdkd_ext.tiny import save, tiny_checkpoint
+from sdkd_ext.variants import VARIANTS
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def teacher_sd() -> dict[str, torch.Tensor]:
+    """An fp32 LDM-named SD1.5-topology checkpoint, 32 base channels, random weights."""
+    return tiny_checkpoint(width=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def teacher_file(teacher_sd, tmp_path_factory) -> Path:
+    """The tiny teacher as a community-style single .safetensors file."""
+    return save(teacher_sd, tmp_path_factory.mktemp("teacher") / "tinysd.safetensors")
+
+
+@pytest.fixture(scope="session")
+def students(teacher_file, tmp_path_factory) -> dict:
+    """The teacher pruned (fp32, exact) to every variant."""
+    out = tmp_path_factory.mktemp("students")
+    return {v: prune(teacher_file, v, out / f"student-{v}", dtype="fp32") for v in VARIANTS}
