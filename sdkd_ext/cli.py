@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from .errors import SdkdError
 from .variants import VARIANTS
 
 VARIANT_NAMES = [n for v in VARIANTS.values() for n in (v.name, *v.aliases)]
+# Feature modules that add their own subcommands through `add_commands(sub)`.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
@@ -79,6 +82,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(a: argparse.Namespace) -> int:
+    """Serve the sdkd tab as a standalone web app."""
+    from .hosts.standalone import launch
+
+    launch([Path(p) for p in a.models], [Path(p) for p in a.loras], a.host, a.port)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser (kept in one place so --help stays true to the code)."""
     p = argparse.ArgumentParser(prog="sdkd", description="Prune SD1.x checkpoints into BK-SDM students "
@@ -121,6 +132,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="sdkd-demo", help="folder for the demo's files (default ./sdkd-demo)")
     s.add_argument("--overwrite", action="store_true", help="replace files from an earlier demo run")
     s.set_defaults(fn=cmd_demo)
+    s = sub.add_parser("ui", help="serve the sdkd tab as a standalone web app (needs gradio)")
+    s.add_argument("--models", nargs="+", default=["."], help="checkpoint folders (first: where students go)")
+    s.add_argument("--loras", nargs="*", default=[], help="LoRA folders")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=7870)
+    s.set_defaults(fn=cmd_ui)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").add_commands(sub)
     return p
 
 

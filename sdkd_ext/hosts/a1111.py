@@ -1,0 +1,85 @@
+"""AUTOMATIC1111 / Forge adapter: the sdkd tab, model-list refresh, the GPU queue lock, and the pruned-UNet fix.
+
+Imported only inside A1111 or Forge (by `scripts/sdkd.py`); everything it calls is sdkd core.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from ..progress import Cancelled, Event
+from .base import FolderHost
+from .ldm_fix import remove_middle_block, student_has_no_middle_block
+
+T = TypeVar("T")
+
+
+class A1111Host(FolderHost):
+    """Checkpoints from `models/Stable-diffusion` (+ --ckpt-dir), LoRAs in --lora-dir, jobs under A1111's queue lock."""
+
+    def __init__(self) -> None:
+        from modules import sd_models, shared
+
+        dirs = [Path(sd_models.model_path)]
+        if getattr(shared.cmd_opts, "ckpt_dir", None):
+            dirs.append(Path(shared.cmd_opts.ckpt_dir))
+        lora = getattr(shared.cmd_opts, "lora_dir", None)
+        super().__init__(dirs, [Path(lora)] if lora else [Path(sd_models.model_path).parent / "Lora"], "a1111")
+
+    def refresh(self) -> None:
+        """Rescan checkpoints so the new file shows in the model dropdown."""
+        from modules import sd_models
+
+        sd_models.list_models()
+
+    def run_job(self, job: Callable[[], T]) -> T:
+        """Run under the queue lock shared with txt2img and the API, reporting through `shared.state`."""
+        from modules import shared
+        from modules.call_queue import queue_lock
+
+        with queue_lock:
+            shared.state.begin(job="sdkd")
+            try:
+                return job()
+            finally:
+                shared.state.end()
+
+    def show_progress(self, event: Event) -> None:
+        """Mirror progress in A1111's state (its progress API) and honour its Interrupt button."""
+        from modules import shared
+
+        shared.state.job_count = 1
+        shared.state.sampling_step, shared.state.sampling_steps = event.step, event.total
+        shared.state.textinfo = f"sdkd {event.stage} {event.step}/{event.total}"
+        if shared.state.interrupted:
+            raise Cancelled("interrupted from the web UI")
+
+
+def loaded_unet(sd_model) -> object:
+    """The LDM UNet inside a loaded A1111 or Forge model."""
+    forge = getattr(sd_model, "forge_objects", None)
+    return forge.unet.model.diffusion_model if forge is not None else sd_model.model.diffusion_model
+
+
+def on_model_loaded(sd_model) -> None:
+    """Drop the middle block the host built for a student that has none, then refresh Lora's module names."""
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    if not student_has_no_middle_block(getattr(info, "metadata", None)):
+        return
+    if remove_middle_block(loaded_unet(sd_model)):
+        try:
+            import networks  # A1111's built-in Lora extension; it named the modules before we changed them
+        except ImportError:
+            return
+        networks.assign_network_names_to_compvis_modules(sd_model)
+
+
+def register() -> None:
+    """Hook sdkd into A1111/Forge: the tab and the model-loaded fix."""
+    from modules import script_callbacks
+
+    from ..ui import build_tab
+
+    script_callbacks.on_ui_tabs(lambda: [(build_tab(A1111Host()), "sdkd", "sdkd")])
+    script_callbacks.on_model_loaded(on_model_loaded)

@@ -1,0 +1,15 @@
+"""The standalone web app: the same tab as in A1111, over plain model folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import FolderHost
+
+
+def launch(models: list[Path], loras: list[Path], host: str = "127.0.0.1", port: int = 7870) -> None:
+    """Serve the sdkd tab on `host:port` (local only by default)."""
+    from ..ui import build_tab
+
+    app = build_tab(FolderHost([p.expanduser() for p in models], [p.expanduser() for p in loras]))
+    app.queue().launch(server_name=host, server_port=port)
