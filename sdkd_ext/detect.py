@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
+from dataclasses import replace
 
 from .checkpoint import ModelInfo, Source, unet_keys
 from .configs import VaeShape
@@ -52,7 +54,17 @@ def read_topology(src: Source) -> Topology:
     n_out = len({k.split(".")[1] for k in keys if k.startswith("output_blocks.")})
     if n_out != topo.levels * topo.up_layers:
         raise SdkdError(f"the UNet has {n_out} output blocks where its input side implies {topo.levels * topo.up_layers}: a damaged export")
-    return topo
+    recorded = _recorded_topology(src.metadata)
+    return replace(topo, **{k: recorded[k] for k in Topology.UNSEEN if k in recorded})
+
+
+def _recorded_topology(metadata: dict[str, str]) -> dict:
+    """The topology an sdkd export wrote into its metadata ({} if none or unreadable)."""
+    try:
+        found = json.loads(metadata.get("sdkd_topology", "{}"))
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def vae_shape(src: Source) -> VaeShape | None:

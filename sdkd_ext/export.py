@@ -61,6 +61,7 @@ class Outputs:
             fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=final.parent)
             os.close(fd)
             tmp = Path(name)
+            tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual mode
         self._pending.append((tmp, final))
         return tmp
 
@@ -78,6 +79,13 @@ class Outputs:
         for tmp, _ in self._pending:
             _remove(tmp)
         self._pending.clear()
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove(p: Path) -> None:
@@ -110,27 +118,47 @@ def plan_from(src: Source, names: dict[str, str], cast: Callable[[str, torch.dty
     return [(out, src.shape(key), cast(out, src.dtype(key)), (lambda k=key: src.get(k))) for out, key in names.items()]
 
 
-def write_safetensors(path: Path, plan: Plan, metadata: dict[str, str], progress: ProgressFn | None = None) -> None:
-    """Stream tensors into a safetensors file one at a time, so memory holds one tensor, not the model."""
-    header: dict[str, object] = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
+def write_safetensors(path: Path, plan: Plan, metadata: dict[str, str] | Callable[[], dict[str, str]],
+                      progress: ProgressFn | None = None) -> None:
+    """Stream tensors into a safetensors file one at a time, so memory holds one tensor, not the model.
+
+    `metadata` may be a callable: it is then called after the tensor data is written (e.g. to wait for a
+    hash computed meanwhile) and the header, written last into reserved space, takes its result."""
+    tensors: dict[str, object] = {}
     offset = 0
     for name, shape, dtype, _ in plan:
         size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        tensors[name] = {"dtype": _ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
+    deferred = callable(metadata)
+    first = _header(tensors, {} if deferred else metadata)
+    reserved = len(first) + (_METADATA_ROOM if deferred else 0)
+    reserved += -reserved % 8
     try:
         with open(path, "wb") as f:
-            f.write(len(blob).to_bytes(8, "little"))
-            f.write(blob)
+            f.write(reserved.to_bytes(8, "little"))
+            f.write(first.ljust(reserved))
             for i, (name, shape, dtype, get) in enumerate(plan):
                 t = get().to(dtype).contiguous()
                 if tuple(t.shape) != tuple(shape):
                     raise SdkdError(f"internal error: {name} has shape {tuple(t.shape)}, planned {shape}")
                 f.write(t.reshape(-1).view(torch.uint8).numpy().data)
                 report(progress, "write", i + 1, len(plan), name)
+            if deferred:
+                final = _header(tensors, metadata())
+                if len(final) > reserved:
+                    raise SdkdError(f"internal error: metadata needs {len(final)} header bytes, {reserved} reserved")
+                f.seek(8)
+                f.write(final.ljust(reserved))
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
         raise SdkdError(f"could not write {path.name}: {e.strerror or e}; free some disk space or choose another --out") from e
+
+
+_METADATA_ROOM = 4096  # header bytes kept free for metadata that is known only after the data
+
+
+def _header(tensors: dict[str, object], metadata: dict[str, str]) -> bytes:
+    """The JSON header: metadata (all strings) and each tensor's dtype, shape and byte range."""
+    return json.dumps({"__metadata__": {k: str(v) for k, v in metadata.items()}, **tensors}, separators=(",", ":")).encode()

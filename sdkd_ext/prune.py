@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -62,16 +64,23 @@ def student_names(src: Source, info: ModelInfo, variant: str) -> dict[str, str]:
     return names
 
 
-def teacher_metadata(path: Path) -> dict[str, str]:
-    """Provenance of the teacher: file name and sha256 (of the file; of the UNet weights for a folder)."""
+def teacher_metadata(path: Path) -> Callable[[], dict[str, str]]:
+    """Provenance of the teacher (file name, sha256 of the file or of a folder's UNet weights), hashed in a
+    background thread while the student is written; call the result to wait for it."""
     target = path if path.is_file() else next((path / "unet").glob("diffusion_pytorch_model*"), None)
-    return {"sdkd_teacher": path.name, "sdkd_teacher_sha256": sha256_file(target) if target else ""}
+    pool = ThreadPoolExecutor(1)
+    digest = pool.submit(sha256_file, target) if target else None
+    pool.shutdown(wait=False)
+    return lambda: {"sdkd_teacher": path.name, "sdkd_teacher_sha256": digest.result() if digest else ""}
 
 
 def export_model(src: Source, names: dict[str, str], topology: Topology, out: Path, variant: str,
-                 dtype: str = "fp16", extra: dict[str, str] | None = None, overwrite: bool = False,
+                 dtype: str = "fp16", extra: dict[str, str] | Callable[[], dict[str, str]] | None = None,
+                 overwrite: bool = False,
                  diffusers: bool = False, progress: ProgressFn | None = None) -> Exported:
-    """Write `<out>.safetensors` (LDM names, metadata) and `<out>.yaml`, optionally a diffusers folder, atomically."""
+    """Write `<out>.safetensors` (LDM names, metadata) and `<out>.yaml`, optionally a diffusers folder, atomically.
+
+    `extra` metadata may be a callable, evaluated only once the tensor data is written (see `teacher_metadata`)."""
     start = time.perf_counter()
     target = parse_dtype(dtype)
     ckpt = checkpoint_path(out)
@@ -85,14 +94,14 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
     metadata = {
         "sdkd_format": FORMAT_VERSION, "sdkd_version": __version__, "sdkd_variant": variant,
         "sdkd_unet_params": str(params), "sdkd_topology": json.dumps(asdict(topology)),
-        "modelspec.architecture": "stable-diffusion-v1", **(extra or {}),
+        "modelspec.architecture": "stable-diffusion-v1",
     }
     folder = ckpt.with_suffix("") if diffusers else None
     with atomic_outputs(overwrite) as outs:
         tmp_yaml = outs.temp(yaml_path)
         tmp_yaml.write_text(ldm_yaml(topology, vae_shape(src)))
         tmp_ckpt = outs.temp(ckpt)
-        write_safetensors(tmp_ckpt, plan, metadata, progress)
+        write_safetensors(tmp_ckpt, plan, lambda: {**metadata, **(extra() if callable(extra) else extra or {})}, progress)
         if folder is not None:
             from .pipeline import load_pipeline
 
@@ -114,6 +123,7 @@ def prune(teacher: str | Path, variant: str, out: str | Path | None = None, dtyp
         raise SdkdError(f"--out {out_path} is the teacher itself; sdkd never overwrites its input")
     for final in (out_path, out_path.with_suffix(".yaml")):
         Outputs(overwrite).check(final)  # fail before the slow part
-    extra = {**teacher_metadata(path), "sdkd_ema": str(ema).lower()}
+    provenance = teacher_metadata(path)
+    extra = lambda: {**provenance(), "sdkd_ema": str(ema).lower()}  # noqa: E731
     return export_model(src, student_names(src, info, v.name), v.student(info.topology), out_path, v.name,
                         dtype, extra, overwrite, diffusers, progress)

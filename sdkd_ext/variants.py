@@ -25,6 +25,10 @@ class Topology:
     out_channels: int = 4
     num_heads: int = 8
     transformer_depth: int = 1
+    norm_groups: int = 32  # GroupNorm groups; A1111's ldm code fixes 32, smaller only for tiny demo models
+
+    # Fields a state dict cannot show; sdkd's exports record them in the `sdkd_topology` metadata.
+    UNSEEN = ("num_heads", "norm_groups")
 
     @property
     def levels(self) -> int:
@@ -95,7 +99,8 @@ def get_variant(name: str) -> Variant:
 def identify(topology: Topology, teacher: Topology = SD15) -> str | None:
     """Name of the variant (or 'teacher') whose shape `topology` has, judged relative to an SD1.x teacher."""
     full = replace(teacher, model_channels=topology.model_channels, context_dim=topology.context_dim,
-                   in_channels=topology.in_channels, out_channels=topology.out_channels)
+                   in_channels=topology.in_channels, out_channels=topology.out_channels,
+                   num_heads=topology.num_heads, norm_groups=topology.norm_groups)
     if topology == full:
         return "teacher"
     for v in VARIANTS.values():

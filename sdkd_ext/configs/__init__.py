@@ -36,6 +36,7 @@ def unet_config(t: Topology) -> dict:
         attention_head_dim=t.num_heads,  # SD1.x configs store the head count under this name
         in_channels=t.in_channels,
         out_channels=t.out_channels,
+        norm_num_groups=t.norm_groups,
     )
     if t.transformer_depth != 1:
         cfg["transformer_layers_per_block"] = t.transformer_depth
@@ -57,6 +58,7 @@ def topology_from_diffusers(cfg: dict) -> Topology:
         out_channels=cfg["out_channels"],
         num_heads=head[0] if isinstance(head, list) else head,
         transformer_depth=cfg.get("transformer_layers_per_block", 1),
+        norm_groups=cfg.get("norm_num_groups", 32),
     )
 
 
