@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -18,7 +17,6 @@ import torch
 
 from .convert import EMA, TEXT, UNET, VAE, PrefixMap, unet_map, vae_map
 from .errors import SdkdError
-from .variants import Topology
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -243,26 +241,3 @@ def open_model(path: str | Path, ema: bool = False) -> Source:
 def unet_keys(src: Source) -> list[str]:
     """The UNet's keys without the `model.diffusion_model.` prefix."""
     return [k[len(UNET):] for k in src.keys() if k.startswith(UNET)]
-
-
-@dataclass
-class ModelInfo:
-    """What a file is, as `sdkd inspect` reports it."""
-
-    kind: str  # sd1, student, sdxl, sd2, lora, vae, text_encoder, unknown
-    variant: str | None = None  # teacher, base, small, tiny
-    reason: str = ""  # why it can't be pruned, when it can't
-    topology: Topology | None = None
-    unet_params: int = 0
-    dtype: str | None = None
-    has_vae: bool = False
-    has_text_encoder: bool = False
-    has_ema: bool = False
-    inpainting: bool = False
-    metadata: dict[str, str] | None = None
-
-    def as_dict(self) -> dict:
-        """JSON-ready form."""
-        d = {k: v for k, v in self.__dict__.items() if k != "topology"}
-        d["topology"] = self.topology.__dict__ if self.topology else None
-        return d

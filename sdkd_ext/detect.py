@@ -5,15 +5,38 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from .checkpoint import ModelInfo, Source, unet_keys
+from .checkpoint import Source, unet_keys
 from .configs import VaeShape
 from .convert import TEXT, UNET, VAE
 from .errors import SdkdError
 from .variants import Topology, identify
 
 LORA_MARKERS = ("lora_down", "lora_up", "lora_A.", "lora_B.", "hada_w1", "lokr_w1", ".alpha")
+
+
+@dataclass
+class ModelInfo:
+    """What a file is, as `sdkd inspect` reports it."""
+
+    kind: str  # sd1, student, sdxl, sd2, lora, vae, text_encoder, unknown
+    variant: str | None = None  # teacher, base, small, tiny
+    reason: str = ""  # why it can't be pruned, when it can't
+    topology: Topology | None = None
+    unet_params: int = 0
+    dtype: str | None = None
+    has_vae: bool = False
+    has_text_encoder: bool = False
+    has_ema: bool = False
+    inpainting: bool = False
+    metadata: dict[str, str] | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-ready form."""
+        d = {k: v for k, v in self.__dict__.items() if k != "topology"}
+        d["topology"] = self.topology.__dict__ if self.topology else None
+        return d
 
 
 def read_topology(src: Source) -> Topology:

@@ -9,10 +9,10 @@ from typing import Callable
 import torch
 
 from .compat import clip_prefix
-from .checkpoint import ModelInfo, Source, open_model
+from .checkpoint import Source, open_model
 from .configs import TOKENIZER_DIR, sd15, text_encoder_config, unet_config
 from .convert import TEXT, UNET, VAE, unet_map, vae_map
-from .detect import describe, vae_shape
+from .detect import ModelInfo, describe, vae_shape
 from .errors import SdkdError
 from .progress import ProgressFn, report
 

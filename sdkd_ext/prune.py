@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .checkpoint import ModelInfo, Source, open_model
+from .checkpoint import Source, open_model
 from .configs import ldm_yaml
 from .convert import TEXT, UNET, VAE, student_key, student_renamer
-from .detect import describe, require_teacher, vae_shape
+from .detect import ModelInfo, describe, require_teacher, vae_shape
 from .errors import SdkdError
 from .export import Outputs, atomic_outputs, parse_dtype, plan_from, sha256_file, write_safetensors
 from .progress import ProgressFn
