@@ -187,7 +187,8 @@ def open_diffusers(folder: Path) -> Source:
     te_file = _weights_in(folder / "text_encoder", "model") or _weights_in(folder / "text_encoder", "pytorch_model")
     if te_file:
         te = open_file(te_file)
-        parts.append(RenamedSource(te, {TEXT + k: k for k in te.keys() if k.startswith("text_model.")}))
+        # transformers < 5 saves `text_model.*`, 5.x drops that prefix: sdkd's LDM names always have it
+        parts.append(RenamedSource(te, {TEXT + "text_model." + k.removeprefix("text_model."): k for k in te.keys()}))
     metadata = dict(parts[0].metadata)
     return ChainSource(parts, metadata)
 
