@@ -107,13 +107,13 @@ def load_pipeline(model: str | Path | Source, device: str | torch.device = "cpu"
         raise SdkdError(info.reason)
     if info.inpainting:
         raise SdkdError("this is an inpainting checkpoint: sdkd prunes it, but generates text-to-image only from normal checkpoints")
-    pipe = StableDiffusionPipeline(
-        vae=build_vae(src), text_encoder=build_text_encoder(src), tokenizer=tokenizer(),
-        unet=build_unet(src, info), scheduler=scheduler(), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    models = {"vae": build_vae(src), "text_encoder": build_text_encoder(src), "unet": build_unet(src, info)}
+    for m in models.values():
+        m.to(device=device, dtype=dtype)  # per module: the pipeline's own .to() warns about fp32 modules
+    pipe = StableDiffusionPipeline(**models, tokenizer=tokenizer(), scheduler=scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return Loaded(pipe.to(device=device, dtype=dtype), info)
+    return Loaded(pipe, info)
 
 
 def generate(pipe, prompt: str, negative: str = "", steps: int = 25, seed: int = 0, size: int = 512,

@@ -40,7 +40,7 @@ def report(progress: ProgressFn | None, stage: str, step: int, total: int, messa
 
 
 def tqdm_progress() -> ProgressFn:
-    """A callback that draws one tqdm bar per stage on stderr (the CLI's view)."""
+    """A callback that draws one tqdm bar per stage on stderr (the CLI's view); tqdm throttles redraws."""
     from tqdm import tqdm
 
     bars: dict[str, tqdm] = {}
@@ -48,11 +48,10 @@ def tqdm_progress() -> ProgressFn:
     def show(e: Event) -> None:
         bar = bars.get(e.stage)
         if bar is None:
-            bar = bars[e.stage] = tqdm(total=e.total, desc=e.stage, leave=False, dynamic_ncols=True)
-        bar.n = e.step
+            bar = bars[e.stage] = tqdm(total=e.total, desc=e.stage, leave=False, dynamic_ncols=True, mininterval=0.5)
         if e.metrics:
             bar.set_postfix({k: f"{v:.4g}" for k, v in e.metrics.items()}, refresh=False)
-        bar.refresh()
+        bar.update(e.step - bar.n)
         if e.step >= e.total:
             bar.close()
             del bars[e.stage]
