@@ -1,5 +1,10 @@
-"""ComfyUI custom-node entry point: the sdkd nodes live in sdkd_ext.hosts.comfyui."""
+"""ComfyUI custom-node entry point: the sdkd nodes live in sdkd_ext.hosts.comfyui.
 
-from .sdkd_ext.hosts.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+ComfyUI imports this folder as a package (whatever its name); test runners may import this file
+without one, and then there is nothing to register.
+"""
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+if __package__:
+    from .sdkd_ext.hosts.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
