@@ -121,8 +121,11 @@ def fake_a1111(monkeypatch, tmp_path):
     state.begin = lambda job: state.begun.append(job)
     state.end = lambda: setattr(state, "ended", state.ended + 1)
     shared = types.SimpleNamespace(state=state, cmd_opts=types.SimpleNamespace(ckpt_dir=None, lora_dir=str(tmp_path / "Lora")))
-    sd_models = types.SimpleNamespace(model_path=str(tmp_path / "Stable-diffusion"), listed=[])
+    sd_models = types.SimpleNamespace(model_path=str(tmp_path / "Stable-diffusion"), listed=[], moves=[],
+                                      model_data=types.SimpleNamespace(sd_model="the loaded model"))
     sd_models.list_models = lambda: sd_models.listed.append(1)
+    sd_models.unload_model_weights = lambda m: sd_models.moves.append(("cpu", m))
+    sd_models.send_model_to_device = lambda m: sd_models.moves.append(("gpu", m))
     modules = types.ModuleType("modules")
     modules.shared, modules.sd_models = shared, sd_models
     call_queue = types.ModuleType("modules.call_queue")
@@ -138,6 +141,11 @@ def test_a1111_host_glue(fake_a1111, tmp_path):
     assert host.output_dir() == tmp_path / "Stable-diffusion" and host.lora_dir() == tmp_path / "Lora"
     assert host.run_job(lambda: call_queue.queue_lock.locked()) is True
     assert modules.shared.state.begun == ["sdkd"] and modules.shared.state.ended == 1
+    assert modules.sd_models.moves == []
+    with pytest.raises(RuntimeError):
+        host.run_job(lambda: (_ for _ in ()).throw(RuntimeError("job failed")), gpu=True)
+    assert modules.sd_models.moves == [("cpu", "the loaded model"), ("gpu", "the loaded model")]
+    assert not call_queue.queue_lock.locked() and modules.shared.state.ended == 2
     host.refresh()
     assert modules.sd_models.listed == [1]
     host.show_progress(Event("distill", 3, 10))

@@ -33,16 +33,22 @@ class A1111Host(FolderHost):
 
         sd_models.list_models()
 
-    def run_job(self, job: Callable[[], T]) -> T:
-        """Run under the queue lock shared with txt2img and the API, reporting through `shared.state`."""
-        from modules import shared
+    def run_job(self, job: Callable[[], T], gpu: bool = False) -> T:
+        """Run under the queue lock shared with txt2img and the API, reporting through `shared.state`; a `gpu` job
+        moves the loaded model to the CPU first and back afterwards."""
+        from modules import sd_models, shared
         from modules.call_queue import queue_lock
 
         with queue_lock:
             shared.state.begin(job="sdkd")
+            loaded = sd_models.model_data.sd_model if gpu else None  # never shared.sd_model: it would load one
+            if loaded is not None:
+                sd_models.unload_model_weights(loaded)
             try:
                 return job()
             finally:
+                if loaded is not None:
+                    sd_models.send_model_to_device(loaded)
                 shared.state.end()
 
     def show_progress(self, event: Event) -> None:

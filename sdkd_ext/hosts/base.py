@@ -46,8 +46,8 @@ class FolderHost:
     def refresh(self) -> None:
         """Make the host rescan its model lists (folders need nothing)."""
 
-    def run_job(self, job: Callable[[], T]) -> T:
-        """Run a GPU job under the host's lock and free its VRAM first where it can (plain: just run it)."""
+    def run_job(self, job: Callable[[], T], gpu: bool = False) -> T:
+        """Run a job under the host's lock; a `gpu` job first moves the host's own model out of VRAM (plain: just run)."""
         return job()
 
     def show_progress(self, event: Event) -> None:
