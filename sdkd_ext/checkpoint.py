@@ -110,11 +110,11 @@ class RenamedSource:
 
 
 class ChainSource:
-    """Several sources side by side (the parts of a diffusers folder)."""
+    """Several sources side by side (the parts of a diffusers folder); metadata: given, else the parts' merged."""
 
     def __init__(self, parts: list[Source], metadata: dict[str, str] | None = None):
         self._owner = {k: p for p in parts for k in p.keys()}
-        self.metadata = dict(metadata or {})
+        self.metadata = dict(metadata if metadata is not None else {k: v for p in parts for k, v in p.metadata.items()})
 
     def keys(self) -> list[str]:
         return list(self._owner)
@@ -231,9 +231,19 @@ def normalise(src: Source, ema: bool = False) -> Source:
     return RenamedSource(src, names, has_ema=bool(ema_keys))
 
 
-def open_model(path: str | Path, ema: bool = False) -> Source:
-    """Any supported model file or diffusers folder, LDM-named and normalised."""
+SHIPPED_DIR = Path(__file__).parent / "models"
+SHORT_NAMES = {"demo": SHIPPED_DIR / "demo-teacher.safetensors"}  # models sdkd ships, by the name every command accepts
+
+
+def resolve(path: str | Path) -> Path:
+    """The file a model argument names: the path itself, or a shipped model's file when no such path exists."""
     p = Path(path).expanduser()
+    return SHORT_NAMES[str(path)] if not p.exists() and str(path) in SHORT_NAMES else p
+
+
+def open_model(path: str | Path, ema: bool = False) -> Source:
+    """Any supported model file or diffusers folder (or a shipped model's short name), LDM-named and normalised."""
+    p = resolve(path)
     if not p.exists():
         raise SdkdError(f"{p}: no such file or folder")
     return normalise(open_diffusers(p) if p.is_dir() else open_file(p), ema=ema)

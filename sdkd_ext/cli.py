@@ -14,7 +14,7 @@ from .variants import VARIANTS
 
 VARIANT_NAMES = [n for v in VARIANTS.values() for n in (v.name, *v.aliases)]
 # Feature modules that add their own subcommands through `add_commands(sub)`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora", "distill", "plan")
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
@@ -61,10 +61,13 @@ def cmd_prune(a: argparse.Namespace) -> int:
 def cmd_generate(a: argparse.Namespace) -> int:
     """Generate one image from a checkpoint."""
     from .export import atomic_outputs
+    from .lora_apply import apply_lora, parse_spec
     from .pipeline import generate, load_pipeline
     from .progress import tqdm_progress
 
     loaded = load_pipeline(a.file, device=a.device, ema=a.ema)
+    for spec in a.lora:
+        apply_lora(loaded.pipe, *parse_spec(spec))
     image = generate(loaded.pipe, a.prompt, a.negative, a.steps, a.seed, a.size, a.guidance, tqdm_progress())
     out = Path(a.out)
     with atomic_outputs(a.overwrite) as outs:
@@ -124,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     s.add_argument("--ema", action="store_true", help="use EMA UNet weights")
+    s.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="apply a LoRA made for this model, e.g. style.safetensors:0.8 (repeatable)")
     s.add_argument("--out", required=True, help="output PNG")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_generate)

@@ -77,14 +77,14 @@ def read_topology(src: Source) -> Topology:
     n_out = len({k.split(".")[1] for k in keys if k.startswith("output_blocks.")})
     if n_out != topo.levels * topo.up_layers:
         raise SdkdError(f"the UNet has {n_out} output blocks where its input side implies {topo.levels * topo.up_layers}: a damaged export")
-    recorded = _recorded_topology(src.metadata)
+    recorded = _recorded(src.metadata, "sdkd_topology")
     return replace(topo, **{k: recorded[k] for k in Topology.UNSEEN if k in recorded})
 
 
-def _recorded_topology(metadata: dict[str, str]) -> dict:
-    """The topology an sdkd export wrote into its metadata ({} if none or unreadable)."""
+def _recorded(metadata: dict[str, str], key: str) -> dict:
+    """The JSON object an sdkd export wrote into metadata `key` ({} if none or unreadable)."""
     try:
-        found = json.loads(metadata.get("sdkd_topology", "{}"))
+        found = json.loads(metadata.get(key, "{}"))
     except ValueError:
         return {}
     return found if isinstance(found, dict) else {}
@@ -100,7 +100,8 @@ def vae_shape(src: Source) -> VaeShape | None:
     levels = sorted({int(k.split(".")[3]) for k in names})
     layers = len({k.split(".")[5] for k in names if ".block." in k and k.split(".")[3] == "0"})
     mult = tuple(src.shape(f"{VAE}encoder.down.{i}.block.0.conv2.weight")[0] // ch for i in levels)
-    return VaeShape(ch, mult, layers)
+    recorded = _recorded(src.metadata, "sdkd_vae")
+    return VaeShape(ch, mult, layers, **{k: recorded[k] for k in VaeShape.UNSEEN if k in recorded})
 
 
 def describe(src: Source) -> ModelInfo:

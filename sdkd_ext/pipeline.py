@@ -15,6 +15,7 @@ from .convert import TEXT, UNET, VAE, unet_map, vae_map
 from .detect import ModelInfo, describe, vae_shape
 from .errors import SdkdError
 from .progress import ProgressFn, report
+from .speed import prepack_convs
 
 
 def _build(factory: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
@@ -108,6 +109,7 @@ def load_pipeline(model: str | Path | Source, device: str | torch.device = "cpu"
     if info.inpainting:
         raise SdkdError("this is an inpainting checkpoint: sdkd prunes it, but generates text-to-image only from normal checkpoints")
     models = {"vae": build_vae(src), "text_encoder": build_text_encoder(src), "unet": build_unet(src, info)}
+    prepack_convs(models["unet"])  # CPU inference stops re-converting conv weights every step (see speed.py)
     for m in models.values():
         m.to(device=device, dtype=dtype)  # per module: the pipeline's own .to() warns about fp32 modules
     pipe = StableDiffusionPipeline(**models, tokenizer=tokenizer(), scheduler=scheduler(), safety_checker=None,

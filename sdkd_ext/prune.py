@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .checkpoint import Source, open_model
+from .checkpoint import SHIPPED_DIR, Source, open_model, resolve
 from .configs import ldm_yaml
 from .convert import TEXT, UNET, VAE, student_key, student_renamer
 from .detect import ModelInfo, describe, require_teacher, vae_shape
@@ -39,9 +39,11 @@ class Exported:
 
 
 def default_out(teacher: Path, variant: str) -> Path:
-    """`<teacher>-bk-<variant>.safetensors` beside the teacher (A1111 and ComfyUI list it there)."""
+    """`<teacher>-bk-<variant>.safetensors` beside the teacher (A1111 and ComfyUI list it there); in the current
+    folder for a model sdkd ships (never inside the installed package)."""
     stem = teacher.name if teacher.is_dir() else teacher.stem
-    return teacher.parent / f"{stem}-bk-{variant}.safetensors"
+    folder = Path.cwd() if teacher.resolve().parent == SHIPPED_DIR.resolve() else teacher.parent
+    return folder / f"{stem}-bk-{variant}.safetensors"
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -91,15 +93,17 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
 
     plan = plan_from(src, names, cast)
     params = sum(math.prod(shape) for name, shape, _, _ in plan if name.startswith(UNET))
+    vae = vae_shape(src)
     metadata = {
         "sdkd_format": FORMAT_VERSION, "sdkd_version": __version__, "sdkd_variant": variant,
         "sdkd_unet_params": str(params), "sdkd_topology": json.dumps(asdict(topology)),
         "modelspec.architecture": "stable-diffusion-v1",
+        **({"sdkd_vae": json.dumps({k: getattr(vae, k) for k in vae.UNSEEN})} if vae else {}),
     }
     folder = ckpt.with_suffix("") if diffusers else None
     with atomic_outputs(overwrite) as outs:
         tmp_yaml = outs.temp(yaml_path)
-        tmp_yaml.write_text(ldm_yaml(topology, vae_shape(src)))
+        tmp_yaml.write_text(ldm_yaml(topology, vae))
         tmp_ckpt = outs.temp(ckpt)
         write_safetensors(tmp_ckpt, plan, lambda: {**metadata, **(extra() if callable(extra) else extra or {})}, progress)
         if folder is not None:
@@ -113,7 +117,7 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
 def prune(teacher: str | Path, variant: str, out: str | Path | None = None, dtype: str = "fp16", ema: bool = False,
           overwrite: bool = False, diffusers: bool = False, progress: ProgressFn | None = None) -> Exported:
     """Copy the teacher's kept blocks into a BK-SDM student and export it (teacher file untouched)."""
-    path = Path(teacher).expanduser()
+    path = resolve(teacher)
     v = get_variant(variant)
     src = open_model(path, ema=ema)
     info = describe(src)

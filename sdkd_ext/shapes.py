@@ -13,6 +13,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from collections.abc import Sequence
 
 import numpy as np
@@ -281,3 +282,11 @@ def accuracy(images: Sequence[Image.Image], specs: Sequence[ShapeSpec]) -> dict[
     result = {name: sum(h[name] for h in hits) / len(hits) for name in ATTRIBUTES}
     result["mean"] = sum(result.values()) / len(ATTRIBUTES)
     return result
+
+
+def write_folder(specs: Sequence[ShapeSpec], folder: Path, size: int = 64) -> None:
+    """Render `specs` into `folder` as `00000.png` + `00000.txt` (its caption): the captioned-folder layout training reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, spec in enumerate(specs):
+        render(spec, size).save(folder / f"{i:05d}.png", format="PNG")
+        (folder / f"{i:05d}.txt").write_text(caption(spec) + "\n", encoding="utf-8")

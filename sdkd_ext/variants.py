@@ -96,11 +96,16 @@ def get_variant(name: str) -> Variant:
     raise SdkdError(f"unknown variant {name!r}; choose one of: {known}")
 
 
-def identify(topology: Topology, teacher: Topology = SD15) -> str | None:
-    """Name of the variant (or 'teacher') whose shape `topology` has, judged relative to an SD1.x teacher."""
-    full = replace(teacher, model_channels=topology.model_channels, context_dim=topology.context_dim,
+def full_topology(topology: Topology, teacher: Topology = SD15) -> Topology:
+    """The full SD1.x topology with this model's widths: what its teacher was (or what it is, for a teacher)."""
+    return replace(teacher, model_channels=topology.model_channels, context_dim=topology.context_dim,
                    in_channels=topology.in_channels, out_channels=topology.out_channels,
                    num_heads=topology.num_heads, norm_groups=topology.norm_groups)
+
+
+def identify(topology: Topology, teacher: Topology = SD15) -> str | None:
+    """Name of the variant (or 'teacher') whose shape `topology` has, judged relative to an SD1.x teacher."""
+    full = full_topology(topology, teacher)
     if topology == full:
         return "teacher"
     for v in VARIANTS.values():

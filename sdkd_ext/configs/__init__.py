@@ -69,13 +69,17 @@ class VaeShape:
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 4, 4)
     layers: int = 2
+    norm_groups: int = 32  # GroupNorm groups; ldm fixes 32, fewer only for tiny demo models (recorded in `sdkd_vae`)
+
+    UNSEEN = ("norm_groups",)  # fields the keys cannot show
 
     def config(self) -> dict:
         """diffusers `AutoencoderKL` config."""
         cfg = sd15("vae")
         n = len(self.ch_mult)
         cfg.update(block_out_channels=[self.ch * m for m in self.ch_mult], layers_per_block=self.layers,
-                   down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n)
+                   down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+                   norm_num_groups=self.norm_groups)
         return cfg
 
 

@@ -1,0 +1,163 @@
+"""Distillation step time, samples/s and peak memory per variant, with and without the latent/text cache,
+beside the memory planner's estimate; then the planner's SD1.5-size table.
+
+Each measurement runs the real training loop (`train.run_training` with the KD objective) in a fresh
+process, so its peak memory is that job's alone: `max_memory_allocated` on CUDA, peak RSS above the
+post-import baseline on CPU. "live" feeds the loop a dataset that runs the VAE and text encoder on
+every sample (what training without the cache costs); "cache" reads the precomputed latents and
+embeddings.
+
+    python benchmarks/distill_step.py [--width 32] [--resolution 256] [--batch 2] [--steps 6] [--device cpu]
+    python benchmarks/distill_step.py --width 320 --resolution 512 --batch 1 --device cuda   # SD1.5 size, on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, statistics, sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(int(sys.argv[8]))
+from sdkd_ext.cache import Cache
+from sdkd_ext.checkpoint import open_model
+from sdkd_ext.data import FolderData, load_image, scan_folder
+from sdkd_ext.detect import describe
+from sdkd_ext.distill import KDObjective, LossWeights, frozen_dtype, place, prepare_data, student_model, teacher_model
+from sdkd_ext.pipeline import build_text_encoder, build_vae, tokenizer
+from sdkd_ext.plan import Settings, estimate
+from sdkd_ext.train import TrainConfig, make_accelerator, run_training
+from sdkd_ext.variants import hook_pairs, get_variant
+
+teacher, images, variant, mode, res, batch, steps, _, device = sys.argv[1:10]
+res, batch, steps = int(res), int(batch), int(steps)
+acc = make_accelerator(device)
+dev = acc.device
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else rss()
+src = open_model(teacher); info = describe(src)
+t_unet = teacher_model(src, info, dev)
+half = frozen_dtype(dev)
+if mode in ("prepare", "cache"):  # "prepare" fills the cache first, so the "cache" run never loads the VAE/TE
+    data, _, _ = prepare_data(FolderData(Path(images)), src, Cache(Path(images).parent / "cache"), t_unet, res, res // 8,
+                              0.18215, 0, [], dev, print, None, lambda: {})
+    if mode == "prepare":
+        sys.exit(0)
+
+class Live:
+    # encodes every sample on the fly: the cost of training without the latent/text cache
+    def __init__(self):
+        self.examples = scan_folder(images).examples
+        self.vae = place(build_vae(src), dev, half)
+        self.te = place(build_text_encoder(src), dev, half)
+        self.tok = tokenizer()
+    def __len__(self):
+        return len(self.examples)
+    @torch.no_grad()
+    def get(self, i, seed):
+        ex = self.examples[i]
+        x = load_image(ex.path, res, res // 2)[None].to(dev, half)
+        d = self.vae.encode(x).latent_dist
+        z = d.mean + d.std * torch.randn(d.mean.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(dev, half)
+        ids = self.tok([ex.caption], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.to(dev)
+        return {"latents": (z[0] * 0.18215).float(), "text": self.te(ids)[0][0].float()}
+
+if mode == "live":
+    data = Live()
+student, _ = student_model(src, info, variant)
+objective = KDObjective(t_unet, hook_pairs(get_variant(variant), info.topology), LossWeights())
+if dev.type == "cuda":
+    torch.cuda.reset_peak_memory_stats(dev)
+cfg = TrainConfig(steps=steps, batch=batch, lr=1e-5, device=device, checkpoint_every=10**9,
+                  precision="auto", grad_checkpointing=False, optimizer="adamw")
+run_dir = Path(images).parent / f"run-{variant}-{mode}"
+run_training(objective, student, data, cfg, run_dir, fingerprint={}, accelerator=acc, overwrite=True)
+peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else rss()) - base
+rows = (run_dir / "loss.csv").read_text().splitlines()[1:]
+times = [float(r.split(",")[-1]) for r in rows][2:]  # the first steps warm up
+precision = "fp32" if dev.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+est = estimate(variant, res, Settings(batch=batch, precision=precision, device=dev.type if dev.type == "cuda" else "cpu"),
+               info.topology)
+print(json.dumps({"step_s": statistics.median(times), "samples_s": batch / statistics.median(times),
+                  "peak_gib": peak / 2**30, "estimate_gib": est.training / 2**30}))
+"""
+
+
+def make_inputs(folder: Path, width: int, n: int, res: int) -> Path:
+    """A random SD1.5-topology teacher of `width` and `n` captioned images; returns the teacher path."""
+    import numpy as np
+    from PIL import Image
+
+    from sdkd_ext.tiny import save, tiny_checkpoint
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (res, res, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        (images / f"{i}.txt").write_text(f"a random picture number {i}")
+    return save(tiny_checkpoint(width=width, seed=0), folder / "teacher.safetensors")
+
+
+def sd15_table() -> None:
+    """The planner's estimates at SD1.5 size (CUDA, fp16 autocast, teacher fp16)."""
+    from sdkd_ext.plan import GIB, Settings, choose, estimate, kd_estimator
+
+    print("\nplanner, SD1.5 teacher, 512 px, CUDA fp16 (GiB; + 0.75 reserved for the CUDA context):")
+    print(f"{'variant':<8}{'batch':>6}{'plain':>8}{'ckpt':>8}{'ckpt+8bit':>11}   fits 8 GiB with        / 12 GiB with")
+    for variant in ("base", "small", "tiny"):
+        for batch in (1, 4):
+            plain = estimate(variant, 512, Settings(batch=batch)).peak / GIB
+            ckpt = estimate(variant, 512, Settings(batch=batch, grad_checkpointing=True)).peak / GIB
+            lean = estimate(variant, 512, Settings(batch=batch, grad_checkpointing=True, optimizer="adamw8bit")).peak / GIB
+            fits = []
+            for vram in (8, 12):
+                kd = kd_estimator(variant, 512)
+                best = choose(kd, batch, vram) or choose(kd, batch, vram, optimizer="adamw8bit")
+                fits.append(compact(best.settings) if best else "no")
+            print(f"{variant:<8}{batch:>6}{plain:>8.2f}{ckpt:>8.2f}{lean:>11.2f}   {fits[0]:<22} / {fits[1]}")
+
+
+def compact(s) -> str:
+    """Settings in a few characters: micro-batch x accumulation, checkpointing, optimizer."""
+    return f"{s.batch}x{s.accum}" + (" ckpt" if s.grad_checkpointing else "") + f" {s.optimizer}"
+
+
+def main() -> None:
+    """Measure each variant with and without the cache, then print the SD1.5 planner table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--width", type=int, default=32, help="teacher base width (320 = SD1.5)")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    p.add_argument("--device", default="cpu", choices=["cpu", "auto"], help="auto: the GPU if there is one")
+    p.add_argument("--dir", help="work folder (default: a temporary one)")
+    a = p.parse_args()
+    folder = Path(a.dir or tempfile.mkdtemp(prefix="sdkd-distill-bench-"))
+    teacher = make_inputs(folder, a.width, max(8, 2 * a.batch), a.resolution)
+    print(f"teacher width {a.width}, {a.resolution} px, batch {a.batch}, {a.steps} steps, device {a.device}, "
+          f"{a.threads} threads (median step after 2 warm-up steps)")
+    print(f"{'variant':<8}{'data':<7}{'step s':>8}{'samples/s':>11}{'peak GiB':>10}{'planner GiB':>13}")
+    for variant in ("base", "small", "tiny"):
+        for mode in ("prepare", "cache", "live"):
+            out = subprocess.run([sys.executable, "-c", CHILD, str(teacher), str(folder / "images"), variant, mode,
+                                  str(a.resolution), str(a.batch), str(a.steps), str(a.threads), a.device],
+                                 capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+            if out.returncode:
+                sys.exit(out.stderr[-3000:])
+            if mode == "prepare":
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{variant:<8}{mode:<7}{r['step_s']:>8.3f}{r['samples_s']:>11.2f}{r['peak_gib']:>10.3f}{r['estimate_gib']:>13.3f}")
+    sd15_table()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""`sdkd compare`: the same prompts and seeds through the teacher and each student, and how close the students stay.
+
+Every model renders every (prompt, seed) pair; each student image is scored against the teacher's
+(PSNR and SSIM on the decoded images, MSE on the final latents). The result is data (for UI tabs
+and ComfyUI nodes); `write_report` turns it into a labelled PNG grid, an HTML report and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import html
+import json
+import math
+import statistics
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .bench import default_dtype, labels_for
+from .errors import SdkdError
+from .metrics import latent_mse, psnr, ssim
+from .progress import ProgressFn, report
+
+HIDDEN_METADATA = ("sdkd_topology",)  # long machine-readable fields the report leaves out
+DISTILL_PREFIX = "sdkd_distill"  # metadata written by distillation (steps and settings)
+
+
+@dataclass
+class Sample:
+    """One rendered image, its final latents and its agreement with the teacher's image of the same prompt and seed."""
+
+    prompt: str
+    seed: int
+    image: object  # PIL image
+    latents: torch.Tensor
+    psnr: float = math.nan  # filled in by `compare` once the teacher's sample exists
+    ssim: float = math.nan
+    latent_mse: float = math.nan
+
+    def scores(self) -> dict:
+        """The agreement figures, JSON-ready (inf as the string 'inf')."""
+        return {"prompt": self.prompt, "seed": self.seed, "psnr": _json_float(self.psnr), "ssim": self.ssim,
+                "latent_mse": self.latent_mse}
+
+
+@dataclass
+class ModelRun:
+    """One model's images and what its file says about it."""
+
+    label: str
+    path: str
+    variant: str | None
+    unet_params: int
+    metadata: dict[str, str]
+    seconds_per_image: float
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def distillation(self) -> dict[str, str]:
+        """The file's distillation metadata (empty for a teacher or a student only pruned)."""
+        return {k: v for k, v in self.metadata.items() if k.startswith(DISTILL_PREFIX)}
+
+    def summary(self) -> dict[str, float]:
+        """Mean agreement with the teacher over all samples."""
+        return {k: statistics.fmean(getattr(s, k) for s in self.samples) for k in ("psnr", "ssim", "latent_mse")}
+
+
+@dataclass
+class Comparison:
+    """Every model's samples, scored against models[0] (the teacher), and the settings used."""
+
+    models: list[ModelRun]
+    settings: dict
+
+    def as_dict(self) -> dict:
+        """JSON-ready form (no images or latents)."""
+        return {"settings": self.settings, "models": [
+            {"label": m.label, "path": m.path, "variant": m.variant, "unet_params": m.unet_params,
+             "metadata": {k: v for k, v in m.metadata.items() if k not in HIDDEN_METADATA},
+             "seconds_per_image": m.seconds_per_image,
+             "summary": {k: _json_float(v) for k, v in m.summary().items()},
+             "samples": [s.scores() for s in m.samples]} for m in self.models]}
+
+
+def _json_float(x: float) -> float | str:
+    """A float JSON can carry: infinities as strings."""
+    return str(x) if math.isinf(x) else x
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file: one per line; blank lines and lines starting with # are skipped."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SdkdError(f"{p}: no such prompts file; give a text file with one prompt per line")
+    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
+    if not prompts:
+        raise SdkdError(f"{p}: no prompts in it; write one prompt per line")
+    return prompts
+
+
+def render(pipe, prompt: str, seed: int, size: int, steps: int, guidance: float, negative: str = "",
+           progress: ProgressFn | None = None) -> tuple[object, torch.Tensor]:
+    """One image and its final latents (what the VAE decodes), reproducible by seed on any device."""
+    def step_end(p, i, t, kwargs):
+        report(progress, "generate", i + 1, steps)
+        return kwargs
+
+    latents = pipe(prompt, negative_prompt=negative or None, num_inference_steps=steps, guidance_scale=guidance,
+                   height=size, width=size, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
+                   callback_on_step_end=step_end).images
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type="pil")[0], latents[0].float().cpu()
+
+
+def compare(teacher: str | Path, students: Sequence[str | Path], prompts: Sequence[str], seeds: Sequence[int] = (0,),
+            size: int = 512, steps: int = 25, guidance: float = 7.5, negative: str = "", device: str = "cpu",
+            dtype: str | None = None, progress: ProgressFn | None = None) -> Comparison:
+    """Render every (prompt, seed) with the teacher and each student (one model in memory at a time) and score them."""
+    from .export import parse_dtype
+    from .pipeline import load_pipeline
+
+    if not students:
+        raise SdkdError("give at least one student to compare with the teacher")
+    if not prompts or not seeds:
+        raise SdkdError("give at least one prompt and one seed")
+    if size % 8 or size < 64:
+        raise SdkdError(f"--size {size}: the image side must be a multiple of 8 and at least 64 pixels")
+    dev = torch.device(device)
+    dt = parse_dtype(dtype) if dtype else default_dtype(dev)
+    paths = [str(teacher), *map(str, students)]
+    pairs = [(p, s) for p in prompts for s in seeds]
+    total, done = len(paths) * len(pairs), 0
+    runs: list[ModelRun] = []
+    for path, label in zip(paths, labels_for(paths)):
+        loaded = load_pipeline(path, device=dev, dtype=dt)
+        start = time.perf_counter()
+        samples = []
+        for prompt, seed in pairs:
+            image, latents = render(loaded.pipe, prompt, seed, size, steps, guidance, negative, progress)
+            samples.append(Sample(prompt, seed, image, latents))
+            done += 1
+            report(progress, "compare", done, total, f"{label}: {prompt[:40]} (seed {seed})")
+        info = loaded.info
+        runs.append(ModelRun(label, path, info.variant, info.unet_params, dict(info.metadata or {}),
+                             (time.perf_counter() - start) / len(pairs), samples))
+        del loaded
+        gc.collect()
+    for run in runs:
+        for s, ref in zip(run.samples, runs[0].samples):
+            s.psnr, s.ssim, s.latent_mse = psnr(s.image, ref.image), ssim(s.image, ref.image), latent_mse(s.latents, ref.latents)
+    settings = dict(size=size, steps=steps, guidance=guidance, negative=negative, seeds=list(seeds),
+                    prompts=list(prompts), device=str(dev), dtype=str(dt).replace("torch.", ""))
+    return Comparison(runs, settings)
+
+
+# ---- grid and report -----------------------------------------------------------------------------
+
+def _fmt(x: float, digits: int = 2) -> str:
+    """A figure for people: 'inf' for infinity."""
+    return "inf" if math.isinf(x) else f"{x:.{digits}f}"
+
+
+def grid(comparison: Comparison, cell: int | None = None):
+    """A labelled PIL image: one row per (prompt, seed), one column per model, scores under each student image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    models = comparison.models
+    side = cell or min(max(comparison.settings["size"], 128), 512)  # small images are enlarged to stay readable
+    head, left, foot, pad = 36, 220, 18, 6
+    rows = len(models[0].samples)
+    img = Image.new("RGB", (left + len(models) * (side + pad) + pad, head + rows * (side + foot + pad)), "white")
+    draw = ImageDraw.Draw(img)
+    for c, m in enumerate(models):
+        x = left + pad + c * (side + pad)
+        draw.text((x, 4), m.label[:side // 6], fill="black", font=font)
+        draw.text((x, 18), f"{m.variant or '?'}, {m.unet_params / 1e6:.1f}M params", fill="#555555", font=font)
+        for r, s in enumerate(m.samples):
+            y = head + r * (side + foot + pad)
+            resample = Image.NEAREST if s.image.width < side else Image.LANCZOS
+            img.paste(s.image.resize((side, side), resample), (x, y))
+            caption = "reference" if c == 0 else f"PSNR {_fmt(s.psnr, 1)} dB  SSIM {_fmt(s.ssim, 3)}"
+            draw.text((x, y + side + 3), caption, fill="black", font=font)
+    for r, s in enumerate(models[0].samples):
+        y = head + r * (side + foot + pad)
+        lines = textwrap.wrap(s.prompt, 34)[: max(1, side // 14 - 1)] + [f"seed {s.seed}"]
+        draw.multiline_text((pad, y), "\n".join(lines), fill="black", font=font, spacing=3)
+    return img
+
+
+def report_html(comparison: Comparison, grid_src: str = "grid.png") -> str:
+    """A self-describing HTML page: settings, each model's metadata and mean agreement, the grid, per-image figures."""
+    e = html.escape
+    s = comparison.settings
+    models = comparison.models
+    head = ("<tr><th>model</th><th>file</th><th>variant</th><th>UNet params</th><th>distillation</th>"
+            "<th>other metadata</th><th>PSNR (dB)</th><th>SSIM</th><th>latent MSE</th><th>s / image</th></tr>")
+    rows = []
+    for i, m in enumerate(models):
+        distill = ", ".join(f"{k[len(DISTILL_PREFIX):].strip('_') or 'yes'}: {v}" for k, v in m.distillation.items())
+        other = ", ".join(f"{k}: {v}" for k, v in sorted(m.metadata.items())
+                          if k.startswith("sdkd_") and k not in HIDDEN_METADATA and k not in m.distillation)
+        avg = m.summary()
+        rows.append(
+            f"<tr><td>{e(m.label)}</td><td>{e(m.path)}</td><td>{e(m.variant or '?')}</td><td>{m.unet_params:,}</td>"
+            f"<td>{e(distill or ('-' if i == 0 else 'none (pruned only)'))}</td><td class=meta>{e(other or '-')}</td>"
+            + ("<td colspan=3>reference</td>" if i == 0 else
+               f"<td>{_fmt(avg['psnr'])}</td><td>{_fmt(avg['ssim'], 4)}</td><td>{avg['latent_mse']:.4g}</td>")
+            + f"<td>{m.seconds_per_image:.2f}</td></tr>")
+    per = ["<tr><th>prompt</th><th>seed</th>" + "".join(f"<th>{e(m.label)}<br>PSNR / SSIM / latent MSE</th>"
+                                                          for m in models[1:]) + "</tr>"]
+    for j, ref in enumerate(models[0].samples):
+        cells = "".join(f"<td>{_fmt(m.samples[j].psnr)} / {_fmt(m.samples[j].ssim, 4)} / {m.samples[j].latent_mse:.4g}</td>"
+                        for m in models[1:])
+        per.append(f"<tr><td>{e(ref.prompt)}</td><td>{ref.seed}</td>{cells}</tr>")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>sdkd compare</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}} .meta{{font-size:85%}}
+img{{max-width:100%}}</style></head><body>
+<h1>sdkd compare</h1>
+<p>{len(models[0].samples)} images per model: {len(s['prompts'])} prompts x {len(s['seeds'])} seeds; {s['size']} px,
+{s['steps']} steps, guidance {s['guidance']}, {e(s['device'])} {e(s['dtype'])}. Agreement is with the teacher's image of
+the same prompt and seed: PSNR and SSIM on the decoded images (higher is closer), MSE on the final latents (lower is closer).</p>
+<h2>Models</h2>
+<table>{head}{''.join(rows)}</table>
+<h2>Images</h2>
+<img src="{e(grid_src)}" alt="grid of every model's images">
+<h2>Per image</h2>
+<table>{''.join(per)}</table>
+</body></html>
+"""
+
+
+def write_report(comparison: Comparison, out: Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write grid.png, report.html and compare.json into folder `out`, atomically."""
+    from .export import atomic_outputs
+
+    paths = {"grid": out / "grid.png", "report": out / "report.html", "json": out / "compare.json"}
+    with atomic_outputs(overwrite) as outs:
+        grid(comparison).save(outs.temp(paths["grid"]), format="PNG")
+        outs.temp(paths["json"]).write_text(json.dumps(comparison.as_dict(), indent=2))
+        outs.temp(paths["report"]).write_text(report_html(comparison, paths["grid"].name), encoding="utf-8")
+    return paths
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+def _seeds(text: str) -> list[int]:
+    """Seeds from '0,1,2' or a range '0-3'."""
+    try:
+        if "-" in text.strip("-"):
+            lo, hi = text.split("-", 1)
+            return list(range(int(lo), int(hi) + 1))
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seeds as 0,1,2 or a range 0-3") from None
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    """Compare students with their teacher and write the report."""
+    from .progress import tqdm_progress
+
+    result = compare(a.teacher, a.students, read_prompts(a.prompts), a.seeds, a.size, a.steps, a.guidance, a.negative,
+                     a.device, a.dtype, tqdm_progress())
+    paths = write_report(result, Path(a.out), a.overwrite)
+    for m in result.models[1:]:
+        avg = m.summary()
+        print(f"{m.label} ({m.variant}): PSNR {_fmt(avg['psnr'])} dB, SSIM {_fmt(avg['ssim'], 4)}, "
+              f"latent MSE {avg['latent_mse']:.4g} vs {result.models[0].label}")
+    print(f"wrote {paths['report']}, {paths['grid']} and {paths['json']}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Add `sdkd compare` to the CLI."""
+    s = sub.add_parser("compare", help="render the same prompts and seeds with a teacher and its students, score them")
+    s.add_argument("teacher", help="the teacher checkpoint (the reference)")
+    s.add_argument("students", nargs="+", help="student checkpoints")
+    s.add_argument("--prompts", required=True, help="text file, one prompt per line (# comments allowed)")
+    s.add_argument("--seeds", type=_seeds, default=[0], help="seeds, e.g. 0,1,2 or 0-3 (default 0)")
+    s.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    s.add_argument("--steps", type=int, default=25)
+    s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    s.add_argument("--negative", default="", help="negative prompt for every image")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp32 on CPU, fp16 elsewhere")
+    s.add_argument("--out", default="sdkd-compare", help="folder for report.html, grid.png, compare.json")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    s.set_defaults(fn=cmd_compare)

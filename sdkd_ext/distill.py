@@ -1,0 +1,515 @@
+"""BK-SDM knowledge distillation: a pruned student learns its teacher's noise predictions and block features.
+
+loss = l_sd * mse(student_eps, noise) + l_out * mse(student_eps, teacher_eps)
+       + l_feat * sum_i mse(student_feature_i, teacher_feature_i)
+with every MSE a plain mean in fp32 and the feature pairs derived from the variant spec
+(`variants.hook_pairs`). The student starts as the core's pruned copy of the teacher and ends
+exported exactly as `sdkd prune` exports, with the run recorded in the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .cache import LATENT_KIND, TEXT_KIND, Cache, CachedDataset, component_hash, encode_images, encode_texts, key_of, text_key
+from .checkpoint import ChainSource, DictSource, RenamedSource, Source, open_model, resolve
+from .configs import sd15
+from .convert import TEXT, UNET, VAE, unet_map
+from .data import DataSpec, FolderData, PromptData, builtin_prompts, derive_seed, read_prompts, sample_latents, scan_folder
+from .detect import ModelInfo, describe, require_teacher
+from .errors import SdkdError
+from .export import Outputs, atomic_outputs
+from .pipeline import build_text_encoder, build_unet, build_vae, scheduler, tokenizer
+from .plan import check_resolution, fit, kd_estimator
+from .progress import Cancelled, ProgressFn, report, tqdm_progress
+from .prune import Exported, checkpoint_path, default_out, export_model, student_names, teacher_metadata
+from .train import (TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, image_grid, make_accelerator,
+                    noise_scheduler, run_training, unwrap)
+from .variants import Topology, get_variant, hook_pairs
+
+PREVIEW_PROMPTS = 4
+CPU = torch.device("cpu")
+TERMS = ("task", "output_kd", "feature_kd")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the three BK-SDM loss terms (BK-SDM: 1/1/1; Segmind used 0.5 for both KD terms)."""
+
+    sd: float = 1.0  # task: student noise prediction vs the true noise
+    out: float = 1.0  # output KD: student vs teacher noise prediction
+    feat: float = 1.0  # feature KD: sum over the hook pairs
+
+    def active(self) -> dict[str, float]:
+        """Term name -> weight, for the non-zero terms only (zero-weight terms are never computed)."""
+        for name, w in zip(TERMS, (self.sd, self.out, self.feat)):
+            if w < 0:
+                raise SdkdError(f"the {name} loss weight must not be negative (got {w})")
+        return {name: w for name, w in zip(TERMS, (self.sd, self.out, self.feat)) if w}
+
+
+class FeatureTap:
+    """Forward hooks that keep the first output of named submodules, only while armed (not in checkpoint recompute)."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.features: dict[str, torch.Tensor] = {}  # the current capture's
+        self.handles: list = []
+        self.model: torch.nn.Module | None = None
+        self._armed = False
+
+    def attach(self, model: torch.nn.Module) -> FeatureTap:
+        """Hook the named blocks of `model`, unwrapped first (DDP and compile wrappers hide `.down_blocks`);
+        hooks on a previously attached model are removed."""
+        bare = unwrap(model)
+        if bare is self.model:
+            return self
+        self.remove()
+        self.model = bare
+        for name in self.names:
+            try:
+                module = bare.get_submodule(name)
+            except AttributeError:
+                raise SdkdError(f"internal error: the UNet has no block {name!r} to take features from") from None
+            self.handles.append(module.register_forward_hook(self._keeper(name)))
+        return self
+
+    def _keeper(self, name: str) -> Callable:
+        def keep(module: torch.nn.Module, args: tuple, output: object) -> None:
+            if self._armed:
+                self.features[name] = output[0] if isinstance(output, (tuple, list)) else output
+        return keep
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Collect features during the block into the dict it yields (the tap keeps no reference after it)."""
+        self.features = {}
+        self._armed = True
+        try:
+            yield self.features
+        finally:
+            self._armed = False
+            self.features = {}
+
+    def remove(self) -> None:
+        """Detach every hook."""
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.model = None
+
+
+class KDObjective:
+    """The BK-SDM loss terms for one batch: the generic loop's objective for distillation."""
+
+    def __init__(self, teacher: torch.nn.Module, pairs: list[tuple[str, str]], weights: LossWeights):
+        self.weights = weights.active()
+        self.teacher = teacher
+        self.pairs = pairs
+        self.scheduler = noise_scheduler()
+        needs_features = "feature_kd" in self.weights
+        self.teacher_tap = FeatureTap([t for t, _ in pairs]).attach(teacher) if needs_features else None
+        self.student_tap = FeatureTap([s for _, s in pairs]) if needs_features else None
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, timesteps, noise) of a batch, from its per-sample seeds."""
+        return diffusion_inputs(batch["latents"], batch["seed"].tolist(), self.scheduler)
+
+    def teacher_pass(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Teacher noise prediction and features in fp32, computed frozen in its own precision, as plain tensors."""
+        dtype = next(self.teacher.parameters()).dtype
+        tap = self.teacher_tap.capture() if self.teacher_tap else contextlib.nullcontext({})
+        with torch.inference_mode(), torch.autocast(noisy.device.type, enabled=False), tap as feats:
+            eps = self.teacher(noisy.to(dtype), t, encoder_hidden_states=text.to(dtype)).sample
+        # copies made outside inference mode are ordinary tensors, which autograd may save for backward
+        return eps.to(torch.float32, copy=True), {k: v.to(torch.float32, copy=True) for k, v in feats.items()}
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named fp32 loss terms (unweighted) of `model` as the student on `batch`."""
+        if self.student_tap is not None:
+            self.student_tap.attach(model)
+        noisy, t, noise = self.inputs(batch)
+        text = batch["text"]
+        if "output_kd" in self.weights or "feature_kd" in self.weights:
+            t_eps, t_feats = self.teacher_pass(noisy, t, text)
+        tap = self.student_tap.capture() if self.student_tap else contextlib.nullcontext({})
+        with tap as s_feats:
+            s_eps = model(noisy, t, encoder_hidden_states=text).sample.float()
+        terms = {}
+        if "task" in self.weights:
+            terms["task"] = F.mse_loss(s_eps, noise.float())
+        if "output_kd" in self.weights:
+            terms["output_kd"] = F.mse_loss(s_eps, t_eps)
+        if "feature_kd" in self.weights:
+            losses = []
+            for t_name, s_name in self.pairs:
+                s, tt = s_feats[s_name].float(), t_feats[t_name]
+                if s.shape != tt.shape:
+                    raise SdkdError(f"internal error: feature pair {t_name} -> {s_name} has shapes {tuple(tt.shape)} vs {tuple(s.shape)}")
+                losses.append(F.mse_loss(s, tt))
+            terms["feature_kd"] = torch.stack(losses).sum()
+        return terms
+
+
+@dataclass
+class DistillResult:
+    """A distillation run's outcome: the exported student and how training ended."""
+
+    exported: Exported | None
+    train: TrainResult
+    run_dir: Path
+    samples: int
+    notes: list[str] = field(default_factory=list)
+
+
+def run_folder(out: Path) -> Path:
+    """The run folder beside the output: `<name>.run/` (state, loss log, previews, cache)."""
+    return out.with_suffix(".run")
+
+
+def student_model(src: Source, info: ModelInfo, variant: str) -> tuple[torch.nn.Module, Topology]:
+    """The student UNet (fp32, its own memory) initialised by the core's prune mapping, and its topology."""
+    view = RenamedSource(src, student_names(src, info, variant))
+    s_info = describe(view)
+    unet = build_unet(view, s_info)
+    for p in unet.parameters():
+        p.data = p.data.to(torch.float32, copy=True)  # never share storage with the teacher's tensors
+    return unet, s_info.topology
+
+
+def frozen_dtype(device: torch.device) -> torch.dtype:
+    """Precision of the frozen models (teacher, VAE, text encoder): fp16 on CUDA as BK-SDM, fp32 elsewhere (CPUs
+    lack fast half-precision kernels, and some ops have none)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def teacher_model(src: Source, info: ModelInfo, device: torch.device) -> torch.nn.Module:
+    """The teacher UNet, frozen, in `frozen_dtype`."""
+    unet = place(build_unet(src, info), device, frozen_dtype(device)).eval()
+    unet.requires_grad_(False)
+    return unet
+
+
+def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move and cast a model (plain `nn.Module.to`: diffusers 0.42's override warns on every dtype cast)."""
+    return torch.nn.Module.to(module, device=device, dtype=dtype)
+
+
+def export_student(unet: torch.nn.Module, src: Source, topology: Topology, out: Path, variant: str, dtype: str,
+                   extra: Callable[[], dict[str, str]], diffusers: bool) -> Exported:
+    """Export the trained UNet with the teacher's VAE and text encoder through the core exporter (as `sdkd prune`)."""
+    state = unet.state_dict()
+    pmap = unet_map(topology)
+    names = {}
+    for k in state:
+        ldm = pmap.to_ldm(k)
+        if ldm is None:
+            raise SdkdError(f"internal error: student key {k} has no LDM name")
+        names[UNET + ldm] = k
+    trained = RenamedSource(DictSource(state), names, lambda _, t: t.detach().to("cpu"))
+    rest = RenamedSource(src, {k: k for k in src.keys() if not k.startswith(UNET)})
+    full = ChainSource([trained, rest])
+    return export_model(full, {k: k for k in full.keys()}, topology, out, variant, dtype, extra, overwrite=True,
+                        diffusers=diffusers)
+
+
+def to_images(vae: torch.nn.Module, latents: torch.Tensor, scaling: float, device: torch.device) -> list:
+    """Decode latents (one at a time, VAE moved to `device` for it and back) into PIL images."""
+    from PIL import Image
+
+    vae.to(device)
+    dtype = next(vae.parameters()).dtype
+    images = []
+    with torch.no_grad():
+        for z in latents:
+            x = vae.decode((z[None] / scaling).to(device, dtype)).sample[0].float()
+            x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            images.append(Image.fromarray(x))
+    vae.to("cpu")
+    return images
+
+
+def make_preview(teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor,
+                 seeds: list[int], latent: int, guidance: float, steps: int, amp: torch.dtype | None,
+                 scaling: float) -> Callable[[torch.nn.Module, int, Path], None]:
+    """A preview function: teacher (row 1, sampled once) and student (row 2) images at the same prompts and seeds."""
+    device = next(teacher.parameters()).device
+    teacher_row: list = []
+
+    def preview(student: torch.nn.Module, step: int, path: Path) -> None:
+        if not teacher_row:
+            teacher_row.extend(to_images(vae, sample_latents(teacher, scheduler(), cond, uncond, seeds, latent, steps, guidance),
+                                         scaling, device))
+        was_training = student.training
+        student.eval()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            z = sample_latents(student, scheduler(), cond, uncond, seeds, latent, steps, guidance)
+        student.train(was_training)
+        grid = image_grid([teacher_row, to_images(vae, z.float(), scaling, device)], ["teacher", f"student {step}"])
+        with atomic_outputs(overwrite=True) as outs:
+            grid.save(outs.temp(path), format="PNG")
+
+    return preview
+
+
+@torch.no_grad()
+def self_generate(teacher: torch.nn.Module, data: PromptData, text_keys: list[str], uncond_key: str, cache: Cache,
+                  teacher_hash: str, latent: int, seed: int, scaling: float, batch: int = 4,
+                  progress: ProgressFn | None = None) -> list[str]:
+    """Let the teacher sample one latent per prompt (cached; latents only, nothing decoded); return their keys."""
+    keys = [key_of("generated", teacher_hash, p, data.negative, data.guidance, data.sample_steps, latent, derive_seed(seed, "gen", i))
+            for i, p in enumerate(data.prompts)]
+    todo = [i for i, k in enumerate(keys) if not cache.has(LATENT_KIND, k)]
+    device = next(teacher.parameters()).device
+    uncond = cache.load(TEXT_KIND, uncond_key)["text"][None].to(device)
+    for start in range(0, len(todo), batch):
+        chunk = todo[start:start + batch]
+        cond = torch.stack([cache.load(TEXT_KIND, text_keys[i])["text"] for i in chunk]).to(device)
+        z = sample_latents(teacher, scheduler(), cond, uncond, [derive_seed(seed, "gen", i) for i in chunk], latent,
+                           data.sample_steps, data.guidance)
+        for i, zi in zip(chunk, z):
+            cache.save(LATENT_KIND, keys[i], {"mean": zi / scaling})
+        report(progress, "self-generate", min(start + batch, len(todo)), len(todo))
+    return keys
+
+
+def distill(teacher: str | Path, variant: str, out: str | Path | None, data: DataSpec, cfg: TrainConfig | None = None,
+            weights: LossWeights = LossWeights(), *, resolution: int = 512, dtype: str = "fp16", overwrite: bool = False,
+            resume: bool = False, cache_dir: str | Path | None = None, vram: float | str | None = None,
+            preview_prompts: list[str] | None = None, diffusers: bool = False, progress: ProgressFn | None = None,
+            log: Callable[[str], None] | None = None) -> DistillResult:
+    """Distil `teacher` into a BK-SDM `variant` on `data` and export the student like `sdkd prune` does.
+
+    `vram` ("auto" or GiB) lets the memory planner pick micro-batch/accumulation, gradient
+    checkpointing and EMA to fit. A progress callback raising `Cancelled` during training leaves an
+    exported student and a resumable run (`resume=True`); raised earlier, it propagates."""
+    cfg = cfg or TrainConfig()
+    cfg.check()
+    check_resolution(resolution)
+    acc = make_accelerator(cfg.device)
+    device = acc.device
+    notes: list[str] = []
+    say = lambda msg: (notes.append(msg), log(msg) if log and acc.is_main_process else None)  # noqa: E731
+    path = resolve(teacher)
+    src = open_model(path)
+    info = describe(src)
+    require_teacher(info, path.name)
+    if info.inpainting:
+        raise SdkdError(f"{path.name}: an inpainting teacher can be pruned but not distilled (its UNet needs masks); "
+                        "distil the normal checkpoint it was made from")
+    v = get_variant(variant)
+    out_path = checkpoint_path(out) if out else default_out(path, f"{v.name}-kd")
+    if out_path.resolve() == path.resolve():
+        raise SdkdError(f"--out {out_path} is the teacher itself; sdkd never overwrites its input")
+    run_dir = run_folder(out_path)
+    check_run(run_dir, resume, overwrite)
+    if not (resume or overwrite):
+        for final in (out_path, out_path.with_suffix(".yaml")):
+            Outputs(False).check(final)  # fail before the slow part
+    cfg = fit(cfg, vram, device, kd_estimator(v.name, resolution, info.topology), say, f"{v.name} at {resolution} px")
+    provenance = teacher_metadata(path)
+    cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / "cache")
+    latent = resolution // 8
+    scaling = float(sd15("vae").get("scaling_factor", 0.18215))
+    teacher_unet = teacher_model(src, info, device)
+    with acc.main_process_first():
+        dataset, previews, uncond = prepare_data(data, src, cache, teacher_unet, resolution, latent, scaling, cfg.seed,
+                                                 preview_prompts, device, say, progress if acc.is_main_process else None,
+                                                 provenance)
+    student, s_topology = student_model(src, info, v.name)
+    objective = KDObjective(teacher_unet, hook_pairs(v, info.topology), weights)
+    sha = provenance()["sdkd_teacher_sha256"]
+    fingerprint = {"variant": v.name, "teacher": f"{path.name} (sha256 {sha[:16]})",
+                   "data": f"{data.describe()}, {len(dataset)} samples at {resolution} px [{dataset.fingerprint()[:16]}]"}
+    preview = None
+    if previews is not None and acc.is_main_process:
+        sampling = data if isinstance(data, PromptData) else PromptData(())
+        preview = make_preview(teacher_unet, place(build_vae(src), CPU, frozen_dtype(device)), previews, uncond,
+                               [derive_seed(cfg.seed, "preview", i) for i in range(len(previews))], latent,
+                               sampling.guidance, sampling.sample_steps, autocast_dtype(cfg.precision, device), scaling)
+    world = acc.num_processes
+
+    def extra(result: TrainResult) -> Callable[[], dict[str, str]]:
+        return lambda: {
+            **provenance(), "sdkd_ema": str(cfg.ema).lower(),
+            "sdkd_distill_steps": str(result.steps), "sdkd_distill_status": "cancelled" if result.cancelled else "complete",
+            "sdkd_distill_data": fingerprint["data"][:300],
+            "sdkd_distill_loss_weights": json.dumps({"sd": weights.sd, "out": weights.out, "feat": weights.feat}),
+            "sdkd_distill_lr": f"{cfg.lr:g}", "sdkd_distill_batch": str(cfg.batch * cfg.accum * world),
+            "sdkd_distill_resolution": str(resolution),
+            "sdkd_distill_final_loss": json.dumps({k: round(x, 6) for k, x in result.losses.items()}),
+        }
+
+    def on_export(model: torch.nn.Module, result: TrainResult) -> Exported:
+        return export_student(model, src, s_topology, out_path, v.name, dtype, extra(result), diffusers)
+
+    result = run_training(objective, student, dataset, cfg, run_dir, fingerprint=fingerprint, accelerator=acc, resume=resume,
+                          overwrite=overwrite, progress=progress, on_export=on_export, preview=preview, stage="distill")
+    return DistillResult(result.exported, result, run_dir, len(dataset), notes)
+
+
+def prepare_data(data: DataSpec, src: Source, cache: Cache, teacher: torch.nn.Module, resolution: int, latent: int,
+                 scaling: float, seed: int, preview_prompts: list[str] | None, device: torch.device,
+                 say: Callable[[str], None], progress: ProgressFn | None,
+                 provenance: Callable[[], dict[str, str]]) -> tuple[CachedDataset, torch.Tensor | None, torch.Tensor]:
+    """Encode captions and images (or let the teacher generate latents) into the cache, loading the text encoder
+    and VAE only for what is missing; return the dataset, the preview prompt embeddings and the unconditional one."""
+    te_hash = component_hash(src, TEXT)
+    if isinstance(data, FolderData):
+        scan = scan_folder(data.folder)
+        if scan.uncaptioned:
+            say(f"{len(scan.uncaptioned)} image(s) have no caption; using their file names (e.g. {scan.uncaptioned[0].name})")
+        if scan.missing:
+            say(f"metadata.jsonl lists {len(scan.missing)} file(s) that are not there (e.g. {scan.missing[0]}); skipped")
+        texts = [ex.caption for ex in scan.examples]
+        negative = ""
+    else:
+        texts, negative = list(data.prompts), data.negative
+    shown = list(preview_prompts) if preview_prompts is not None else list(dict.fromkeys(texts))[:PREVIEW_PROMPTS]
+    half = frozen_dtype(device)
+    keys = encode_texts(texts + shown + [negative], lambda: place(build_text_encoder(src), device, half), tokenizer, cache,
+                        te_hash, progress=progress)[:len(texts)]
+    _free(device)
+    uncond_key = text_key(negative, te_hash)
+    if isinstance(data, FolderData):
+        min_side = data.min_side or resolution // 2
+        images = encode_images(scan.examples, lambda: place(build_vae(src), device, half), cache, component_hash(src, VAE),
+                               resolution, data.flip, min_side, progress=progress)
+        _free(device)
+        if images.summary():
+            say(images.summary())
+        items = [(k, t) for k, t in zip(images.keys, keys) if k is not None]
+        if not items:
+            raise SdkdError(f"--data {data.folder}: no usable images ({images.summary()}); "
+                            f"add readable images of at least {min_side} px")
+    else:
+        latents = self_generate(teacher, data, keys, uncond_key, cache, provenance()["sdkd_teacher_sha256"], latent, seed,
+                                scaling, progress=progress)
+        items = [((k,), t) for k, t in zip(latents, keys)]
+    uncond = cache.load(TEXT_KIND, uncond_key)["text"][None].float().to(device)
+    previews = torch.stack([cache.load(TEXT_KIND, text_key(t, te_hash))["text"] for t in shown]).float().to(device) if shown else None
+    return CachedDataset(cache, items, scaling), previews, uncond
+
+
+def _free(device: torch.device) -> None:
+    """Return freed accelerator memory to the device (models that have left memory before the UNet loop)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(progress: ProgressFn) -> Iterator[ProgressFn]:
+    """A progress callback that turns the first Ctrl-C into a graceful `Cancelled` at the next event (the
+    second one interrupts at once)."""
+    asked: list[bool] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(True)
+        print("\nsdkd: stopping after this step (export + checkpoint); press Ctrl-C again to abort", file=sys.stderr)
+
+    def show(event) -> None:
+        progress(event)
+        if asked:
+            raise Cancelled
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield show
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def data_spec(a: argparse.Namespace) -> DataSpec:
+    """The data source the arguments name."""
+    if a.data:
+        return FolderData(Path(a.data).expanduser(), flip=a.flip)
+    prompts = read_prompts(a.prompts) if a.prompts else builtin_prompts(a.self_n, a.seed)
+    origin = f"prompts {Path(a.prompts).name}" if a.prompts else "built-in prompts"
+    return PromptData(tuple(prompts), a.negative, a.guidance, a.sample_steps, origin)
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    """Run `distill` from the command line and say where everything went."""
+    cfg = TrainConfig(steps=a.steps, batch=a.batch, accum=a.accum, lr=a.lr, warmup=a.warmup, precision=a.precision,
+                      grad_checkpointing=a.grad_checkpointing, optimizer=a.optimizer, ema=a.ema,
+                      checkpoint_every=a.checkpoint_every, preview_every=a.preview_every, seed=a.seed, device=a.device)
+    vram = None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram)
+    shown = None if a.preview_prompts is None else read_prompts(a.preview_prompts)
+    with stop_on_ctrl_c(tqdm_progress()) as progress:
+        try:
+            r = distill(a.teacher, a.variant, a.out, data_spec(a), cfg, LossWeights(a.l_sd, a.l_out, a.l_feat),
+                        resolution=a.resolution, dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, cache_dir=a.cache_dir,
+                        vram=vram, preview_prompts=[] if a.no_preview else shown, diffusers=a.format == "diffusers",
+                        progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
+        except Cancelled:
+            print("sdkd: cancelled before training started (the cache written so far is kept)", file=sys.stderr)
+            return 130
+    t = r.train
+    if r.exported is None:  # a non-main process of a multi-process run
+        return 0
+    loss = ", ".join(f"{k} {v:.4g}" for k, v in t.losses.items())
+    status = f"cancelled at step {t.steps}/{t.total} (continue with --resume)" if t.cancelled else f"{t.steps} steps"
+    print(f"{r.exported.variant}: {status} on {r.samples} samples in {t.seconds:.0f}s ({loss}) -> {r.exported.checkpoint} "
+          f"(+ {r.exported.yaml.name}); loss log, plot and previews in {r.run_dir}/")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """`sdkd distill`."""
+    from .cli import VARIANT_NAMES
+
+    s = sub.add_parser("distill", help="distil a teacher into a BK-SDM student (prune + knowledge distillation)")
+    s.add_argument("teacher", help="the SD1.x teacher: .safetensors, .ckpt or diffusers folder")
+    s.add_argument("--variant", required=True, choices=VARIANT_NAMES, help="student architecture")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="folder of images with same-name .txt captions (or a metadata.jsonl)")
+    src.add_argument("--prompts", help="data-free: a text file of prompts (one per line) the teacher draws from")
+    src.add_argument("--self", dest="self_n", type=int, metavar="N", help="data-free: N built-in varied prompts")
+    s.add_argument("--out", help="output path (default: <teacher>-bk-<variant>-kd.safetensors beside the teacher)")
+    s.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    s.add_argument("--batch", type=int, default=1, help="micro-batch per process (default 1)")
+    s.add_argument("--accum", type=int, default=1, help="gradient accumulation steps (global batch = batch x accum x processes)")
+    s.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5, as BK-SDM)")
+    s.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
+    s.add_argument("--resolution", type=int, default=512, help="training image size in pixels (multiple of 64)")
+    s.add_argument("--flip", action="store_true", help="also train on mirror images")
+    s.add_argument("--l-sd", type=float, default=1.0, help="weight of the task loss (default 1)")
+    s.add_argument("--l-out", type=float, default=1.0, help="weight of the output KD loss (default 1)")
+    s.add_argument("--l-feat", type=float, default=1.0, help="weight of the feature KD loss (default 1)")
+    s.add_argument("--negative", default="", help="data-free: negative prompt for the teacher's samples")
+    s.add_argument("--guidance", type=float, default=7.5, help="data-free: CFG scale of the teacher's samples")
+    s.add_argument("--sample-steps", type=int, default=25, help="data-free: sampler steps per teacher sample")
+    s.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
+    s.add_argument("--preview-every", type=int, default=0, help="steps between preview grids (0: at the end only)")
+    s.add_argument("--preview-prompts", help="text file of preview prompts (default: the first 4 captions/prompts)")
+    s.add_argument("--no-preview", action="store_true", help="no preview grids")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="student autocast (auto: bf16 where supported, else fp16 on CUDA; fp32 on CPU)")
+    s.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
+    s.add_argument("--optimizer", default="auto", choices=["auto", "adamw", "adamw8bit"],
+                   help="auto: 8-bit AdamW when bitsandbytes is installed (CUDA), else AdamW")
+    s.add_argument("--ema", action="store_true", help="keep an EMA of the student and export it")
+    s.add_argument("--vram", help="'auto' or GiB: let the memory planner choose batch split, checkpointing and EMA")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: accelerate's choice (GPU if any)")
+    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder <out>.run/)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported weights dtype")
+    s.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
+                   help="diffusers: also write a diffusers folder beside the .safetensors")
+    s.add_argument("--resume", action="store_true", help="continue the run in <out>.run/ from its last checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs and start the run over")
+    s.set_defaults(fn=cmd_distill)

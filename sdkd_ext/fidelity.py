@@ -1,0 +1,93 @@
+"""Fidelity on the shapes task: does each model draw what held-out captions ask for, and how close do students stay.
+
+For N fixed (caption, seed) pairs, with captions from the held-out split (never seen in training),
+every model renders every image (`compare.compare`: one model in memory at a time, the teacher
+first); the shapes scorer reads the attributes back from each image (accuracy per attribute) and
+each student's image is scored against the teacher's of the same pair (PSNR, SSIM, latent MSE).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Sequence
+
+import numpy as np
+
+from .compare import Comparison, ModelRun, compare, write_report
+from .export import atomic_outputs
+from .progress import ProgressFn
+from .shapes import ATTRIBUTES, VOCABULARIES, ShapeSpec, accuracy, caption, parse_caption, split_specs
+
+SIZE = 64  # the shapes pictures' side in pixels
+STEPS = 20
+GUIDANCE = 4.0  # the demo teacher's best classifier-free guidance on held-out captions
+CHANCE = {name: 1 / len(VOCABULARIES[name]) for name in ATTRIBUTES}  # accuracy of guessing uniformly
+
+
+def check_specs(n: int = 24, seed: int = 0) -> list[ShapeSpec]:
+    """`n` held-out specs, the same on every run: the first `n` of a seeded shuffle of the held-out split."""
+    held = split_specs()[1]
+    if not 0 < n <= len(held):
+        raise ValueError(f"n must be between 1 and {len(held)} (the held-out captions), got {n}")
+    return [held[i] for i in np.random.default_rng(seed).permutation(len(held))[:n]]
+
+
+def model_accuracy(run: ModelRun) -> dict[str, float]:
+    """The scorer's per-attribute accuracy (and 'mean') over one model's images of shapes captions."""
+    return accuracy([s.image for s in run.samples], [parse_caption(s.prompt) for s in run.samples])
+
+
+@dataclass
+class Fidelity:
+    """Every model's images and agreement with the teacher (`comparison`), and its attribute accuracy (same order)."""
+
+    comparison: Comparison
+    accuracy: list[dict[str, float]]
+
+    def rows(self) -> list[dict]:
+        """One JSON-ready row per model: label, variant, UNet parameters, accuracy per attribute, mean agreement."""
+        out = []
+        for i, (m, acc) in enumerate(zip(self.comparison.models, self.accuracy)):
+            agreement = {} if i == 0 else {k: round(v, 4) if math.isfinite(v) else str(v) for k, v in m.summary().items()}
+            out.append({"model": m.label, "variant": m.variant, "unet_params": m.unet_params,
+                        "accuracy": {k: round(v, 4) for k, v in acc.items()}, **agreement})
+        return out
+
+    def table(self) -> str:
+        """A markdown table: accuracy per attribute, then PSNR / SSIM / latent MSE against the teacher."""
+        head = ["model", "UNet params", *ATTRIBUTES, "mean", "PSNR dB", "SSIM", "latent MSE"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                 "| chance | | " + " | ".join(f"{CHANCE[a]:.2f}" for a in ATTRIBUTES)
+                 + f" | {sum(CHANCE.values()) / len(CHANCE):.2f} | | | |"]
+        for row in self.rows():
+            acc = row["accuracy"]
+            agree = [f"{float(row['psnr']):.2f}", f"{row['ssim']:.3f}", f"{row['latent_mse']:.4f}"] if "psnr" in row else ["ref."] * 3
+            lines.append(f"| {row['model']} ({row['variant']}) | {row['unet_params']:,} | "
+                         + " | ".join(f"{acc[a]:.2f}" for a in [*ATTRIBUTES, "mean"]) + " | " + " | ".join(agree) + " |")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        """JSON-ready summary: settings, chance level, one row per model."""
+        return {"settings": self.comparison.settings, "chance": CHANCE, "models": self.rows()}
+
+
+def fidelity(teacher: str | Path, students: Sequence[str | Path], n: int = 24, seeds: Sequence[int] = (0,),
+             steps: int = STEPS, guidance: float = GUIDANCE, device: str = "cpu", spec_seed: int = 0,
+             progress: ProgressFn | None = None) -> Fidelity:
+    """Render `n` held-out shapes captions x `seeds` with the teacher and each student; score accuracy and agreement."""
+    prompts = [caption(s) for s in check_specs(n, spec_seed)]
+    result = compare(teacher, list(students), prompts, list(seeds), SIZE, steps, guidance, device=device, progress=progress)
+    return Fidelity(result, [model_accuracy(m) for m in result.models])
+
+
+def write(result: Fidelity, out: Path, overwrite: bool = False) -> dict[str, Path]:
+    """compare's grid.png, report.html and compare.json, plus fidelity.json and fidelity.md, into folder `out`."""
+    paths = write_report(result.comparison, out, overwrite)
+    paths.update(fidelity=out / "fidelity.json", table=out / "fidelity.md")
+    with atomic_outputs(overwrite) as outs:
+        outs.temp(paths["fidelity"]).write_text(json.dumps(result.as_dict(), indent=2))
+        outs.temp(paths["table"]).write_text(result.table() + "\n")
+    return paths

@@ -1,0 +1,84 @@
+"""`sdkd lora` and `sdkd lora-port`: the LoRA commands, thin argument parsing over the lora_* modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    """Train a LoRA and say where it went."""
+    from .distill import stop_on_ctrl_c
+    from .lora_train import LoraSpec, train_lora
+    from .progress import Cancelled, tqdm_progress
+    from .train import TrainConfig
+
+    cfg = TrainConfig(steps=a.steps, batch=a.batch, accum=a.accum, lr=a.lr, precision=a.precision,
+                      grad_checkpointing=a.grad_checkpointing, optimizer=a.optimizer,
+                      checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device)
+    vram = None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram)
+    with stop_on_ctrl_c(tqdm_progress()) as progress:
+        try:
+            r = train_lora(a.base, a.data, a.out, LoraSpec(a.rank, a.alpha, a.text_encoder), cfg, resolution=a.resolution,
+                           flip=a.flip, dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, cache_dir=a.cache_dir,
+                           vram=vram, progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
+        except Cancelled:
+            print("sdkd: cancelled before training started (the cache written so far is kept)", file=sys.stderr)
+            return 130
+    if r.path is None:  # a non-main process of a multi-process run
+        return 0
+    t = r.train
+    status = f"cancelled at step {t.steps}/{t.total} (continue with --resume)" if t.cancelled else f"{t.steps} steps"
+    print(f"LoRA ({r.modules} modules): {status} on {r.samples} images in {t.seconds:.0f}s, "
+          f"loss {t.losses.get('loss', float('nan')):.4g} -> {r.path}; loss log in {r.run_dir}/")
+    return 0
+
+
+def cmd_port(a: argparse.Namespace) -> int:
+    """Port a teacher LoRA onto a BK-SDM student."""
+    from .lora_port import port_lora
+
+    r = port_lora(a.lora, a.to, a.out, a.overwrite, a.alpha_equals_rank)
+    blocks = ", ".join(r.dropped_blocks())
+    print(f"BK-SDM {r.variant}: kept {r.kept} modules, dropped {len(r.dropped)}"
+          + (f" (in removed teacher blocks {blocks})" if blocks else "") + f" -> {r.path}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register the LoRA subcommands."""
+    s = sub.add_parser("lora", help="train a LoRA on an SD1.x checkpoint or BK-SDM student (kohya file for its layers)")
+    s.add_argument("base", help="the model: SD1.x teacher or sdkd student (.safetensors, .ckpt or diffusers folder)")
+    s.add_argument("--data", required=True, help="folder of images with same-name .txt captions (or a metadata.jsonl)")
+    s.add_argument("--out", required=True, help="output LoRA (.safetensors); the run folder <out>.run/ goes beside it")
+    s.add_argument("--rank", type=int, default=16, help="adapter rank (default 16)")
+    s.add_argument("--alpha", type=float, default=16.0, help="adapter alpha; the update is scaled by alpha/rank (default 16)")
+    s.add_argument("--text-encoder", action="store_true", help="also train adapters on the text encoder's attention")
+    s.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    s.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    s.add_argument("--resolution", type=int, default=512, help="training image size in pixels (multiple of 64)")
+    s.add_argument("--batch", type=int, default=1, help="micro-batch per process (default 1)")
+    s.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
+    s.add_argument("--flip", action="store_true", help="also train on mirror images")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast (auto: bf16 where supported, else fp16 on CUDA; fp32 on CPU)")
+    s.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
+    s.add_argument("--optimizer", default="auto", choices=["auto", "adamw", "adamw8bit"])
+    s.add_argument("--vram", help="'auto' or GiB: let the memory planner choose batch split and checkpointing")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: accelerate's choice (GPU if any)")
+    s.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
+    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported LoRA weights dtype")
+    s.add_argument("--resume", action="store_true", help="continue the run in <out>.run/ from its last checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing LoRA and start the run over")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("lora-port", help="port a LoRA made for the full SD1.x model onto a BK-SDM student")
+    s.add_argument("lora", help="the LoRA: kohya .safetensors (LDM or diffusers names), peft/diffusers file or folder")
+    s.add_argument("--to", required=True, help="base, small, tiny, or a student .safetensors (its widths and hash are used)")
+    s.add_argument("--out", help="output path (default: <lora>-bk-<variant>.safetensors beside the LoRA)")
+    s.add_argument("--alpha-equals-rank", action="store_true",
+                   help="for a LoRA that states no alpha: take alpha = rank (the diffusers/peft default)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    s.set_defaults(fn=cmd_port)

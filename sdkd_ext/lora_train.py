@@ -1,0 +1,255 @@
+"""LoRA training on any SD1.x teacher or sdkd student, on the distillation engine, exported as a kohya LoRA.
+
+Only what is LoRA-specific lives here: peft adapters on the UNet attention projections (and
+optionally the text encoder's), the denoising objective, a memory estimate, and the export. The
+data scan, latent/text cache, the loop (mixed precision, checkpoints, resume, cancel, progress,
+loss log) and the planner's building blocks are the distillation engine's. Checkpoints hold the
+adapter weights only: the loop saves the trainable parameters, and only the adapters train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .cache import Cache, CachedDataset, component_hash, text_key
+from .checkpoint import open_model
+from .configs import VaeShape, sd15
+from .convert import TEXT, UNET
+from .data import FolderData, derive_seed, scan_folder
+from .detect import describe
+from .distill import prepare_data, run_folder
+from .errors import SdkdError
+from .export import Outputs, parse_dtype
+from .lora_file import Lora, kohya_metadata, write_kohya
+from .lora_names import Layout, layout_of_source
+from .lora_peft import TE_TARGETS, UNET_TARGETS, add_lora, lora_from_peft
+from .pipeline import build_text_encoder, build_unet, tokenizer
+from .plan import (AUTOCAST_ACTIVATION_FACTOR, OPTIMIZER_BYTES, Estimate, Settings, _cache_phase, candidates,
+                   check_resolution, cuda_vram_gb, default_optimizer, trace, unet_params)
+from .progress import ProgressFn
+from .prune import checkpoint_path, teacher_metadata
+from .train import TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, make_accelerator, noise_scheduler, run_training
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """What to train: rank and alpha of every adapter, and whether the text encoder gets adapters too."""
+
+    rank: int = 16
+    alpha: float = 16.0
+    text_encoder: bool = False
+
+    def check(self) -> None:
+        """Refuse a rank or alpha that cannot work, naming the option."""
+        if self.rank < 1 or not self.alpha > 0:
+            raise SdkdError(f"--rank must be at least 1 and --alpha positive (got rank {self.rank}, alpha {self.alpha:g})")
+
+    def describe(self) -> str:
+        """One line for logs and the run fingerprint."""
+        return f"rank {self.rank}, alpha {self.alpha:g}, UNet attention" + (" + text encoder" if self.text_encoder else "")
+
+
+class LoraNet(torch.nn.Module):
+    """The adapted UNet (and text encoder) as one module, so the loop and DDP see one forward pass."""
+
+    def __init__(self, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                ids: torch.Tensor | None = None):
+        """UNet output; with token `ids` the (adapted) text encoder makes the conditioning first."""
+        if ids is not None:
+            encoder_hidden_states = self.text_encoder(ids)[0]
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint the UNet's blocks (the text encoder's 77 tokens are cheap to keep)."""
+        self.unet.enable_gradient_checkpointing()
+
+
+class DenoisingObjective:
+    """The standard LoRA loss: MSE between the predicted and the true noise, in fp32."""
+
+    weights = {"task": 1.0}
+
+    def __init__(self):
+        self.scheduler = noise_scheduler()
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        noisy, t, noise = diffusion_inputs(batch["latents"], batch["seed"].tolist(), self.scheduler)
+        cond = {"ids": batch["ids"]} if "ids" in batch else {"encoder_hidden_states": batch["text"]}
+        return {"task": F.mse_loss(model(noisy, t, **cond).sample.float(), noise.float())}
+
+
+class TokenDataset:
+    """A cached dataset whose captions come as token ids (for text-encoder training) instead of frozen embeddings."""
+
+    def __init__(self, data: CachedDataset, ids: dict[str, torch.Tensor]):
+        self.data, self.ids = data, ids  # text cache key -> token ids
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def get(self, index: int, seed: int) -> dict[str, torch.Tensor]:
+        return {"latents": self.data.get(index, seed)["latents"], "ids": self.ids[self.data.items[index][1]]}
+
+
+def caption_ids(folder: Path, te_hash: str) -> dict[str, torch.Tensor]:
+    """Token ids of every caption in `folder`, by the caption's text-cache key."""
+    tok = tokenizer()
+    captions = list(dict.fromkeys(ex.caption for ex in scan_folder(folder).examples))
+    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return {text_key(c, te_hash): i for c, i in zip(captions, ids)}
+
+
+def adapted(module: torch.nn.Module, spec: LoraSpec, targets: tuple[str, ...], dtype: torch.dtype,
+            seed: int) -> torch.nn.Module:
+    """`module` frozen in `dtype` with trainable fp32 LoRA adapters on `targets`, initialised from `seed`."""
+    module.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):  # peft draws the initial A from the global generator
+        torch.manual_seed(seed)
+        add_lora(module, spec.rank, spec.alpha, targets)
+    for p in module.parameters():
+        p.data = p.data.to(torch.float32 if p.requires_grad else dtype)
+    return module
+
+
+# ---- memory --------------------------------------------------------------------------------------------
+
+def lora_params(layout: Layout, spec: LoraSpec) -> int:
+    """Number of adapter parameters: rank x (in + out) per targeted layer."""
+    unet = tuple("." + t for t in UNET_TARGETS)
+    te = tuple("." + t for t in TE_TARGETS) if spec.text_encoder else ()
+    return sum(spec.rank * (s[0] + s[1]) for m, s in layout.shapes.items()
+               if (m.startswith(UNET) and m.endswith(unet)) or (m.startswith(TEXT) and te and m.endswith(te)))
+
+
+def estimate_lora(layout: Layout, spec: LoraSpec, resolution: int, settings: Settings) -> Estimate:
+    """Estimated peak memory, per part, of LoRA training with `settings` (the planner's UNet trace and rules)."""
+    topo, latent, b = layout.topology, resolution // 8, settings.batch
+    half = settings.precision != "fp32"
+    width = 2 if half else 4  # the frozen base is stored in the autocast dtype
+    n = lora_params(layout, spec)
+    t = trace(topo, latent)
+    saved = t.checkpointed() if settings.grad_checkpointing else t.saved
+    te_params = sum(s[0] * (s[1] if len(s) > 1 else 1) for m, s in layout.shapes.items() if m.startswith(TEXT))
+    parts = {
+        "base UNet (frozen)": unet_params(topo) * float(width),
+        "adapters (fp32)": n * 4.0, "gradients": n * 4.0, "optimiser": n * float(OPTIMIZER_BYTES[settings.optimizer]),
+        "activations": (saved * (AUTOCAST_ACTIVATION_FACTOR if half else 1.0) + 2 * t.largest) * b,
+        "cache (batch data)": b * (4 * latent * latent + 77 * topo.context_dim) * 4.0,
+    }
+    if spec.text_encoder:
+        parts["text encoder (frozen)"] = te_params * float(width)
+    if settings.ema:
+        parts["EMA"] = n * 4.0
+    return Estimate(settings, parts, _cache_phase(resolution, VaeShape(), topo.context_dim, half))
+
+
+def plan_lora(cfg: TrainConfig, vram: float | str | None, layout: Layout, spec: LoraSpec, resolution: int,
+              device: torch.device, say: Callable[[str], None]) -> TrainConfig:
+    """`cfg` with micro-batch/accumulation, checkpointing and EMA chosen to fit `vram` ("auto" or GiB); as is without."""
+    if vram is None:
+        return cfg
+    if vram == "auto":
+        if device.type != "cuda":
+            say("--vram auto: no CUDA GPU in use, so nothing to plan; training with the given settings")
+            return cfg
+        vram = cuda_vram_gb()
+    amp = autocast_dtype(cfg.precision, device)
+    precision = "fp32" if amp is None else "bf16" if amp == torch.bfloat16 else "fp16"
+    optimizer = cfg.optimizer if cfg.optimizer != "auto" else default_optimizer()
+    for s in candidates(cfg.batch * cfg.accum, optimizer, cfg.ema, precision, device.type):
+        est = estimate_lora(layout, spec, resolution, s)
+        if est.fits(float(vram) * 2**30):
+            say(f"memory plan for {float(vram):g} GiB: {s.describe()} (estimated peak {est.peak / 2**30:.2f} GiB)")
+            return TrainConfig(**{**asdict(cfg), "batch": s.batch, "accum": s.accum,
+                                  "grad_checkpointing": s.grad_checkpointing, "optimizer": s.optimizer, "ema": s.ema})
+    raise SdkdError(f"the memory planner finds no settings that fit {float(vram):g} GiB for LoRA training at {resolution} px; "
+                    "lower --resolution or --rank, or install bitsandbytes for 8-bit AdamW")
+
+
+# ---- the job ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LoraResult:
+    """A LoRA run's outcome."""
+
+    path: Path | None  # None in the non-main processes of a multi-process run
+    train: TrainResult
+    run_dir: Path
+    samples: int
+    modules: int
+
+
+def train_lora(base: str | Path, data: str | Path, out: str | Path, spec: LoraSpec = LoraSpec(),
+               cfg: TrainConfig | None = None, *, resolution: int = 512, flip: bool = False, dtype: str = "fp16",
+               overwrite: bool = False, resume: bool = False, cache_dir: str | Path | None = None,
+               vram: float | str | None = None, progress: ProgressFn | None = None,
+               log: Callable[[str], None] | None = None) -> LoraResult:
+    """Train a LoRA for `base` (teacher or student) on a captioned image folder; export a kohya LoRA for its topology.
+
+    A progress callback raising `Cancelled` stops after the current step with an exported LoRA and a
+    resumable run (`resume=True`)."""
+    cfg = cfg or TrainConfig(lr=1e-4)
+    cfg.check()
+    spec.check()
+    check_resolution(resolution)
+    parse_dtype(dtype)
+    say = log or (lambda msg: None)
+    path = Path(base).expanduser()
+    src = open_model(path)
+    info = describe(src)
+    if info.kind not in ("sd1", "student"):
+        raise SdkdError(f"{path.name}: {info.reason}")
+    if info.inpainting:
+        raise SdkdError(f"{path.name}: LoRA training needs a normal (text-to-image) checkpoint, not an inpainting one")
+    out_path = checkpoint_path(out)
+    if out_path.resolve() == path.resolve():
+        raise SdkdError(f"--out {out_path} is the base model itself; sdkd never overwrites its input")
+    run_dir = run_folder(out_path)
+    check_run(run_dir, resume, overwrite)
+    if not (resume or overwrite):
+        Outputs(False).check(out_path)  # fail before the slow part
+    acc = make_accelerator(cfg.device)
+    device = acc.device
+    layout = layout_of_source(src, info.topology)
+    cfg = plan_lora(cfg, vram, layout, spec, resolution, device, say)
+    base_dtype = autocast_dtype(cfg.precision, device) or torch.float32
+    provenance = teacher_metadata(path)
+    cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / "cache")
+    folder = FolderData(Path(data).expanduser(), flip=flip)
+    scaling = float(sd15("vae").get("scaling_factor", 0.18215))
+    with acc.main_process_first():
+        dataset, _, _ = prepare_data(folder, src, cache, None, resolution, resolution // 8, scaling, cfg.seed, [], device,
+                                     say, progress if acc.is_main_process else None, provenance)
+    unet = adapted(build_unet(src, info), spec, UNET_TARGETS, base_dtype, derive_seed(cfg.seed, "lora-unet"))
+    text_encoder = (adapted(build_text_encoder(src), spec, TE_TARGETS, base_dtype, derive_seed(cfg.seed, "lora-te"))
+                    if spec.text_encoder else None)
+    train_data = TokenDataset(dataset, caption_ids(folder.folder, component_hash(src, TEXT))) if text_encoder else dataset
+    sha = provenance()["sdkd_teacher_sha256"]
+    fingerprint = {"base": f"{path.name} (sha256 {sha[:16]})", "lora": spec.describe(),
+                   "data": f"{folder.describe()}, {len(dataset)} samples at {resolution} px [{dataset.fingerprint()[:16]}]"}
+
+    def on_export(model: LoraNet, result: TrainResult) -> Lora:
+        lora = lora_from_peft(layout, model.unet, model.text_encoder)
+        extra = {"sdkd_base": path.name, "sdkd_base_sha256": sha, "ss_resolution": f"({resolution}, {resolution})",
+                 "ss_steps": str(result.steps), "ss_learning_rate": f"{cfg.lr:g}", "sdkd_lora_status":
+                 "cancelled" if result.cancelled else "complete", "sdkd_lora_data": fingerprint["data"][:300],
+                 "ss_num_train_images": str(len(dataset)), "sdkd_lora_final_loss": f"{result.losses.get('loss', float('nan')):.6g}"}
+        write_kohya(lora, out_path, kohya_metadata(lora, info.variant, extra), overwrite=True, dtype=parse_dtype(dtype))
+        return lora
+
+    result = run_training(DenoisingObjective(), LoraNet(unet, text_encoder), train_data, cfg, run_dir,
+                          fingerprint=fingerprint, accelerator=acc, resume=resume, overwrite=overwrite,
+                          progress=progress, on_export=on_export, stage="lora")
+    exported = result.exported
+    return LoraResult(out_path if exported is not None else None, result, run_dir, len(dataset),
+                      len(exported.modules) if exported is not None else 0)
+

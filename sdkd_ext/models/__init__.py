@@ -1,0 +1,1 @@
+"""Models sdkd ships as package data: the demo teacher (its card: demo-teacher.md)."""

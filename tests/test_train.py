@@ -1,0 +1,162 @@
+"""The generic training loop on a toy objective: batch layout, cancel, resume refusal, non-finite and full-disk stops."""
+
+import resource
+import signal
+
+import pytest
+import torch
+
+from sdkd_ext.errors import SdkdError
+from sdkd_ext.progress import Cancelled
+from sdkd_ext.train import STATE_FILE, TrainConfig, micro_batch, run_training
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest, and most steadily on a shared machine, on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Points:
+    """A toy dataset: fixed inputs, targets from a fixed linear map, a little seeded noise per draw."""
+
+    def __init__(self, n=10):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 3, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def get(self, index, seed):
+        noise = torch.randn(3, generator=torch.Generator().manual_seed(seed)) * 0.01
+        return {"x": self.x[index], "y": self.y[index] + noise}
+
+
+class Fit:
+    """A toy objective with two terms; from call `bad_from` on, the 'smooth' term is NaN."""
+
+    weights = {"fit": 1.0, "smooth": 0.1}
+
+    def __init__(self, bad_from=None):
+        self.calls, self.bad_from = 0, bad_from
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        out = model(batch["x"])
+        smooth = out.square().mean()
+        if self.bad_from is not None and self.calls >= self.bad_from:
+            smooth = smooth * float("nan")
+        return {"fit": torch.nn.functional.mse_loss(out, batch["y"]), "smooth": smooth}
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Linear(8, 3)
+
+
+CFG = dict(batch=2, lr=0.05, device="cpu", checkpoint_every=3)
+
+
+def test_global_batch_layout_is_the_same_for_any_process_count():
+    cfg = lambda b, a: TrainConfig(batch=b, accum=a, seed=3)  # noqa: E731
+    for step in (1, 2, 7):
+        one = micro_batch(5, cfg(4, 1), step, 0, 1, 0)
+        accumulated = [p for m in range(2) for p in micro_batch(5, cfg(2, 2), step, m, 1, 0)]
+        two_procs = [p for m in range(2) for r in range(2) for p in micro_batch(5, cfg(1, 2), step, m, 2, r)]
+        assert one == accumulated == two_procs
+    epoch = [i for s in (1, 2) for i, _ in micro_batch(6, cfg(3, 1), s, 0, 1, 0)]
+    assert sorted(epoch) == list(range(6)), "one epoch visits every sample once"
+
+
+def test_cancel_exports_and_leaves_a_resumable_state(tmp_path):
+    exported = []
+
+    def stop_at_4(e):
+        if e.step == 4:
+            raise Cancelled
+
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=10, **CFG), tmp_path, fingerprint={"data": "a"},
+                     progress=stop_at_4, on_export=lambda m, res: exported.append((res.steps, m.weight.clone())) or "ok")
+    assert r.cancelled and r.steps == 4 and r.exported == "ok"
+    assert torch.load(tmp_path / STATE_FILE, weights_only=True)["step"] == 4
+    resumed = run_training(Fit(), model(), Points(), TrainConfig(steps=6, **CFG), tmp_path, fingerprint={"data": "a"},
+                           resume=True)
+    assert resumed.steps == 6 and not resumed.cancelled
+    straight = model()
+    run_training(Fit(), straight, Points(), TrainConfig(steps=6, **CFG), tmp_path / "b", fingerprint={"data": "a"})
+    assert torch.equal(straight.weight, torch.load(tmp_path / STATE_FILE, weights_only=True)["model"]["weight"])
+
+
+def test_resume_refused_when_the_fingerprint_differs_or_nothing_to_resume(tmp_path):
+    with pytest.raises(SdkdError, match="nothing to resume"):
+        run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={"data": "a"}, resume=True)
+    run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={"data": "a", "teacher": "t"})
+    with pytest.raises(SdkdError, match="the data changed"):
+        run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG), tmp_path, fingerprint={"data": "b", "teacher": "t"},
+                     resume=True)
+    with pytest.raises(SdkdError, match="--resume to continue it or --overwrite"):
+        run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG), tmp_path, fingerprint={"data": "a", "teacher": "t"})
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=1, **CFG), tmp_path, fingerprint={"data": "b"}, overwrite=True)
+    assert r.steps == 1
+
+
+def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(SdkdError) as e:
+        run_training(Fit(bad_from=5), model(), Points(), TrainConfig(steps=10, **CFG), tmp_path, fingerprint={})
+    msg = str(e.value)
+    assert "step 5" in msg and "smooth loss term became non-finite" in msg and "fit" not in msg.split("non-finite")[0]
+    assert "last good checkpoint (step 3)" in msg
+    assert torch.load(tmp_path / STATE_FILE, weights_only=True)["step"] == 3
+
+
+def test_full_disk_is_a_clear_error_and_the_previous_checkpoint_survives(tmp_path):
+    """Make the disk 'full' for real: a file-size limit (EFBIG) set after the first checkpoint is written."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    def fill_disk(e):
+        if e.step == 4:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # the state file needs ~2 kB, the loss log < 1 kB
+
+    big = torch.nn.Sequential(torch.nn.Linear(8, 3))
+    try:
+        with pytest.raises(SdkdError, match="could not write the training checkpoint.*previous checkpoint is intact"):
+            run_training(Fit(), big, Points(), TrainConfig(steps=10, **CFG), tmp_path, fingerprint={}, progress=fill_disk)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert torch.load(tmp_path / STATE_FILE, weights_only=True)["step"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp files left behind"
+
+
+def test_loss_log_and_plot(tmp_path):
+    full_batch = {**CFG, "batch": 10}  # every step sees every sample: losses comparable across steps
+    run_training(Fit(), model(), Points(), TrainConfig(steps=20, **full_batch), tmp_path, fingerprint={})
+    rows = (tmp_path / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,fit,smooth,lr,seconds" and len(rows) == 21
+    first, last = (float(r.split(",")[2]) for r in (rows[1], rows[-1]))
+    assert last < first
+    from PIL import Image
+
+    assert Image.open(tmp_path / "loss.png").size == (720, 400)
+
+
+def test_first_ctrl_c_cancels_gracefully_at_the_next_event(tmp_path):
+    import os
+
+    from sdkd_ext.distill import stop_on_ctrl_c
+
+    def press_ctrl_c_at_2(e):
+        if e.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_ctrl_c(press_ctrl_c_at_2) as progress:
+        r = run_training(Fit(), model(), Points(), TrainConfig(steps=10, **CFG), tmp_path, fingerprint={}, progress=progress,
+                         on_export=lambda m, res: "exported")
+    assert r.cancelled and r.steps == 2 and r.exported == "exported"
+    assert signal.getsignal(signal.SIGINT) is before
