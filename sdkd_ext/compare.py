@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from .bench import default_dtype, labels_for
+from .data import read_prompts
 from .errors import SdkdError
 from .metrics import latent_mse, psnr, ssim
 from .progress import ProgressFn, report
@@ -90,18 +91,6 @@ class Comparison:
 def _json_float(x: float) -> float | str:
     """A float JSON can carry: infinities as strings."""
     return str(x) if math.isinf(x) else x
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file: one per line; blank lines and lines starting with # are skipped."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise SdkdError(f"{p}: no such prompts file; give a text file with one prompt per line")
-    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
-    if not prompts:
-        raise SdkdError(f"{p}: no prompts in it; write one prompt per line")
-    return prompts
 
 
 def render(pipe, prompt: str, seed: int, size: int, steps: int, guidance: float, negative: str = "",

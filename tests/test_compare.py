@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from sdkd_ext.cli import main
-from sdkd_ext.compare import compare, read_prompts, write_report
+from sdkd_ext.compare import compare, write_report
 from sdkd_ext.convert import UNET
 from sdkd_ext.errors import SdkdError
 from sdkd_ext.tiny import save
@@ -71,15 +71,6 @@ def test_metadata_and_report(result, tmp_path):
         assert g.width > 5 * side and g.height > len(PROMPTS) * len(SEEDS) * side
     with pytest.raises(SdkdError, match="already exists"):
         write_report(result, tmp_path / "r")
-
-
-def test_read_prompts(tmp_path):
-    f = tmp_path / "p.txt"
-    f.write_text("# my prompts\n\na cat\n  a dog  \n")
-    assert read_prompts(f) == ["a cat", "a dog"]
-    f.write_text("# nothing\n\n")
-    with pytest.raises(SdkdError, match="no prompts"):
-        read_prompts(f)
 
 
 def test_cli_compare(teacher_file, students, tmp_path, capsys):
