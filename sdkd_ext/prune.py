@@ -98,7 +98,7 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
         "sdkd_format": FORMAT_VERSION, "sdkd_version": __version__, "sdkd_variant": variant,
         "sdkd_unet_params": str(params), "sdkd_topology": json.dumps(asdict(topology)),
         "modelspec.architecture": "stable-diffusion-v1",
-        **({"sdkd_vae": json.dumps({k: getattr(vae, k) for k in vae.UNSEEN})} if vae else {}),
+        **(vae.metadata() if vae else {}),
     }
     folder = ckpt.with_suffix("") if diffusers else None
     with atomic_outputs(overwrite) as outs:

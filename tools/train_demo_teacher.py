@@ -35,11 +35,11 @@ from sdkd_ext.configs import VaeShape, sd15  # noqa: E402
 from sdkd_ext.convert import TEXT, UNET, VAE  # noqa: E402
 from sdkd_ext.data import derive_seed, seeded_randn  # noqa: E402
 from sdkd_ext.export import atomic_outputs  # noqa: E402
-from sdkd_ext.fidelity import GUIDANCE, Fidelity, fidelity, write  # noqa: E402
+from sdkd_ext.fidelity import CHANCE, GUIDANCE, Fidelity, fidelity, write  # noqa: E402
 from sdkd_ext.pipeline import tokenizer  # noqa: E402
 from sdkd_ext.progress import tqdm_progress  # noqa: E402
 from sdkd_ext.prune import export_model, prune  # noqa: E402
-from sdkd_ext.shapes import caption, render, split_specs  # noqa: E402
+from sdkd_ext.shapes import ATTRIBUTES, caption, render, split_specs  # noqa: E402
 from sdkd_ext.tiny import make_text_encoder, make_unet, make_vae, to_ldm, unet_topology  # noqa: E402
 from sdkd_ext.train import STATE_FILE, TrainConfig, diffusion_inputs, noise_scheduler, run_training, unwrap  # noqa: E402
 from sdkd_ext.variants import VARIANTS, Topology  # noqa: E402
@@ -228,6 +228,15 @@ def evaluate(teacher: Path, work: Path, n: int) -> Fidelity:
     return result
 
 
+def weak_attributes(result: Fidelity) -> str:
+    """A line naming the attributes the teacher draws at no more than 1.5x chance (the demo cannot show those)."""
+    weak = [f"{a} ({result.accuracy[0][a]:.2f}, chance {CHANCE[a]:.2f})" for a in ATTRIBUTES
+            if result.accuracy[0][a] <= 1.5 * CHANCE[a]]
+    return ("Not learned (at most 1.5x chance): " + ", ".join(weak) + ". The demo's pictures follow the other words of "
+            "the caption; for these the teacher draws what its starting noise suggests.") if weak else \
+        "Every attribute is drawn well above chance."
+
+
 def card(recipe: Recipe, command: str, seed: int, threads: int, times: dict[str, tuple[float, float]], path: Path,
          result: Fidelity) -> str:
     """The model card: what the file is, how it was trained (command, seed, time) and its scores."""
@@ -283,6 +292,8 @@ per-attribute reading of each image; the students are the teacher pruned (not di
 variant, scored also by their agreement with the teacher's images.
 
 {result.table()}
+
+{weak_attributes(result)}
 """
 
 
@@ -321,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     tensors = to_ldm(model.unet, vae, model.text_encoder)
     extra = {"sdkd_note": "sdkd demo teacher: coloured shapes at 64x64 (see demo-teacher.md)",
              "sdkd_recipe": repr(asdict(recipe)), "sdkd_seed": str(args.seed)}
-    exported = export_model(DictSource(tensors), {k: k for k in tensors}, recipe.topology(), out, "teacher", "fp16", extra,
-                            args.overwrite)
+    exported = export_model(DictSource(tensors, recipe.vae.metadata()), {k: k for k in tensors}, recipe.topology(), out,
+                            "teacher", "fp16", extra, args.overwrite)
     result = evaluate(exported.checkpoint, work / "eval", args.eval_captions)
     lap("evaluation")
     command = "python tools/train_demo_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:])

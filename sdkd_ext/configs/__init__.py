@@ -73,6 +73,10 @@ class VaeShape:
 
     UNSEEN = ("norm_groups",)  # fields the keys cannot show
 
+    def metadata(self) -> dict[str, str]:
+        """What sdkd exports record of this VAE beyond its keys (read back by `detect.vae_shape`)."""
+        return {"sdkd_vae": json.dumps({k: getattr(self, k) for k in self.UNSEEN})}
+
     def config(self) -> dict:
         """diffusers `AutoencoderKL` config."""
         cfg = sd15("vae")
