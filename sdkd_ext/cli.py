@@ -77,11 +77,14 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    """Run the whole product on a built-in small model."""
-    from .demo import run_demo
+    """Run the whole product on the built-in demo teacher: prune, check, distil, check again."""
+    from .demo import DemoSettings, run_demo
     from .progress import tqdm_progress
 
-    run_demo(Path(a.out), overwrite=a.overwrite, progress=tqdm_progress(), log=print)
+    chosen = {"captions": a.captions, "distill_steps": a.distill_steps}
+    settings = DemoSettings(**{k: v for k, v in chosen.items() if v is not None})
+    run_demo(Path(a.out), overwrite=a.overwrite, progress=tqdm_progress(), log=print, teacher=a.teacher,
+             settings=settings)
     return 0
 
 
@@ -133,8 +136,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_generate)
 
-    s = sub.add_parser("demo", help="build a small built-in model, prune it to every variant, generate from each")
+    s = sub.add_parser("demo", help="prune the built-in demo teacher to every variant, score them, distil tiny, score again")
     s.add_argument("--out", default="sdkd-demo", help="folder for the demo's files (default ./sdkd-demo)")
+    s.add_argument("--teacher", default="demo", help="teacher trained on the shapes task (default: the built-in one)")
+    s.add_argument("--captions", type=int, help="how many held-out captions each model draws (default: a quick grid)")
+    s.add_argument("--distill-steps", type=int,
+                   help="distillation steps for the tiny student (default: a few minutes on 2 CPU cores)")
     s.add_argument("--overwrite", action="store_true", help="replace files from an earlier demo run")
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("ui", help="serve the sdkd tab as a standalone web app (needs gradio)")

@@ -1,38 +1,80 @@
-"""`sdkd demo`: the whole product on a built-in small model, in minutes on a CPU."""
+"""`sdkd demo`: the whole product on the built-in demo teacher, in a few minutes on a CPU.
+
+The demo teacher is a small model with SD1.5's exact topology that was trained to draw coloured
+shapes from captions (`sdkd_ext/models/demo-teacher.md`). The demo prunes it to every BK-SDM
+variant and has teacher and students draw the same held-out captions and seeds: a labelled grid,
+the shapes scorer's accuracy per attribute and each student's agreement with the teacher. Then it
+distils the tiny student for a few minutes and draws again: pruned and distilled side by side.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .checkpoint import resolve
+from .data import FolderData
+from .distill import distill
 from .export import atomic_outputs
-from .pipeline import generate, load_pipeline
+from .fidelity import SIZE, Fidelity, fidelity, write
 from .progress import ProgressFn
 from .prune import prune
-from .tiny import save, tiny_checkpoint
+from .shapes import sample_specs, split_specs, write_folder
+from .train import TrainConfig
 from .variants import VARIANTS
 
-DEMO_PROMPT = "a small red circle at the top left on a blue background"
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How much the demo draws and trains; the defaults take a few minutes on 2 CPU cores."""
+
+    captions: int = 8  # held-out captions each model draws (one seed each)
+    steps: int = 20  # sampler steps per image
+    images: int = 512  # rendered training images for distillation
+    distill_steps: int = 300
+    batch: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass
+class DemoResult:
+    """What the demo made: the students, both fidelity checks and the folders holding their reports."""
+
+    students: dict[str, Path]
+    pruned: Fidelity
+    distilled: Fidelity
+    reports: dict[str, Path]
 
 
 def run_demo(out: Path, overwrite: bool = False, progress: ProgressFn | None = None,
-             log: Callable[[str], None] = print, size: int = 64, steps: int = 10) -> dict[str, dict]:
-    """Build a small SD1.5-topology teacher, prune it to each variant, generate one image from each."""
+             log: Callable[[str], None] = print, teacher: str | Path = "demo",
+             settings: DemoSettings = DemoSettings()) -> DemoResult:
+    """Prune `teacher` (default: the shipped demo teacher) to every variant, check fidelity, distil tiny, check again."""
+    s = settings
+    teacher = resolve(teacher)
     out.mkdir(parents=True, exist_ok=True)
-    teacher = out / "demo-teacher.safetensors"
+    students = {v: prune(teacher, v, out / f"demo-bk-{v}", overwrite=overwrite, progress=progress).checkpoint
+                for v in VARIANTS}
+    log(f"pruned {teacher} to {', '.join(VARIANTS)}: " + ", ".join(str(p) for p in students.values()))
+
+    def check(models: list[Path], name: str) -> Fidelity:
+        result = fidelity(teacher, models, s.captions, steps=s.steps, progress=progress)
+        files = write(result, out / name, overwrite)
+        log(f"\n{name}: {s.captions} held-out captions, accuracy per attribute and agreement with the teacher\n"
+            f"{result.table()}\ngrid: {files['grid']}  report: {files['report']}")
+        return result
+
+    pruned = check(list(students.values()), "pruned")
+    data = out / "shapes-data"
     with atomic_outputs(overwrite) as outs:
-        save(tiny_checkpoint(width=32, seed=0), outs.temp(teacher), {"sdkd_note": "sdkd demo model, random weights"})
-    log(f"built a small SD1.5-topology model: {teacher}")
-    results: dict[str, dict] = {}
-    for name in ["teacher", *VARIANTS]:
-        path = teacher if name == "teacher" else prune(teacher, name, out / f"demo-bk-{name}", overwrite=overwrite,
-                                                        progress=progress).checkpoint
-        loaded = load_pipeline(path)
-        image = generate(loaded.pipe, DEMO_PROMPT, steps=steps, size=size, progress=progress)
-        png = out / f"{path.stem}.png"
-        with atomic_outputs(overwrite) as outs:
-            image.save(outs.temp(png), format="PNG")
-        params = sum(p.numel() for p in loaded.pipe.unet.parameters())
-        results[name] = {"checkpoint": str(path), "image": str(png), "unet_params": params}
-        log(f"{name:>8}: {params:>10,} UNet params  {path}  -> {png}")
-    return results
+        write_folder(sample_specs(s.images, s.seed, split_specs()[0]), outs.temp(data, is_dir=True))
+    log(f"\ndistilling the tiny student for {s.distill_steps} steps on {s.images} rendered training images ({data})")
+    cfg = TrainConfig(steps=s.distill_steps, batch=s.batch, lr=s.lr, seed=s.seed, device="cpu",
+                      checkpoint_every=s.distill_steps)
+    kd = distill(teacher, "tiny", out / "demo-bk-tiny-kd", FolderData(data), cfg, resolution=SIZE, overwrite=overwrite,
+                 preview_prompts=[], progress=progress).exported.checkpoint
+    students["tiny-kd"] = kd
+    distilled = check([students["tiny"], kd], "distilled")
+    return DemoResult(students, pruned, distilled, {"pruned": out / "pruned", "distilled": out / "distilled"})
