@@ -9,7 +9,7 @@ adapter weights only: the loop saves the trainable parameters, and only the adap
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,8 +29,7 @@ from .lora_file import Lora, kohya_metadata, write_kohya
 from .lora_names import Layout, layout_of_source
 from .lora_peft import TE_TARGETS, UNET_TARGETS, add_lora, lora_from_peft
 from .pipeline import build_text_encoder, build_unet, tokenizer
-from .plan import (AUTOCAST_ACTIVATION_FACTOR, OPTIMIZER_BYTES, Estimate, Settings, _cache_phase, candidates,
-                   check_resolution, cuda_vram_gb, default_optimizer, trace, unet_params)
+from .plan import Estimate, Settings, cache_phase, check_resolution, fit, training_parts
 from .progress import ProgressFn
 from .prune import checkpoint_path, teacher_metadata
 from .train import TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, make_accelerator, noise_scheduler, run_training
@@ -131,48 +130,21 @@ def lora_params(layout: Layout, spec: LoraSpec) -> int:
 
 
 def estimate_lora(layout: Layout, spec: LoraSpec, resolution: int, settings: Settings) -> Estimate:
-    """Estimated peak memory, per part, of LoRA training with `settings` (the planner's UNet trace and rules)."""
-    topo, latent, b = layout.topology, resolution // 8, settings.batch
-    half = settings.precision != "fp32"
-    width = 2 if half else 4  # the frozen base is stored in the autocast dtype
-    n = lora_params(layout, spec)
-    t = trace(topo, latent)
-    saved = t.checkpointed() if settings.grad_checkpointing else t.saved
-    te_params = sum(s[0] * (s[1] if len(s) > 1 else 1) for m, s in layout.shapes.items() if m.startswith(TEXT))
-    parts = {
-        "base UNet (frozen)": unet_params(topo) * float(width),
-        "adapters (fp32)": n * 4.0, "gradients": n * 4.0, "optimiser": n * float(OPTIMIZER_BYTES[settings.optimizer]),
-        "activations": (saved * (AUTOCAST_ACTIVATION_FACTOR if half else 1.0) + 2 * t.largest) * b,
-        "cache (batch data)": b * (4 * latent * latent + 77 * topo.context_dim) * 4.0,
-    }
+    """Estimated peak memory, per part, of LoRA training with `settings`: the planner's parts for a UNet with
+    only the adapters trainable, plus the frozen text encoder when its adapters train too."""
+    topo, half = layout.topology, settings.precision != "fp32"
+    parts = training_parts(topo, resolution, settings, trainable=lora_params(layout, spec))
     if spec.text_encoder:
-        parts["text encoder (frozen)"] = te_params * float(width)
-    if settings.ema:
-        parts["EMA"] = n * 4.0
-    return Estimate(settings, parts, _cache_phase(resolution, VaeShape(), topo.context_dim, half))
+        te_params = sum(s[0] * (s[1] if len(s) > 1 else 1) for m, s in layout.shapes.items() if m.startswith(TEXT))
+        parts["text encoder (frozen)"] = te_params * (2.0 if half else 4.0)
+    return Estimate(settings, parts, cache_phase(resolution, VaeShape(), topo.context_dim, half))
 
 
 def plan_lora(cfg: TrainConfig, vram: float | str | None, layout: Layout, spec: LoraSpec, resolution: int,
               device: torch.device, say: Callable[[str], None]) -> TrainConfig:
     """`cfg` with micro-batch/accumulation, checkpointing and EMA chosen to fit `vram` ("auto" or GiB); as is without."""
-    if vram is None:
-        return cfg
-    if vram == "auto":
-        if device.type != "cuda":
-            say("--vram auto: no CUDA GPU in use, so nothing to plan; training with the given settings")
-            return cfg
-        vram = cuda_vram_gb()
-    amp = autocast_dtype(cfg.precision, device)
-    precision = "fp32" if amp is None else "bf16" if amp == torch.bfloat16 else "fp16"
-    optimizer = cfg.optimizer if cfg.optimizer != "auto" else default_optimizer()
-    for s in candidates(cfg.batch * cfg.accum, optimizer, cfg.ema, precision, device.type):
-        est = estimate_lora(layout, spec, resolution, s)
-        if est.fits(float(vram) * 2**30):
-            say(f"memory plan for {float(vram):g} GiB: {s.describe()} (estimated peak {est.peak / 2**30:.2f} GiB)")
-            return TrainConfig(**{**asdict(cfg), "batch": s.batch, "accum": s.accum,
-                                  "grad_checkpointing": s.grad_checkpointing, "optimizer": s.optimizer, "ema": s.ema})
-    raise SdkdError(f"the memory planner finds no settings that fit {float(vram):g} GiB for LoRA training at {resolution} px; "
-                    "lower --resolution or --rank, or install bitsandbytes for 8-bit AdamW")
+    return fit(cfg, vram, device, lambda s: estimate_lora(layout, spec, resolution, s), say,
+               f"LoRA training at {resolution} px", "lower --resolution or --rank, or install bitsandbytes for 8-bit AdamW")
 
 
 # ---- the job ---------------------------------------------------------------------------------------------

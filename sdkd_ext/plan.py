@@ -181,7 +181,7 @@ def trace(topology: Topology, latent: int, hooked: tuple[str, ...] = ()) -> Trac
 
 
 @lru_cache(maxsize=8)
-def _cache_phase(resolution: int, vae: VaeShape, text_hidden: int, half: bool) -> float:
+def cache_phase(resolution: int, vae: VaeShape, text_hidden: int, half: bool) -> float:
     """Peak bytes of the encoding phase: the larger of the VAE (encoding 4 images) and the text encoder."""
     from diffusers import AutoencoderKL
 
@@ -214,7 +214,7 @@ def training_parts(model: Topology, resolution: int, settings: Settings, trainab
     """Memory of training a UNet of topology `model` (every part but a teacher), in bytes.
 
     `trainable=None` trains every weight (fp32 master copies); a count (e.g. LoRA parameters) trains
-    only that many fp32 parameters beside a frozen model."""
+    only that many fp32 parameters beside a frozen model, stored in the autocast dtype as LoRA training does."""
     latent, b = resolution // 8, settings.batch
     p = unet_params(model)
     n = p if trainable is None else trainable
@@ -222,7 +222,7 @@ def training_parts(model: Topology, resolution: int, settings: Settings, trainab
     t = trace(model, latent)
     saved = t.checkpointed() if settings.grad_checkpointing else t.saved
     parts = {
-        "model (fp32)" if trainable is None else "model (frozen)": p * (4.0 if trainable is None else frozen_width(settings)),
+        "model (fp32)" if trainable is None else "model (frozen)": p * (4.0 if trainable is None else 2.0 if half else 4.0),
         **({} if trainable is None else {"trainable (fp32)": n * 4.0}),
         "gradients": n * 4.0,
         "optimiser": n * float(OPTIMIZER_BYTES[settings.optimizer]),
@@ -250,7 +250,7 @@ def estimate(variant: str, resolution: int, settings: Settings, teacher: Topolog
         **{("student (fp32)" if k == "model (fp32)" else k): x for k, x in training_parts(v.student(teacher), resolution, settings).items()},
     }
     parts["activations"] += t_trace.features * b * (width + 4) / 4  # teacher features, and their fp32 copies
-    return Estimate(settings, parts, _cache_phase(resolution, vae or VaeShape(), teacher.context_dim, settings.precision != "fp32"))
+    return Estimate(settings, parts, cache_phase(resolution, vae or VaeShape(), teacher.context_dim, settings.precision != "fp32"))
 
 
 def candidates(batch: int, optimizer: str, ema: bool, precision: str, device: str) -> list[Settings]:
@@ -280,7 +280,8 @@ def choose(estimator: Callable[[Settings], Estimate], batch: int, vram_gb: float
 
 
 def fit(cfg: TrainConfig, vram: float | str | None, device: torch.device, estimator: Callable[[Settings], Estimate],
-        say: Callable[[str], None], what: str) -> TrainConfig:
+        say: Callable[[str], None], what: str,
+        fixes: str = "see `sdkd plan`, lower --resolution, or install bitsandbytes for 8-bit AdamW") -> TrainConfig:
     """`cfg` with micro-batch/accumulation, gradient checkpointing, optimizer and EMA chosen to fit `vram` ("auto":
     this GPU's memory; a number: GiB), the global batch kept; `cfg` itself without `vram`, or for "auto" on no GPU."""
     if vram is None:
@@ -296,8 +297,7 @@ def fit(cfg: TrainConfig, vram: float | str | None, device: torch.device, estima
     best = choose(estimator, cfg.batch * cfg.accum, float(vram), cfg.ema, optimizer, precision,
                   "cuda" if device.type == "cuda" else "cpu")
     if best is None:
-        raise SdkdError(f"the memory planner finds no settings that fit {float(vram):g} GiB for {what}; see `sdkd plan`, "
-                        "lower --resolution, or install bitsandbytes for 8-bit AdamW")
+        raise SdkdError(f"the memory planner finds no settings that fit {float(vram):g} GiB for {what}; {fixes}")
     s = best.settings
     say(f"memory plan for {float(vram):g} GiB: {s.describe()} (estimated peak {best.peak / GIB:.2f} GiB)")
     return replace(cfg, batch=s.batch, accum=s.accum, grad_checkpointing=s.grad_checkpointing, optimizer=s.optimizer,

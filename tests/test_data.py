@@ -15,14 +15,8 @@ from sdkd_ext.convert import VAE
 from sdkd_ext.data import builtin_prompts, load_image, read_prompts, scan_folder
 from sdkd_ext.errors import SdkdError
 from sdkd_ext.tiny import make_vae, to_ldm
+from distill_helpers import one_thread  # noqa: F401  (autouse: small models run best on one thread)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def bands(path, w, h, colours):

@@ -16,15 +16,8 @@ from sdkd_ext.lora_names import Layout, flat, layout_of_source
 from sdkd_ext.lora_peft import TE_TARGETS, UNET_TARGETS, add_lora, lora_from_peft
 from sdkd_ext.pipeline import load_pipeline
 from test_convert import ldm_unet
+from distill_helpers import one_thread  # noqa: F401  (autouse: small models run best on one thread)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest, and reproducibly, on one thread of a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def layout_of(path) -> Layout:

@@ -112,7 +112,7 @@ def test_memory_plan_for_sd15_lora():
     spec = LoraSpec(rank=16, alpha=16)
     plain = estimate_lora(layout, spec, 512, Settings(batch=2, precision="fp16"))
     ckpt = estimate_lora(layout, spec, 512, Settings(batch=2, grad_checkpointing=True, precision="fp16"))
-    assert plain.parts["adapters (fp32)"] == 4 * 16 * sum(
+    assert plain.parts["trainable (fp32)"] == 4 * 16 * sum(
         s[0] + s[1] for m, s in layout.shapes.items() if m.startswith("model.") and m.endswith(("to_q", "to_k", "to_v", "to_out.0")))
     assert ckpt.training < plain.training
     vram = (ckpt.peak + plain.peak) / 2 / 2**30 + 0.75  # between the two: only checkpointing fits

@@ -7,16 +7,10 @@ from sdkd_ext.cli import main
 from sdkd_ext.plan import GIB, Settings, choose, estimate, fit, kd_estimator, trace, unet_params
 from sdkd_ext.tiny import make_unet, unet_topology
 from sdkd_ext.variants import SD15, VARIANTS, get_variant
+from distill_helpers import one_thread  # noqa: F401  (autouse: small models run best on one thread)
 
 TINY_TEACHER = unet_topology(32, 32)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

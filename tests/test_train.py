@@ -9,15 +9,8 @@ import torch
 from sdkd_ext.errors import SdkdError
 from sdkd_ext.progress import Cancelled
 from sdkd_ext.train import STATE_FILE, TrainConfig, micro_batch, run_training
+from distill_helpers import one_thread  # noqa: F401  (autouse: small models run best on one thread)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest, and most steadily on a shared machine, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Points:
