@@ -17,7 +17,7 @@ from .checkpoint import resolve
 from .data import FolderData
 from .distill import distill
 from .export import atomic_outputs
-from .fidelity import SIZE, Fidelity, fidelity, write
+from .fidelity import SIZE, STEPS, Fidelity, fidelity, write
 from .progress import ProgressFn
 from .prune import prune
 from .shapes import sample_specs, split_specs, write_folder
@@ -30,7 +30,7 @@ class DemoSettings:
     """How much the demo draws and trains; the defaults take a few minutes on 2 CPU cores."""
 
     captions: int = 8  # held-out captions each model draws (one seed each)
-    steps: int = 20  # sampler steps per image
+    steps: int = STEPS  # sampler steps per image
     images: int = 512  # rendered training images for distillation
     distill_steps: int = 300
     batch: int = 32
@@ -59,9 +59,11 @@ def run_demo(out: Path, overwrite: bool = False, progress: ProgressFn | None = N
                 for v in VARIANTS}
     log(f"pruned {teacher} to {', '.join(VARIANTS)}: " + ", ".join(str(p) for p in students.values()))
 
+    reports = {name: out / name for name in ("pruned", "distilled")}
+
     def check(models: list[Path], name: str) -> Fidelity:
         result = fidelity(teacher, models, s.captions, steps=s.steps, progress=progress)
-        files = write(result, out / name, overwrite)
+        files = write(result, reports[name], overwrite)
         log(f"\n{name}: {s.captions} held-out captions, accuracy per attribute and agreement with the teacher\n"
             f"{result.table()}\ngrid: {files['grid']}  report: {files['report']}")
         return result
@@ -77,4 +79,4 @@ def run_demo(out: Path, overwrite: bool = False, progress: ProgressFn | None = N
                  preview_prompts=[], progress=progress).exported.checkpoint
     students["tiny-kd"] = kd
     distilled = check([students["tiny"], kd], "distilled")
-    return DemoResult(students, pruned, distilled, {"pruned": out / "pruned", "distilled": out / "distilled"})
+    return DemoResult(students, pruned, distilled, reports)

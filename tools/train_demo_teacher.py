@@ -245,13 +245,14 @@ def card(recipe: Recipe, command: str, seed: int, threads: int, times: dict[str,
               for name, prefix in (("UNet", UNET), ("VAE", VAE), ("text encoder", TEXT))}
     t, settings = recipe.topology(), result.comparison.settings
     total_wall, total_cpu = (sum(v[i] for v in times.values()) for i in (0, 1))
+    train, held = split_specs()
     return f"""# sdkd demo teacher
 
 A small text-to-image model with Stable Diffusion 1.5's exact block topology, trained by sdkd from
-scratch to draw the procedural shapes dataset (`sdkd_ext/shapes.py`) at 64x64: "{caption(split_specs()[1][0])}".
+scratch to draw the procedural shapes dataset (`sdkd_ext/shapes.py`) at 64x64: "{caption(held[0])}".
 It exists so `sdkd demo`, the tests and newcomers can watch pruning and distillation work on a
 laptop CPU without downloading SD1.5. Every sdkd command accepts it by the short name `demo`
-(e.g. `sdkd prune demo --variant tiny`, `sdkd generate demo --size 64 --guidance {GUIDANCE:g} --prompt "..."`).
+(e.g. `sdkd prune demo --variant tiny`, `sdkd generate demo --size 64 --guidance {GUIDANCE:g} --prompt "..." --out shapes.png`).
 
 ## The file
 
@@ -273,8 +274,8 @@ laptop CPU without downloading SD1.5. Every sdkd command accepts it by the short
     {command}
 
 Seed {seed}, {threads} CPU thread(s), torch {torch.__version__}, {platform.processor() or platform.machine()}.
-Data: every spec of `shapes.split_specs()` except the held-out ones ({len(split_specs()[0])} captions; the
-{len(split_specs()[1])} held-out captions are never seen).
+Data: every spec of `shapes.split_specs()` except the held-out ones ({len(train)} captions; the
+{len(held)} held-out captions are never seen).
 1. VAE: {recipe.vae_steps} AdamW steps, batch {recipe.vae_batch} seeded {recipe.vae_crop}x{recipe.vae_crop} crops,
    lr {recipe.vae_lr:g}, L1 reconstruction + {recipe.vae_kl:g} x KL.
 2. UNet + text encoder together: {recipe.unet_steps} AdamW steps, batch {recipe.unet_batch}, lr {recipe.unet_lr:g}
