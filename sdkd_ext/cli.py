@@ -14,7 +14,7 @@ from .variants import VARIANTS
 
 VARIANT_NAMES = [n for v in VARIANTS.values() for n in (v.name, *v.aliases)]
 # Feature modules that add their own subcommands through `add_commands(sub)`.
-COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora", "distill", "plan")
+COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora", "distill", "plan", "public", "rebase")
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
