@@ -180,11 +180,28 @@ def run_folder(out: Path) -> Path:
 def student_model(src: Source, info: ModelInfo, variant: str) -> tuple[torch.nn.Module, Topology]:
     """The student UNet (fp32, its own memory) initialised by the core's prune mapping, and its topology."""
     view = RenamedSource(src, student_names(src, info, variant))
-    s_info = describe(view)
-    unet = build_unet(view, s_info)
+    return trainable(view, describe(view))
+
+
+def init_model(init: str | Path, teacher: ModelInfo, variant: str) -> tuple[torch.nn.Module, Topology]:
+    """The student UNet (fp32) read from `--init`: any `variant` student of the teacher's widths (rebased, public, ours)."""
+    from .public import check_student_of, open_student
+
+    path = resolve(init)
+    src, info = open_student(path)
+    check_student_of(info, teacher.topology, f"--init {path.name}", "the teacher")
+    if info.variant != variant:
+        raise SdkdError(f"--init {path.name} is a {info.variant} student and --variant asks for {variant}; "
+                        f"pass --variant {info.variant} or a {variant} student")
+    return trainable(src, info)
+
+
+def trainable(src: Source, info: ModelInfo) -> tuple[torch.nn.Module, Topology]:
+    """A student's UNet in fp32 in its own memory (never sharing storage with a source's tensors), and its topology."""
+    unet = build_unet(src, info)
     for p in unet.parameters():
-        p.data = p.data.to(torch.float32, copy=True)  # never share storage with the teacher's tensors
-    return unet, s_info.topology
+        p.data = p.data.to(torch.float32, copy=True)
+    return unet, info.topology
 
 
 def frozen_dtype(device: torch.device) -> torch.dtype:
@@ -286,9 +303,11 @@ def self_generate(teacher: torch.nn.Module, data: PromptData, text_keys: list[st
 def distill(teacher: str | Path, variant: str, out: str | Path | None, data: DataSpec, cfg: TrainConfig | None = None,
             weights: LossWeights = LossWeights(), *, resolution: int = 512, dtype: str = "fp16", overwrite: bool = False,
             resume: bool = False, cache_dir: str | Path | None = None, vram: float | str | None = None,
-            preview_prompts: list[str] | None = None, diffusers: bool = False, progress: ProgressFn | None = None,
-            log: Callable[[str], None] | None = None) -> DistillResult:
+            preview_prompts: list[str] | None = None, diffusers: bool = False, init: str | Path | None = None,
+            progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> DistillResult:
     """Distil `teacher` into a BK-SDM `variant` on `data` and export the student like `sdkd prune` does.
+
+    `init` starts from that student's weights (a rebased, public or earlier student) instead of the pruned teacher.
 
     `vram` ("auto" or GiB) lets the memory planner pick micro-batch/accumulation, gradient
     checkpointing and EMA to fit. A progress callback raising `Cancelled` during training leaves an
@@ -321,16 +340,17 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
     cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / "cache")
     latent = resolution // 8
     scaling = float(sd15("vae").get("scaling_factor", 0.18215))
+    student, s_topology = student_model(src, info, v.name) if init is None else init_model(init, info, v.name)
     teacher_unet = teacher_model(src, info, device)
     with acc.main_process_first():
         dataset, previews, uncond = prepare_data(data, src, cache, teacher_unet, resolution, latent, scaling, cfg.seed,
                                                  preview_prompts, device, say, progress if acc.is_main_process else None,
                                                  provenance)
-    student, s_topology = student_model(src, info, v.name)
     objective = KDObjective(teacher_unet, hook_pairs(v, info.topology), weights)
     sha = provenance()["sdkd_teacher_sha256"]
     fingerprint = {"variant": v.name, "teacher": f"{path.name} (sha256 {sha[:16]})",
-                   "data": f"{data.describe()}, {len(dataset)} samples at {resolution} px [{dataset.fingerprint()[:16]}]"}
+                   "data": f"{data.describe()}, {len(dataset)} samples at {resolution} px [{dataset.fingerprint()[:16]}]",
+                   **({"init": resolve(init).name} if init is not None else {})}
     preview = None
     if previews is not None and acc.is_main_process:
         sampling = data if isinstance(data, PromptData) else PromptData(())
@@ -346,7 +366,7 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
             "sdkd_distill_data": fingerprint["data"][:300],
             "sdkd_distill_loss_weights": json.dumps({"sd": weights.sd, "out": weights.out, "feat": weights.feat}),
             "sdkd_distill_lr": f"{cfg.lr:g}", "sdkd_distill_batch": str(cfg.batch * cfg.accum * world),
-            "sdkd_distill_resolution": str(resolution),
+            "sdkd_distill_resolution": str(resolution), "sdkd_distill_init": fingerprint.get("init", "pruned teacher"),
             "sdkd_distill_final_loss": json.dumps({k: round(x, 6) for k, x in result.losses.items()}),
         }
 
@@ -454,7 +474,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
             r = distill(a.teacher, a.variant, a.out, data_spec(a), cfg, LossWeights(a.l_sd, a.l_out, a.l_feat),
                         resolution=a.resolution, dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, cache_dir=a.cache_dir,
                         vram=vram, preview_prompts=[] if a.no_preview else shown, diffusers=a.format == "diffusers",
-                        progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
+                        init=a.init, progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
         except Cancelled:
             print("sdkd: cancelled before training started (the cache written so far is kept)", file=sys.stderr)
             return 130
@@ -479,6 +499,7 @@ def add_commands(sub) -> None:
     src.add_argument("--data", help="folder of images with same-name .txt captions (or a metadata.jsonl)")
     src.add_argument("--prompts", help="data-free: a text file of prompts (one per line) the teacher draws from")
     src.add_argument("--self", dest="self_n", type=int, metavar="N", help="data-free: N built-in varied prompts")
+    s.add_argument("--init", help="start from this student of --variant (rebased, public or earlier) instead of the pruned teacher")
     s.add_argument("--out", help="output path (default: <teacher>-bk-<variant>-kd.safetensors beside the teacher)")
     s.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     s.add_argument("--batch", type=int, default=1, help="micro-batch per process (default 1)")
