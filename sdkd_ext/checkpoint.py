@@ -11,11 +11,11 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import torch
 
-from .convert import EMA, TEXT, UNET, VAE, PrefixMap, unet_map, vae_map
+from .convert import EMA, EMA_UNET, NOT_WEIGHTS, TEXT, UNET, VAE, PrefixMap, ema_twin, unet_map, vae_map
 from .errors import SdkdError
 
 SAFETENSORS_DTYPES = {
@@ -92,7 +92,7 @@ class RenamedSource:
                  has_ema: bool = False):
         self._base, self._names, self._transform = base, names, transform  # new name -> base name
         self._shapes = shapes or {}
-        self.has_ema = has_ema  # the underlying file carries model_ema.* weights
+        self.has_ema = has_ema  # the underlying file carries EMA weights (`has_ema_weights`)
         self.metadata = base.metadata if metadata is None else metadata
 
     def keys(self) -> list[str]:
@@ -210,25 +210,34 @@ def _from_diffusers(src: Source, pmap: PrefixMap, prefix: str) -> RenamedSource:
     return RenamedSource(src, names, to_ldm_shape, shapes=shapes)
 
 
+def has_ema_weights(keys: Iterable[str]) -> bool:
+    """True if the keys hold an EMA copy of the UNet; LitEma's `model_ema.decay`/`num_updates` counters alone are not one."""
+    return any(k.startswith(EMA_UNET) for k in keys)
+
+
 def normalise(src: Source, ema: bool = False) -> Source:
-    """LDM names as sdkd uses them: old text-encoder names fixed, EMA weights swapped in if asked, EMA copies hidden."""
-    names: dict[str, str] = {}
+    """LDM names as sdkd uses them: old text-encoder names fixed, EMA weights swapped in if asked, EMA copies and
+    non-weight buffers (`NOT_WEIGHTS`) hidden."""
     keys = src.keys()
-    ema_keys = {k for k in keys if k.startswith(EMA)}
-    if ema and not any(k.startswith(EMA + "diffusion_model") for k in ema_keys):
-        raise SdkdError("--ema was given but this checkpoint has no EMA weights (no model_ema.* keys); drop --ema")
+    present = set(keys)
+    has_ema = has_ema_weights(keys)
+    if ema and not has_ema:
+        counters = " (only the EMA counters model_ema.decay/num_updates)" if any(k.startswith(EMA) for k in keys) else ""
+        raise SdkdError(f"--ema was given but this checkpoint has no EMA weights{counters}; drop --ema")
+    names: dict[str, str] = {}
     for k in keys:
-        if k in ema_keys:
+        if k.startswith(EMA):
             continue
         new = k
         if k.startswith(TEXT) and not k.startswith(TEXT + "text_model."):
             new = TEXT + "text_model." + k[len(TEXT):]  # pre-2022 transformers layout
+        if new in NOT_WEIGHTS:
+            continue
         names[new] = k
-        if ema and k.startswith(UNET):
-            twin = EMA + "diffusion_model" + k[len(UNET):].replace(".", "")
-            if twin in ema_keys:
-                names[new] = twin
-    return RenamedSource(src, names, has_ema=bool(ema_keys))
+        twin = ema_twin(k[len(UNET):]) if ema and k.startswith(UNET) else None
+        if twin in present:
+            names[new] = twin
+    return RenamedSource(src, names, has_ema=has_ema)
 
 
 SHIPPED_DIR = Path(__file__).parent / "models"

@@ -15,6 +15,10 @@ UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 TEXT = "cond_stage_model.transformer."
 EMA = "model_ema."
+EMA_UNET = EMA + "diffusion_model"  # ldm's LitEma copy of the UNet: the LDM key with the dots after `model.` removed
+# Buffers some files carry that are not weights: every loader builds them itself (CLIP's position ids are
+# arange(77); transformers >= 4.31 no longer saves them, 5.x has no such buffer, and float copies drift).
+NOT_WEIGHTS = (TEXT + "text_model.embeddings.position_ids",)
 
 _RESNET = {
     "in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
@@ -105,6 +109,11 @@ def vae_map(levels: int = 4, layers: int = 2) -> PrefixMap:
             if has_sampler:
                 m.add(f"{side}.{group}.{i}.{sampler}.conv", f"{side}.{group}_blocks.{d}.{group}samplers.0.conv")
     return m
+
+
+def ema_twin(unet_key: str) -> str:
+    """The name ldm's LitEma gives the EMA copy of UNet key `unet_key` (no prefix): dots removed."""
+    return EMA_UNET + unet_key.replace(".", "")
 
 
 def _join(*parts: str) -> str:

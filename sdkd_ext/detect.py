@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Iterator
 
 from .checkpoint import Source, unet_keys
 from .configs import VaeShape
 from .convert import TEXT, UNET, VAE
 from .errors import SdkdError
-from .variants import Topology, identify
+from .variants import Topology, explain_unknown, identify
 
 LORA_MARKERS = ("lora_down", "lora_up", "lora_A.", "lora_B.", "hada_w1", "lokr_w1", ".alpha")
 
@@ -39,6 +41,20 @@ class ModelInfo:
         return d
 
 
+@contextmanager
+def reading(part: str) -> Iterator[None]:
+    """Turn any lookup that trips on a file's own keys (one missing, one of an odd shape) into the one-line SdkdError:
+    a partial file is bad input, never a traceback. A context manager or a decorator."""
+    try:
+        yield
+    except KeyError as e:
+        raise SdkdError(f"{part} lacks {e.args[0]!r}: the file is partial or damaged; re-download or re-export it") from e
+    except (IndexError, ValueError, ZeroDivisionError) as e:
+        raise SdkdError(f"{part} has weights of unexpected shapes ({e}): the file is partial or damaged; "
+                        "re-download or re-export it") from e
+
+
+@reading("the UNet")
 def read_topology(src: Source) -> Topology:
     """The UNet topology of an LDM-named source; raises SdkdError if the blocks don't form an SD-style UNet."""
     keys = set(unet_keys(src))
@@ -81,15 +97,18 @@ def read_topology(src: Source) -> Topology:
     return replace(topo, **{k: recorded[k] for k in Topology.UNSEEN if k in recorded})
 
 
-def _recorded(metadata: dict[str, str], key: str) -> dict:
-    """The JSON object an sdkd export wrote into metadata `key` ({} if none or unreadable)."""
+def _recorded(metadata: dict, key: str) -> dict:
+    """The JSON object an sdkd export wrote into metadata `key` ({} if none or unreadable); A1111 hands metadata
+    over with such values already decoded."""
+    found = metadata.get(key, "{}")
     try:
-        found = json.loads(metadata.get(key, "{}"))
-    except ValueError:
+        found = found if isinstance(found, dict) else json.loads(found)
+    except (TypeError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
 
 
+@reading("the VAE")
 def vae_shape(src: Source) -> VaeShape | None:
     """Widths of the file's VAE (LDM names), or None without one."""
     key = VAE + "encoder.conv_in.weight"
@@ -122,20 +141,28 @@ def describe(src: Source) -> ModelInfo:
         return _refuse(info, "sdxl", "this is an SDXL checkpoint; sdkd compresses SD1.x models")
     if UNET + "input_blocks.0.0.weight" not in keys:
         return _not_a_checkpoint(info, keys)
+    if _sd2_marks(src, keys):
+        return _refuse(info, "sd2", "this is an SD2.x checkpoint; sdkd compresses SD1.x models")
     try:
         topo = read_topology(src)
+        vae_shape(src)  # prune and every loader read it: a partial VAE is refused here, not halfway through a job
     except SdkdError as e:
         return _refuse(info, "unknown", str(e))
     info.topology = topo
-    linear_proj = any(k.endswith("proj_in.weight") and len(src.shape(k)) == 2 for k in ukeys)
-    if topo.context_dim == 1024 or linear_proj or any(k.startswith("cond_stage_model.model.") for k in keys):
-        return _refuse(info, "sd2", "this is an SD2.x checkpoint; sdkd compresses SD1.x models")
     info.inpainting = topo.in_channels == 9
     info.variant = identify(topo)
     if info.variant is None:
-        return _refuse(info, "unknown", f"a UNet of a shape that is neither SD1.x nor a BK-SDM student ({topo})")
+        return _refuse(info, "unknown", explain_unknown(topo))
     info.kind = "sd1" if info.variant == "teacher" else "student"
     return info
+
+
+def _sd2_marks(src: Source, keys: list[str]) -> bool:
+    """SD2.x's signs, read off single keys so a partial file is still named: an OpenCLIP text encoder, linear
+    `proj_in` layers, 1024-wide cross-attention."""
+    return any(k.startswith("cond_stage_model.model.")
+               or (k.startswith(UNET) and k.endswith("proj_in.weight") and len(src.shape(k)) == 2)
+               or (k.startswith(UNET) and k.endswith("attn2.to_k.weight") and src.shape(k)[-1] == 1024) for k in keys)
 
 
 def _refuse(info: ModelInfo, kind: str, reason: str) -> ModelInfo:

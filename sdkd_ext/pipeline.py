@@ -12,7 +12,7 @@ from .compat import clip_prefix
 from .checkpoint import Source, open_model
 from .configs import TOKENIZER_DIR, sd15, text_encoder_config, unet_config
 from .convert import TEXT, UNET, VAE, unet_map, vae_map
-from .detect import ModelInfo, describe, vae_shape
+from .detect import ModelInfo, describe, reading, vae_shape
 from .errors import SdkdError
 from .progress import ProgressFn, report
 from .speed import prepack_convs
@@ -22,13 +22,18 @@ def _build(factory: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor
     """Build a module without random init (on `meta`) and load `state` into it exactly."""
     with torch.device("meta"):
         module = factory()
-    result = module.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    try:
+        result = module.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # torch's size-mismatch report: weights of other shapes than the config implies
+        raise SdkdError(f"the {what} weights don't fit its config ({str(e).splitlines()[-1].strip()[:200]}); "
+                        "the file is damaged or not SD1.x") from e
+    buffers = {name for name, _ in module.named_buffers()}
+    missing = [k for k in result.missing_keys if k not in buffers]  # buffers are rebuilt below, not read from files
     if missing or result.unexpected_keys:
         raise SdkdError(f"the {what} weights don't fit its config: {len(missing)} missing (e.g. {missing[:3]}), "
                         f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]}); the file is damaged or not SD1.x")
     for name, buf in list(module.named_buffers()):
-        if buf.is_meta:  # non-persistent buffers (e.g. CLIP position ids) are not in any file: rebuild them
+        if buf.is_meta:  # buffers (e.g. CLIP position ids) are not weights: rebuild them as the model makes them
             fresh = factory().get_buffer(name)
             owner, _, leaf = name.rpartition(".")
             module.get_submodule(owner).register_buffer(leaf, fresh, persistent=False)
@@ -68,7 +73,8 @@ def build_text_encoder(src: Source) -> torch.nn.Module:
     names = {k[len(TEXT):]: k for k in src.keys() if k.startswith(TEXT)}
     if not names:
         raise SdkdError("this checkpoint carries no text-encoder weights; use a checkpoint that includes its text encoder")
-    cfg = CLIPTextConfig(**text_encoder_config({k: src.shape(v) for k, v in names.items()}))
+    with reading("the text encoder"):
+        cfg = CLIPTextConfig(**text_encoder_config({k: src.shape(v) for k, v in names.items()}))
     with torch.device("meta"):
         prefix = clip_prefix(CLIPTextModel(cfg))
     state = {prefix + k[len("text_model."):]: src.get(v) for k, v in names.items()}

@@ -9,7 +9,7 @@ import torch
 from .checkpoint import DictSource
 from .compat import clip_prefix
 from .configs import VaeShape, sd15, unet_config
-from .convert import TEXT, UNET, VAE, unet_map, vae_map
+from .convert import NOT_WEIGHTS, TEXT, UNET, VAE, unet_map, vae_map
 from .export import plan_from, write_safetensors
 from .variants import Topology
 
@@ -56,7 +56,8 @@ def make_text_encoder(hidden: int = 32, layers: int = 2, seed: int = 0) -> torch
 
 def to_ldm(unet: torch.nn.Module | None = None, vae: torch.nn.Module | None = None,
            text_encoder: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """diffusers/transformers modules as one LDM-named single-file state dict."""
+    """diffusers/transformers modules as one LDM-named single-file state dict (weights only, whatever the library's
+    version saves beside them)."""
     from .configs import topology_from_diffusers
 
     out: dict[str, torch.Tensor] = {}
@@ -71,7 +72,7 @@ def to_ldm(unet: torch.nn.Module | None = None, vae: torch.nn.Module | None = No
     if text_encoder is not None:
         prefix = clip_prefix(text_encoder)
         out.update({TEXT + "text_model." + k[len(prefix):]: v for k, v in text_encoder.state_dict().items()})
-    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+    return {k: v.detach().clone().contiguous() for k, v in out.items() if k not in NOT_WEIGHTS}
 
 
 def tiny_checkpoint(width: int = 32, seed: int = 0, in_channels: int = 4, vae: bool = True, text_encoder: bool = True,

@@ -6,7 +6,7 @@ these two small declarations, so a new variant is one more `Variant(...)` line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from .errors import SdkdError
 
@@ -112,6 +112,44 @@ def identify(topology: Topology, teacher: Topology = SD15) -> str | None:
         if topology == v.student(full):
             return v.name
     return None
+
+
+# Topology fields that make a UNet's shape (the rest are free: widths, channels, heads), as messages name them.
+SHAPE_WORDS = {"channel_mult": "channel multipliers", "attention": "cross-attention at",
+               "layers_per_block": "resnets per down level", "mid_block": "middle block",
+               "transformer_depth": "transformer blocks per attention"}
+
+
+def supported_shapes(topology: Topology, teacher: Topology = SD15) -> dict[str, Topology]:
+    """Every shape sdkd handles, at this model's widths: the SD1.x teacher and its students, by name."""
+    full = full_topology(topology, teacher)
+    return {"SD1.x": full, **{f"BK-SDM {v.name}": v.student(full) for v in VARIANTS.values()}}
+
+
+def explain_unknown(topology: Topology, teacher: Topology = SD15) -> str:
+    """Why sdkd refuses `topology`: what it has where the nearest supported shape differs, and what is supported."""
+    shapes = supported_shapes(topology, teacher)
+    differ = {name: [f.name for f in fields(Topology) if getattr(topology, f.name) != getattr(t, f.name)]
+              for name, t in shapes.items()}
+    nearest = min(differ, key=lambda name: len(differ[name]))
+    found = "; ".join(f"{SHAPE_WORDS.get(f, f)} {_words(getattr(topology, f))} ({nearest} has "
+                      f"{_words(getattr(shapes[nearest], f))})" for f in differ[nearest])
+    names = list(VARIANTS)
+    return (f"a UNet of a shape sdkd does not know: {found}. sdkd prunes SD1.x UNets (channel multipliers "
+            f"{_words(teacher.channel_mult)} of any base width, cross-attention at {_words(teacher.attention)}, "
+            f"{teacher.layers_per_block} resnets per down level, a middle block) and reads their BK-SDM "
+            f"{', '.join(names[:-1])} and {names[-1]} students")
+
+
+def _words(value: object) -> str:
+    """A topology field's value as a message shows it: '1, 2, 4, 4', 'levels 1, 2, 3 of 4', 'none' (no middle block)."""
+    if isinstance(value, bool):
+        return "yes" if value else "none"
+    if isinstance(value, tuple) and all(isinstance(v, bool) for v in value):
+        return f"levels {', '.join(str(i + 1) for i, v in enumerate(value) if v) or 'none'} of {len(value)}"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 # ---- block naming, shared by key maps and hooks ------------------------------------------------

@@ -31,3 +31,24 @@ def students(teacher_file, tmp_path_factory) -> dict:
     """The teacher pruned (fp32, exact) to every variant."""
     out = tmp_path_factory.mktemp("students")
     return {v: prune(teacher_file, v, out / f"student-{v}", dtype="fp32") for v in VARIANTS}
+
+
+@pytest.fixture(scope="session")
+def community(teacher_sd, tmp_path_factory) -> dict[str, Path]:
+    """The tiny teacher in every community file layout (tests/community.py), by layout name."""
+    from community import LAYOUTS, write
+
+    folder = tmp_path_factory.mktemp("community")
+    return {layout.name: write(layout, teacher_sd, folder) for layout in LAYOUTS}
+
+
+@pytest.fixture(scope="session")
+def community_students(community, tmp_path_factory) -> dict[str, Path]:
+    """Students of community files: "tiny" as prune makes it now (fp16, from a drifted-position-ids merge), "tiny-old"
+    the same with what an earlier prune copied over (the merge's position ids cast to fp16)."""
+    from community import POSITION_IDS, position_ids, with_extra
+
+    out = tmp_path_factory.mktemp("community-students")
+    tiny = prune(community["merge-fp16"], "tiny", out / "merge-fp16-bk-tiny").checkpoint
+    old = with_extra(tiny, {POSITION_IDS: position_ids("drifted").half()}, out / "merge-fp16-bk-tiny-old.safetensors")
+    return {"tiny": tiny, "tiny-old": old}
