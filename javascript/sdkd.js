@@ -9,3 +9,13 @@ onUiLoaded(function () {
         }
     }, true);
 });
+
+// Run before each sdkd job (the tab's `page_js`): give the job an id, sent as its first input, and let the web UI's
+// own progress bar follow it through /internal/progress, as the checkpoint merger does.
+function sdkd_submit() {
+    var id = randomId();
+    requestProgress(id, gradioApp().getElementById("sdkd_status"), null, function () {});
+    var args = Array.from(arguments);
+    args[0] = id;
+    return args;
+}

@@ -38,6 +38,15 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
+class OutputExists(SdkdError):
+    """An output is already there and overwriting was not asked for; carries the path, so each front end can
+    word the fix in its own terms (the message is the CLI's)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(f"{path} already exists; choose another --out or pass --overwrite")
+
+
 class Outputs:
     """A set of files written to temp names and renamed into place together, or removed on failure."""
 
@@ -48,7 +57,7 @@ class Outputs:
     def check(self, final: Path) -> None:
         """Refuse an existing output unless overwriting was asked for."""
         if final.exists() and not self.overwrite:
-            raise SdkdError(f"{final} already exists; choose another --out or pass --overwrite")
+            raise OutputExists(final)
 
     def temp(self, final: Path, is_dir: bool = False) -> Path:
         """A fresh temp path beside `final`, to be renamed onto it by `commit`."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import threading
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from .errors import SdkdError
+from .export import OutputExists
 from .hosts.base import FolderHost
+from .names import path_in_folder
 from .progress import Cancelled, Event, ProgressFn
 from .variants import VARIANTS
 
@@ -44,17 +47,49 @@ class JobControl:
         return progress
 
 
+@dataclass(frozen=True)
+class Output:
+    """Where a tab action writes and the labels of the widgets that decide it, so messages speak in the tab's terms."""
+
+    folder: Path
+    where: str  # the folder as the user knows it, e.g. "your checkpoint folder"
+    name_widget: str
+    overwrite_widget: str | None = None
+
+    def path(self, name: str, default: str, suffix: str = "", inputs: tuple[Path, ...] = ()) -> Path:
+        """The file a name typed into `name_widget` (blank: `default`) stands for, inside `folder`; never an input."""
+        path = path_in_folder((name or "").strip() or default, self.folder, self.name_widget, suffix)
+        if any(path.resolve() == p.resolve() for p in inputs):
+            raise SdkdError(f"{self.name_widget} {path.name!r} is the checkpoint you picked; sdkd never overwrites "
+                            "its input: choose another name")
+        return path
+
+    def shown(self, path: Path) -> str:
+        """`path` as the tab shows it: relative to the folder, which is named in words."""
+        try:
+            return f"{path.relative_to(self.folder)} in {self.where}"
+        except ValueError:
+            return path.name
+
+    def exists(self, e: OutputExists) -> str:
+        """The tab's words for an output that is already there."""
+        fix = f"choose another {self.name_widget}" + (f" or tick {self.overwrite_widget!r}" if self.overwrite_widget else "")
+        return f"{self.shown(e.path)} already exists; {fix}"
+
+
 def run_in_host(host: FolderHost, control: JobControl, job: Callable[[ProgressFn], T], gr_progress=None,
-                gpu: bool = False) -> T | str:
-    """Run `job` as a host job (`gpu`: after freeing the host's VRAM) with progress and cancel wired; errors become
-    a status line for the UI."""
+                gpu: bool = False, output: Output | None = None, task: str | None = None) -> T | str:
+    """Run `job` as host job `task` (`gpu`: after freeing the host's VRAM) with progress and cancel wired; errors
+    become a status line for the UI, in the words of `output`'s widgets where they concern the output."""
     sinks = [host.show_progress]
     if gr_progress is not None:
         sinks.append(lambda e: gr_progress(e.fraction, desc=f"{e.stage} {e.step}/{e.total}"))
     try:
-        return host.run_job(lambda: job(control.callback(*sinks)), gpu=gpu)
+        return host.run_job(lambda: job(control.callback(*sinks)), gpu=gpu, task=task or None)
     except Cancelled as e:
         return f"Stopped: {e}"
+    except OutputExists as e:
+        return f"Error: {output.exists(e) if output else e}"
     except SdkdError as e:
         return f"Error: {e}"
     except Exception as e:  # a UI must report, not crash the host
@@ -62,16 +97,24 @@ def run_in_host(host: FolderHost, control: JobControl, job: Callable[[ProgressFn
         return f"Unexpected error ({type(e).__name__}): {e}"
 
 
+def prune_output(host: FolderHost) -> Output:
+    """Prune writes a checkpoint named by the Prune section's name box."""
+    return Output(host.output_dir(), "your checkpoint folder", PRUNE_NAME, PRUNE_OVERWRITE)
+
+
 def prune_job(host: FolderHost, checkpoint: str, variant: str, name: str, dtype: str, overwrite: bool) -> Callable[[ProgressFn], str]:
     """The tab's prune action: teacher from the host's list, student into the host's checkpoint folder."""
-    from .prune import checkpoint_path, prune
+    from .prune import prune
+
+    out = prune_output(host)
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
-        stem = (name or "").strip() or f"{Path(checkpoint).stem}-bk-{variant}"
-        r = prune(teacher, variant, checkpoint_path(host.output_dir() / stem), dtype, overwrite=overwrite, progress=progress)
+        target = out.path(name, f"{Path(checkpoint).stem}-bk-{variant}", ".safetensors", (teacher,))
+        r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=progress)
         host.refresh()
-        return f"Done: {r.variant} student, {r.unet_params:,} UNet parameters -> {r.checkpoint.name} (+ {r.yaml.name}) in {r.seconds:.1f}s"
+        return (f"Done: {r.variant} student, {r.unet_params:,} UNet parameters -> {out.shown(r.checkpoint)} "
+                f"(+ {r.yaml.name}) in {r.seconds:.1f}s")
 
     return job
 
@@ -97,7 +140,18 @@ def _data(kind: str, path: str, count: int):
     return PromptData(tuple(builtin_prompts(int(count))), origin="built-in prompts")
 
 
+# Labels of the widgets that name outputs: the tab shows them and its messages name them.
+PRUNE_NAME, PRUNE_OVERWRITE = "Output name", "Overwrite an existing file"
+DISTIL_NAME, DISTIL_OVERWRITE = "Student name", "Overwrite"
+LORA_NAME, LORA_OVERWRITE = "LoRA name", "Overwrite"
+REPORT_NAME = "Report name"
+
 DATA_KINDS = ("image folder", "prompt file (teacher generates)", "built-in prompts (teacher generates)")
+
+
+def distill_output(host: FolderHost) -> Output:
+    """Distil writes a checkpoint named by the Distil section's name box."""
+    return Output(host.output_dir(), "your checkpoint folder", DISTIL_NAME, DISTIL_OVERWRITE)
 
 
 def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path: str, count: int, steps: int,
@@ -105,21 +159,28 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
                 overwrite: bool) -> Callable[[ProgressFn], str]:
     """The tab's distil action: a student distilled on the GPU, exported into the host's checkpoint folder."""
     from .distill import LossWeights, distill
-    from .prune import checkpoint_path
     from .train import TrainConfig
+
+    out = distill_output(host)
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
-        stem = (name or "").strip() or f"{Path(checkpoint).stem}-bk-{variant}-kd"
-        r = distill(teacher, variant, checkpoint_path(host.output_dir() / stem), _data(kind, path, count),
+        target = out.path(name, f"{Path(checkpoint).stem}-bk-{variant}-kd", ".safetensors", (teacher,))
+        r = distill(teacher, variant, target, _data(kind, path, count),
                     TrainConfig(steps=int(steps)), LossWeights(l_sd, l_out, l_feat), resolution=int(resolution),
                     vram=(vram or "").strip() or None, resume=resume, overwrite=overwrite, progress=progress)
         host.refresh()
-        where = r.exported.checkpoint.name if r.exported else "(no student written)"
+        where = out.shown(r.exported.checkpoint) if r.exported else "(no student written)"
         state = f"Cancelled at step {r.train.steps}/{r.train.total} (tick Resume to continue)" if r.train.cancelled else "Done"
-        return f"{state}: {where}; losses {', '.join(f'{k} {v:.4g}' for k, v in r.train.losses.items())}; run folder {r.run_dir}"
+        return (f"{state}: {where}; losses {', '.join(f'{k} {v:.4g}' for k, v in r.train.losses.items())}; "
+                f"run folder {out.shown(r.run_dir)}")
 
     return job
+
+
+def lora_output(host: FolderHost) -> Output:
+    """LoRA training writes into the host's LoRA folder, named by the LoRA section's name box."""
+    return Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE)
 
 
 def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: float, steps: int, resolution: int,
@@ -128,33 +189,44 @@ def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: f
     from .lora_train import LoraSpec, train_lora
     from .train import TrainConfig
 
+    out = lora_output(host)
+
     def job(progress: ProgressFn) -> str:
         base = _teacher(host, checkpoint)
         if not folder.strip():
             raise SdkdError("give the folder of training images (with .txt captions or metadata.jsonl)")
-        stem = (name or "").strip() or f"{Path(checkpoint).stem}-lora"
-        r = train_lora(base, Path(folder.strip()).expanduser(), host.lora_dir() / f"{stem}.safetensors",
+        target = out.path(name, f"{Path(checkpoint).stem}-lora", ".safetensors", (base,))
+        r = train_lora(base, Path(folder.strip()).expanduser(), target,
                        LoraSpec(int(rank), float(alpha), text_encoder), TrainConfig(steps=int(steps), lr=1e-4),
                        resolution=int(resolution), resume=resume, overwrite=overwrite, progress=progress)
         host.refresh()
-        return f"Done: {r.path} ({r.modules} modules)"
+        return f"Done: {out.shown(r.path)} ({r.modules} modules)"
 
     return job
 
 
+def compare_output(host: FolderHost) -> Output:
+    """A compare report is a folder in the host's report folder, named by the Compare section's name box; a report
+    of the same name is replaced (the folder holds only what sdkd wrote)."""
+    return Output(host.report_dir(), "the sdkd-compare folder", REPORT_NAME)
+
+
 def compare_job(host: FolderHost, teacher: str, students: list[str], prompts: str, seeds: str, size: int,
-                steps: int, out: str) -> Callable[[ProgressFn], tuple[str, str | None]]:
+                steps: int, name: str) -> Callable[[ProgressFn], tuple[str, str | None]]:
     """The tab's compare action: same prompts and seeds through each model, a grid and agreement figures."""
     from .compare import compare, write_report
 
+    out = compare_output(host)
+
     def job(progress: ProgressFn) -> tuple[str, str | None]:
+        folder = out.path(name, "report")
         lines = [p.strip() for p in prompts.splitlines() if p.strip()]
         if not students:
             raise SdkdError("pick at least one student to compare with the teacher")
         result = compare(_teacher(host, teacher), [_teacher(host, s) for s in students], lines,
                          [int(x) for x in seeds.replace(",", " ").split()] or [0], int(size), int(steps), progress=progress)
-        files = write_report(result, Path(out).expanduser(), overwrite=True)
-        return f"Report: {files['report']}", str(files["grid"])
+        files = write_report(result, folder, overwrite=True)
+        return f"Report: {out.shown(files['report'])}", str(files["grid"])
 
     return job
 
@@ -175,19 +247,35 @@ def inspect_text(host: FolderHost, checkpoint: str) -> str:
     return json.dumps(d, indent=1)
 
 
+def before_click(js: str | None) -> dict:
+    """gradio's keyword for a page function run before the call: `_js` up to 3.x (A1111), `js` from 4.0 (Forge's
+    4.40 takes both, the latest only `js`)."""
+    if not js:
+        return {}
+    import gradio as gr
+
+    return {"_js" if int(gr.__version__.split(".")[0]) < 4 else "js": js}
+
+
 def build_tab(host: FolderHost):
     """The gradio Blocks of the sdkd tab for `host`: prune, distil, LoRA and compare."""
     import gradio as gr
 
     control = JobControl()
+    page = before_click(host.page_js)
 
     def names() -> list[str]:
         return list(host.checkpoints())
 
-    def run(make_job, progress, gpu=True):
-        return run_in_host(host, control, make_job, progress, gpu)
+    def lists() -> tuple:
+        """New choices for both checkpoint lists (gr.update: the one form gradio 3.41, 4.x and later share)."""
+        return gr.update(choices=names()), gr.update(choices=names())
+
+    def run(make_job, progress, output, task, gpu=True):
+        return run_in_host(host, control, make_job, progress, gpu, output, task)
 
     with gr.Blocks(analytics_enabled=False) as tab:
+        task = gr.Textbox(visible=False, elem_id="sdkd_task")  # the page's job id (javascript/sdkd.js), if any
         with gr.Row():
             ckpt = gr.Dropdown(label="Checkpoint (teacher or student)", choices=names(), elem_id="sdkd_checkpoint")
             refresh = gr.Button("Refresh", elem_id="sdkd_refresh")
@@ -200,8 +288,8 @@ def build_tab(host: FolderHost):
                     variant = gr.Radio(label="Student", choices=list(VARIANTS), value="small")
                     dtype = gr.Radio(label="Weights", choices=["fp16", "bf16", "fp32"], value="fp16")
                 with gr.Row():
-                    name = gr.Textbox(label="Output name (blank: <checkpoint>-bk-<variant>)")
-                    overwrite = gr.Checkbox(label="Overwrite an existing file", value=False, elem_id="sdkd_overwrite")
+                    name = gr.Textbox(label=PRUNE_NAME, placeholder="blank: <checkpoint>-bk-<variant>")
+                    overwrite = gr.Checkbox(label=PRUNE_OVERWRITE, value=False, elem_id="sdkd_overwrite")
                 go = gr.Button("Prune", variant="primary", elem_id="sdkd_prune")
             with gr.Tab("Distil"):
                 gr.Markdown("Train the student to imitate the teacher (output and per-block feature distillation). "
@@ -221,9 +309,9 @@ def build_tab(host: FolderHost):
                     l_out = gr.Number(label="Output KD weight", value=1.0)
                     l_feat = gr.Number(label="Feature KD weight", value=1.0)
                 with gr.Row():
-                    d_name = gr.Textbox(label="Output name (blank: <checkpoint>-bk-<variant>-kd)")
+                    d_name = gr.Textbox(label=DISTIL_NAME, placeholder="blank: <checkpoint>-bk-<variant>-kd")
                     d_resume = gr.Checkbox(label="Resume", value=False)
-                    d_over = gr.Checkbox(label="Overwrite", value=False)
+                    d_over = gr.Checkbox(label=DISTIL_OVERWRITE, value=False)
                 d_go = gr.Button("Distil", variant="primary", elem_id="sdkd_distill")
             with gr.Tab("LoRA"):
                 gr.Markdown("Train a LoRA on the chosen checkpoint (students included); it lands in your LoRA folder "
@@ -237,9 +325,9 @@ def build_tab(host: FolderHost):
                     l_steps = gr.Number(label="Steps", value=1000, precision=0)
                     l_res = gr.Number(label="Resolution", value=512, precision=0)
                 with gr.Row():
-                    l_name = gr.Textbox(label="LoRA name (blank: <checkpoint>-lora)")
+                    l_name = gr.Textbox(label=LORA_NAME, placeholder="blank: <checkpoint>-lora")
                     l_resume = gr.Checkbox(label="Resume", value=False)
-                    l_over = gr.Checkbox(label="Overwrite", value=False)
+                    l_over = gr.Checkbox(label=LORA_OVERWRITE, value=False)
                 l_go = gr.Button("Train LoRA", variant="primary", elem_id="sdkd_lora")
             with gr.Tab("Compare"):
                 gr.Markdown("The same prompts and seeds through the teacher (checkpoint above) and each student: "
@@ -250,37 +338,36 @@ def build_tab(host: FolderHost):
                     c_seeds = gr.Textbox(label="Seeds", value="0 1")
                     c_size = gr.Number(label="Size", value=512, precision=0)
                     c_steps = gr.Number(label="Steps", value=25, precision=0)
-                    c_out = gr.Textbox(label="Report folder", value=str(host.output_dir() / "sdkd-compare"))
+                    c_name = gr.Textbox(label=REPORT_NAME, value="report",
+                                        placeholder="a folder in sdkd-compare beside your checkpoints")
                 c_go = gr.Button("Compare", variant="primary", elem_id="sdkd_compare")
                 c_grid = gr.Image(label="Grid", type="filepath")
         with gr.Row():
             stop = gr.Button("Cancel", elem_id="sdkd_cancel")
         status = gr.Textbox(label="Status", interactive=False, elem_id="sdkd_status")
 
-        def on_prune(c, v, n, d, o, progress=gr.Progress()):
-            return run(prune_job(host, c, v, n, d, o), progress, gpu=False)
+        def on_prune(t, c, v, n, d, o, progress=gr.Progress()):
+            return (run(prune_job(host, c, v, n, d, o), progress, prune_output(host), t, gpu=False), *lists())
 
-        def on_distill(c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, progress=gr.Progress()):
-            return run(distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o), progress)
+        def on_distill(t, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, progress=gr.Progress()):
+            job = distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o)
+            return (run(job, progress, distill_output(host), t), *lists())
 
-        def on_lora(c, fo, rk, al, st, r, te, nm, rs, o, progress=gr.Progress()):
-            return run(lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o), progress)
+        def on_lora(t, c, fo, rk, al, st, r, te, nm, rs, o, progress=gr.Progress()):
+            return run(lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o), progress, lora_output(host), t)
 
-        def on_compare(c, ss, pr, se, sz, st, out, progress=gr.Progress()):
-            result = run(compare_job(host, c, ss or [], pr, se, sz, st, out), progress)
+        def on_compare(t, c, ss, pr, se, sz, st, nm, progress=gr.Progress()):
+            result = run(compare_job(host, c, ss or [], pr, se, sz, st, nm), progress, compare_output(host), t)
             return result if isinstance(result, tuple) else (result, None)
 
-        def on_refresh():
-            return gr.update(choices=names()), gr.update(choices=names())
-
-        refresh.click(on_refresh, outputs=[ckpt, c_students])
+        refresh.click(lists, outputs=[ckpt, c_students])
         ckpt.change(lambda c: inspect_text(host, c), inputs=[ckpt], outputs=[info])
-        go.click(on_prune, inputs=[ckpt, variant, name, dtype, overwrite], outputs=[status])
-        d_go.click(on_distill, inputs=[ckpt, d_variant, d_kind, d_path, d_count, d_steps, d_res, d_vram, l_sd, l_out,
-                                       l_feat, d_name, d_resume, d_over], outputs=[status])
-        l_go.click(on_lora, inputs=[ckpt, l_folder, l_rank, l_alpha, l_steps, l_res, l_te, l_name, l_resume, l_over],
-                   outputs=[status])
-        c_go.click(on_compare, inputs=[ckpt, c_students, c_prompts, c_seeds, c_size, c_steps, c_out],
-                   outputs=[status, c_grid])
+        go.click(on_prune, inputs=[task, ckpt, variant, name, dtype, overwrite], outputs=[status, ckpt, c_students], **page)
+        d_go.click(on_distill, inputs=[task, ckpt, d_variant, d_kind, d_path, d_count, d_steps, d_res, d_vram, l_sd,
+                                       l_out, l_feat, d_name, d_resume, d_over], outputs=[status, ckpt, c_students], **page)
+        l_go.click(on_lora, inputs=[task, ckpt, l_folder, l_rank, l_alpha, l_steps, l_res, l_te, l_name, l_resume,
+                                    l_over], outputs=[status], **page)
+        c_go.click(on_compare, inputs=[task, ckpt, c_students, c_prompts, c_seeds, c_size, c_steps, c_name],
+                   outputs=[status, c_grid], **page)
         stop.click(control.cancel, outputs=[status])
     return tab

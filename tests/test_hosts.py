@@ -48,7 +48,7 @@ def test_model_loaded_fix_makes_a1111_unet_match_the_student(students, forge):
     with safe_open(str(r.checkpoint), "pt") as f:
         meta = f.metadata()
     inner = types.SimpleNamespace(diffusion_model=unet)
-    sd_model = types.SimpleNamespace(sd_checkpoint_info=types.SimpleNamespace(metadata=meta))
+    sd_model = types.SimpleNamespace(sd_checkpoint_info=types.SimpleNamespace(filename=str(r.checkpoint), metadata=meta))
     if forge:
         sd_model.forge_objects = types.SimpleNamespace(unet=types.SimpleNamespace(model=inner))
     else:
@@ -72,7 +72,7 @@ def test_model_loaded_leaves_teachers_and_base_alone(students):
 
     with safe_open(str(students["base"].checkpoint), "pt") as f:
         meta = f.metadata()
-    sd_model = types.SimpleNamespace(sd_checkpoint_info=types.SimpleNamespace(metadata=meta),
+    sd_model = types.SimpleNamespace(sd_checkpoint_info=types.SimpleNamespace(filename=str(students["base"].checkpoint), metadata=meta),
                                      model=types.SimpleNamespace(diffusion_model=unet))
     a1111.on_model_loaded(sd_model)
     assert len(unet.middle_block) == 3
@@ -126,8 +126,11 @@ def fake_a1111(monkeypatch, tmp_path):
     sd_models.list_models = lambda: sd_models.listed.append(1)
     sd_models.unload_model_weights = lambda m: sd_models.moves.append(("cpu", m))
     sd_models.send_model_to_device = lambda m: sd_models.moves.append(("gpu", m))
+    progress = types.SimpleNamespace(events=[])
+    for step in ("add_task_to_queue", "start_task", "finish_task"):
+        setattr(progress, step, lambda task, step=step: progress.events.append((step, task)))
     modules = types.ModuleType("modules")
-    modules.shared, modules.sd_models = shared, sd_models
+    modules.shared, modules.sd_models, modules.progress = shared, sd_models, progress
     call_queue = types.ModuleType("modules.call_queue")
     call_queue.queue_lock = threading.Lock()
     monkeypatch.setitem(sys.modules, "modules", modules)
@@ -141,6 +144,7 @@ def test_a1111_host_glue(fake_a1111, tmp_path):
     assert host.output_dir() == tmp_path / "Stable-diffusion" and host.lora_dir() == tmp_path / "Lora"
     assert host.run_job(lambda: call_queue.queue_lock.locked()) is True
     assert modules.shared.state.begun == ["sdkd"] and modules.shared.state.ended == 1
+    assert modules.progress.events == [("start_task", None), ("finish_task", None)]
     assert modules.sd_models.moves == []
     with pytest.raises(RuntimeError):
         host.run_job(lambda: (_ for _ in ()).throw(RuntimeError("job failed")), gpu=True)
@@ -192,9 +196,9 @@ def test_comfyui_nodes(monkeypatch, teacher_file, tmp_path):
     spec.loader.exec_module(package)
     node = package.NODE_CLASS_MAPPINGS["SdkdPrune"]
     assert node.INPUT_TYPES()["required"]["ckpt_name"][0] == ["t.safetensors"]
-    (path,) = node().prune("t.safetensors", "tiny", "fp16", "", False)
-    assert Path(path) == ckpts / "t-bk-tiny.safetensors" and Path(path).exists() and updates
-    info = package.NODE_CLASS_MAPPINGS["SdkdInspect"]().inspect("t-bk-tiny.safetensors")[0]
+    (name,) = node().prune("t.safetensors", "tiny", "fp16", "", False)["result"]
+    assert name == "t-bk-tiny.safetensors" and (ckpts / name).exists() and updates
+    info = package.NODE_CLASS_MAPPINGS["SdkdInspect"]().inspect("t-bk-tiny.safetensors")["result"][0]
     assert '"variant": "tiny"' in info
     interrupted["now"] = True
     with pytest.raises(Interrupted):

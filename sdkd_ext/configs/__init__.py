@@ -101,8 +101,20 @@ def text_encoder_config(shapes: dict[str, tuple[int, ...]]) -> dict:
     return cfg
 
 
+# What a user without sdkd gets from a file without a middle block; no config can leave the block out
+# (ldm's and sgm's UNetModel always build it), so the yaml says it in a comment and the README in full.
+NO_MIDDLE_BLOCK_NOTE = """\
+# This model has no middle block (BK-SDM small/tiny). No ldm config can leave that block out:
+# - A1111 with the sdkd extension removes it on load; without it, A1111 fills the block with zeros
+#   (an identity: images are right, but the idle block, 97M parameters at SD1.5 size, runs every step).
+# - Forge needs the sdkd extension: without it the block it builds has no weights.
+# - ComfyUI and diffusers read the shape off the weights and need nothing.
+"""
+
+
 def ldm_yaml(t: Topology, vae: VaeShape | None = None) -> str:
-    """The A1111/ldm inference yaml that builds a model of topology `t` (inpainting when 9 input channels)."""
+    """The A1111/ldm inference yaml that builds a model of topology `t` (inpainting when 9 input channels); for a
+    model without a middle block it says, in comments, what each host does with it."""
     vae = vae or VaeShape()
     inpaint = t.in_channels == 9
     fields = dict(
@@ -115,7 +127,8 @@ def ldm_yaml(t: Topology, vae: VaeShape | None = None) -> str:
         transformer_depth=t.transformer_depth, context_dim=t.context_dim,
         vae_ch=vae.ch, vae_ch_mult=_yaml_list(vae.ch_mult), vae_res_blocks=vae.layers,
     )
-    return (SD15_DIR / "v1-inference.yaml").read_text().format(**fields)
+    note = "" if t.mid_block else NO_MIDDLE_BLOCK_NOTE
+    return (SD15_DIR / "v1-inference.yaml").read_text().format(note=note, **fields)
 
 
 def _yaml_list(items) -> str:

@@ -10,13 +10,15 @@ from typing import Callable, TypeVar
 
 from ..progress import Cancelled, Event
 from .base import FolderHost
-from .ldm_fix import remove_middle_block, student_has_no_middle_block
+from .ldm_fix import file_lacks_middle_block, remove_middle_block
 
 T = TypeVar("T")
 
 
 class A1111Host(FolderHost):
     """Checkpoints from `models/Stable-diffusion` (+ --ckpt-dir), LoRAs in --lora-dir, jobs under A1111's queue lock."""
+
+    page_js = "sdkd_submit"  # javascript/sdkd.js: a task id and A1111's own progress bar for each job
 
     def __init__(self) -> None:
         from modules import sd_models, shared
@@ -33,14 +35,18 @@ class A1111Host(FolderHost):
 
         sd_models.list_models()
 
-    def run_job(self, job: Callable[[], T], gpu: bool = False) -> T:
-        """Run under the queue lock shared with txt2img and the API, reporting through `shared.state`; a `gpu` job
-        moves the loaded model to the CPU first and back afterwards."""
-        from modules import sd_models, shared
+    def run_job(self, job: Callable[[], T], gpu: bool = False, task: str | None = None) -> T:
+        """Run under the queue lock shared with txt2img and the API, as A1111's own GPU calls do: `task` (the page's
+        id, from `javascript/sdkd.js`) is queued, started and finished in `modules.progress`, so `/internal/progress`
+        and the page's progress bar follow the job. A `gpu` job moves the loaded model to the CPU and back."""
+        from modules import progress, sd_models, shared
         from modules.call_queue import queue_lock
 
+        if task:
+            progress.add_task_to_queue(task)
         with queue_lock:
-            shared.state.begin(job="sdkd")
+            shared.state.begin(job=task or "sdkd")
+            progress.start_task(task)
             loaded = sd_models.model_data.sd_model if gpu else None  # never shared.sd_model: it would load one
             if loaded is not None:
                 sd_models.unload_model_weights(loaded)
@@ -49,13 +55,14 @@ class A1111Host(FolderHost):
             finally:
                 if loaded is not None:
                     sd_models.send_model_to_device(loaded)
+                progress.finish_task(task)
                 shared.state.end()
 
     def show_progress(self, event: Event) -> None:
         """Mirror progress in A1111's state (its progress API) and honour its Interrupt button."""
         from modules import shared
 
-        shared.state.job_count = 1
+        shared.state.job_count, shared.state.job_no = 1, 0
         shared.state.sampling_step, shared.state.sampling_steps = event.step, event.total
         shared.state.textinfo = f"sdkd {event.stage} {event.step}/{event.total}"
         if shared.state.interrupted:
@@ -69,16 +76,23 @@ def loaded_unet(sd_model) -> object:
 
 
 def on_model_loaded(sd_model) -> None:
-    """Drop the middle block the host built for a student that has none, then refresh Lora's module names."""
+    """Drop the middle block the host built for a checkpoint that has none, then rebuild the Lora module names.
+
+    Order-independent: A1111 runs `on_model_loaded` callbacks in extension-folder order (its built-in Lora first)
+    and a `metadata.ini` `[callbacks/...]` section must name the folder the user cloned into, so instead the names
+    Lora built from the unfixed model are rebuilt here; if Lora runs later it names the fixed model itself.
+    Forge's Lora maps keys when it applies a LoRA and has no such names."""
     info = getattr(sd_model, "sd_checkpoint_info", None)
-    if not student_has_no_middle_block(getattr(info, "metadata", None)):
+    if not file_lacks_middle_block(getattr(info, "filename", None)):
         return
     if remove_middle_block(loaded_unet(sd_model)):
         try:
-            import networks  # A1111's built-in Lora extension; it named the modules before we changed them
+            import networks  # A1111's built-in Lora extension (Forge's has a module of that name too)
         except ImportError:
             return
-        networks.assign_network_names_to_compvis_modules(sd_model)
+        rename = getattr(networks, "assign_network_names_to_compvis_modules", None)
+        if rename is not None:
+            rename(sd_model)
 
 
 def register() -> None:

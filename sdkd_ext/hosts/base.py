@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, ClassVar, TypeVar
 
 from ..progress import Event
 
@@ -23,6 +23,7 @@ class FolderHost:
     checkpoint_dirs: list[Path]
     lora_dirs: list[Path] = field(default_factory=list)
     name: str = "standalone"
+    page_js: ClassVar[str | None] = None  # page function that gives each job an id for the host's progress bar
 
     def checkpoints(self) -> dict[str, Path]:
         """Display name (path relative to its folder) -> file, for every checkpoint and diffusers folder."""
@@ -43,11 +44,16 @@ class FolderHost:
         """Where new LoRAs go."""
         return (self.lora_dirs or [self.output_dir() / "Lora"])[0]
 
+    def report_dir(self) -> Path:
+        """Where compare reports go (one folder per report name)."""
+        return self.output_dir() / "sdkd-compare"
+
     def refresh(self) -> None:
         """Make the host rescan its model lists (folders need nothing)."""
 
-    def run_job(self, job: Callable[[], T], gpu: bool = False) -> T:
-        """Run a job under the host's lock; a `gpu` job first moves the host's own model out of VRAM (plain: just run)."""
+    def run_job(self, job: Callable[[], T], gpu: bool = False, task: str | None = None) -> T:
+        """Run a job under the host's lock; a `gpu` job first moves the host's own model out of VRAM; `task` is the
+        page's id for the host's own progress display (plain: just run)."""
         return job()
 
     def show_progress(self, event: Event) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import SdkdError
+from ..export import OutputExists
+from ..names import path_in_folder
 from ..progress import Event, ProgressFn
 from ..variants import VARIANTS
 
@@ -44,6 +47,11 @@ def checkpoint_names() -> list[str]:
     return folder_paths.get_filename_list("checkpoints")
 
 
+def shown(path: Path, folder: Path) -> str:
+    """A written file as ComfyUI's checkpoint list names it (relative to the folder)."""
+    return path.relative_to(folder).as_posix()
+
+
 class SdkdPrune:
     """Prune a checkpoint into a BK-SDM student saved in ComfyUI's checkpoints folder."""
 
@@ -64,16 +72,26 @@ class SdkdPrune:
             "overwrite": ("BOOLEAN", {"default": False}),
         }}
 
-    def prune(self, ckpt_name: str, variant: str, dtype: str, filename: str, overwrite: bool) -> tuple[str]:
-        """Run the core prune into the first checkpoints folder; the list refreshes on its own."""
+    def prune(self, ckpt_name: str, variant: str, dtype: str, filename: str, overwrite: bool) -> dict:
+        """Run the core prune into the first checkpoints folder (the list refreshes on its own); the node shows the
+        student's name in the checkpoint list and outputs it, for a Load Checkpoint node."""
         import folder_paths
 
         from ..prune import prune
 
-        stem = filename.strip() or f"{Path(ckpt_name).stem}-bk-{variant}"
-        out = Path(folder_paths.get_folder_paths("checkpoints")[0]) / stem
-        r = prune(checkpoint_path(ckpt_name), variant, out, dtype, overwrite=overwrite, progress=comfy_progress())
-        return (str(r.checkpoint),)
+        folder = Path(folder_paths.get_folder_paths("checkpoints")[0])
+        teacher = checkpoint_path(ckpt_name)
+        out = path_in_folder(filename.strip() or f"{Path(ckpt_name).stem}-bk-{variant}", folder, "filename", ".safetensors")
+        if out.resolve() == teacher.resolve():
+            raise SdkdError(f"filename {out.name!r} is ckpt_name itself; sdkd never overwrites its input: choose another")
+        try:
+            r = prune(teacher, variant, out, dtype, overwrite=overwrite, progress=comfy_progress())
+        except OutputExists as e:
+            raise SdkdError(f"{shown(e.path, folder)} is already in your checkpoints; change filename or turn "
+                            "overwrite on") from None
+        name = shown(r.checkpoint, folder)
+        text = f"{r.variant} student, {r.unet_params:,} UNet parameters: {name} in your checkpoints (+ {r.yaml.name})"
+        return {"ui": {"text": [text]}, "result": (name,)}
 
 
 class SdkdInspect:
@@ -90,13 +108,14 @@ class SdkdInspect:
         """Node inputs: the checkpoint."""
         return {"required": {"ckpt_name": (checkpoint_names(),)}}
 
-    def inspect(self, ckpt_name: str) -> tuple[str]:
-        """The core's description as JSON."""
+    def inspect(self, ckpt_name: str) -> dict:
+        """The core's description as JSON, shown on the node and output as a string."""
         from ..checkpoint import open_model
         from ..detect import describe
 
         info = describe(open_model(checkpoint_path(ckpt_name))).as_dict()
-        return (json.dumps({k: v for k, v in info.items() if k != "metadata"}, indent=1),)
+        text = json.dumps({k: v for k, v in info.items() if k != "metadata"}, indent=1)
+        return {"ui": {"text": [text]}, "result": (text,)}
 
 
 NODE_CLASS_MAPPINGS = {"SdkdPrune": SdkdPrune, "SdkdInspect": SdkdInspect}

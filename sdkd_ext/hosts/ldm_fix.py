@@ -1,26 +1,36 @@
-"""Make an LDM-style UNet (A1111's `ldm`, Forge's and ComfyUI's copies) match a pruned checkpoint it was built for.
+"""Make an LDM-style UNet (A1111's `ldm`, Forge's copy) match a checkpoint that has no middle block.
 
-A1111 and Forge build the full middle block whatever the file holds; an sdkd student without one must
-run with that block removed. The fix uses the host's own `TimestepEmbedSequential` type (taken from
-the model itself), so no host code is imported.
+A1111 builds the full middle block from the yaml whatever the file holds (and fills the missing
+weights with zeros); Forge builds one ResBlock there and leaves it without weights. A student
+without a middle block must run with that block removed. Whether the file has one is read off the
+file's own key names (the safetensors header; a `.ckpt` through the weights-only loader), not its
+metadata: it holds for any such file, sdkd's or not, and needs nothing a host may have decoded.
+The fix uses the host's own `TimestepEmbedSequential` type (taken from the model itself), so no
+host code is imported.
 """
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import torch
 
+from ..checkpoint import open_file
+from ..convert import UNET
+from ..errors import SdkdError
 
-def student_has_no_middle_block(metadata: dict | None) -> bool:
-    """True when safetensors metadata says this is an sdkd student without a middle block."""
-    topo = (metadata or {}).get("sdkd_topology")
-    if not topo:
+MIDDLE = UNET + "middle_block."
+
+
+def file_lacks_middle_block(path: str | Path | None) -> bool:
+    """True when the checkpoint file has UNet weights but none for a middle block (BK-SDM small/tiny and the like)."""
+    if not path or not Path(path).is_file():
         return False
     try:
-        return json.loads(topo).get("mid_block") is False
-    except (ValueError, AttributeError):
+        keys = open_file(Path(path)).keys()
+    except SdkdError:  # not a file sdkd can list: the host loaded it its own way, leave its model alone
         return False
+    return any(k.startswith(UNET) for k in keys) and not any(k.startswith(MIDDLE) for k in keys)
 
 
 def remove_middle_block(unet: torch.nn.Module) -> bool:

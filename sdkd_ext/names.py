@@ -1,0 +1,58 @@
+"""Names typed into a UI (the tab, ComfyUI nodes) become files only inside their folder.
+
+A UI name is a plain file name: no folders, no way out of the model folder, nothing a file system
+treats specially. `path_in_folder` is the one place where such a name turns into a path; every
+front end passes the label of the widget the name came from, so the refusal speaks the user's terms.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import SdkdError
+
+# Names Windows reserves for devices, with or without an extension (a web UI folder may be on a Windows share).
+RESERVED = {"con", "prn", "aux", "nul", *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))}
+MAX_BYTES = 200  # below every file system's 255, leaving room for the suffix and sdkd's temp-name prefix
+_BAD_CHARS = re.compile(r'[\x00-\x1f<>:"|?*]')  # control characters and what Windows refuses (':' also drive letters)
+
+
+class UnsafeName(SdkdError):
+    """A UI name that cannot be a file inside its folder; carries the widget, the name and why."""
+
+    def __init__(self, widget: str, name: str, reason: str):
+        self.widget, self.name, self.reason = widget, name, reason
+        super().__init__(f"{widget} {name!r}: {reason}")
+
+
+def _problem(name: str) -> str | None:
+    """Why `name` cannot be a plain file name, or None when it can."""
+    if not name:
+        return "give a name"
+    if "/" in name or "\\" in name:
+        return "give a plain name without folders ('/' or '\\'); the file is saved in its usual folder"
+    if name.startswith("."):
+        return "a name may not start with '.' ('..' leads out of the folder, '.name' is hidden)"
+    if _BAD_CHARS.search(name):
+        return "remove the characters < > : \" | ? * and control characters (':' would name a drive)"
+    if name != name.rstrip(". "):
+        return "a name may not end with a dot or a space"
+    if name.split(".")[0].strip().lower() in RESERVED:
+        return "that name is reserved for a device on Windows; choose another"
+    if len(name.encode("utf-8")) > MAX_BYTES:
+        return f"too long (at most {MAX_BYTES} bytes)"
+    return None
+
+
+def path_in_folder(name: str, folder: Path, widget: str, suffix: str = "") -> Path:
+    """`folder/<name><suffix>` for a plain UI name (`suffix` added unless the name already ends with it);
+    refuses, naming `widget`, anything that is not a plain name or would land elsewhere (a link included)."""
+    name = name.strip()
+    problem = _problem(name)
+    if problem:
+        raise UnsafeName(widget, name, problem)
+    path = folder / (name if not suffix or name.endswith(suffix) else name + suffix)
+    if path.is_symlink() or path.resolve().parent != folder.resolve():
+        raise UnsafeName(widget, name, "that name is a link to a file elsewhere; choose another")
+    return path

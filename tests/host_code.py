@@ -1,0 +1,59 @@
+"""The hosts' own code, read at test time from the unmodified source archives (never copied into the project).
+
+Tests call a host's real function where it runs standalone (the function is taken out of its file
+with `ast` and given stand-ins for the host modules it names), so metadata, task ids and node
+results reach sdkd in exactly the form the host produces. Without the archives the tests skip.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+import sys
+import tarfile
+import types
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVES = Path(os.environ.get("SDKD_HOST_ARCHIVES", ROOT.parent / "shared" / "hosts"))
+HOSTS = {"a1111": "a1111-v1.10.1", "forge": "forge-dfdcbab", "comfyui": "comfyui-0.3.64"}
+
+
+@functools.cache
+def _source(host: str, path: str) -> str | None:
+    """Text of `path` inside a host's archive, or None without the archive."""
+    archive = ARCHIVES / f"{HOSTS[host]}.tar.gz"
+    if not archive.is_file():
+        return None
+    with tarfile.open(archive) as tar:
+        return tar.extractfile(f"{HOSTS[host]}/{path}").read().decode("utf-8")
+
+
+def host_source(host: str, path: str) -> str:
+    """A host's source file (the test skips when the archive is not there)."""
+    text = _source(host, path)
+    if text is None:
+        pytest.skip(f"host archive {HOSTS[host]}.tar.gz not in {ARCHIVES} (set SDKD_HOST_ARCHIVES)")
+    return text
+
+
+def host_function(host: str, path: str, name: str, **env: object) -> Callable:
+    """The top-level function `name` of a host file, compiled on its own with `env` as its globals."""
+    tree = ast.parse(host_source(host, path))
+    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    namespace: dict = {"__name__": f"{host}_{name}", **env}
+    exec(compile(ast.Module([fn], type_ignores=[]), f"{HOSTS[host]}/{path}", "exec"), namespace)
+    return namespace[name]
+
+
+def host_module(host: str, path: str, name: str, monkeypatch) -> types.ModuleType:
+    """A whole host file imported as module `name` (its own imports resolve against sys.modules, stand-ins included)."""
+    module = types.ModuleType(name)
+    module.__file__ = f"{HOSTS[host]}/{path}"
+    monkeypatch.setitem(sys.modules, name, module)
+    exec(compile(host_source(host, path), module.__file__, "exec"), module.__dict__)
+    return module

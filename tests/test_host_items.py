@@ -1,0 +1,332 @@
+"""Issue 10's host-adapter items, fed what the real hosts deliver (their own functions, read from the archives).
+
+2: the A1111/Forge load hook with metadata as the hosts decode it, and with none at all;
+3: Lora's module names right whichever callback runs first; 4: the yaml says what a host does with
+a file without a middle block; 5: UI names stay inside their folder; 8: messages in the widgets'
+terms; 9: the tab refreshes its lists and feeds A1111's progress API, ComfyUI nodes return a UI result.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from host_code import host_function, host_module
+from sdkd_ext.hosts import a1111
+from sdkd_ext.hosts.base import FolderHost
+from sdkd_ext.names import UnsafeName, path_in_folder
+from sdkd_ext.progress import Event
+from sdkd_ext.ui import JobControl, compare_job, lora_job, prune_job, prune_output, run_in_host
+from test_hosts import ldm_as_a1111_loads_it
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- 2 and 3: the model-loaded hook -------------------------------------------------------------------------------
+
+def host_metadata(host: str, path: Path) -> dict:
+    """`CheckpointInfo.metadata` as A1111 (modules/sd_models.py) or Forge builds it: values starting with `{` decoded."""
+    errors = types.SimpleNamespace(report=lambda *a, **k: None)
+    return host_function(host, "modules/sd_models.py", "read_metadata_from_safetensors", errors=errors)(str(path))
+
+
+def loaded(student, host: str, checkpoint: Path | None = None):
+    """An A1111-style model object for `student`, its checkpoint info carrying the host's own metadata."""
+    unet = ldm_as_a1111_loads_it(student)
+    path = checkpoint or student.checkpoint
+    meta = host_metadata(host, path) if path.suffix == ".safetensors" else {}
+    inner = torch.nn.Module()
+    inner.diffusion_model = unet
+    info = types.SimpleNamespace(filename=str(path), metadata=meta)
+    return types.SimpleNamespace(sd_checkpoint_info=info, model=inner, is_sdxl=False,
+                                 cond_stage_model=torch.nn.Linear(2, 2)), unet
+
+
+@pytest.mark.parametrize("host", ["a1111", "forge"])
+def test_hook_fixes_students_with_metadata_as_the_host_decodes_it(students, host):
+    sd_model, unet = loaded(students["small"], host)
+    assert isinstance(sd_model.sd_checkpoint_info.metadata["sdkd_topology"], dict)  # what the hook is handed
+    a1111.on_model_loaded(sd_model)
+    assert len(unet.middle_block) == 0
+    base_model, base_unet = loaded(students["base"], host)
+    a1111.on_model_loaded(base_model)
+    assert len(base_unet.middle_block) == 3
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_hook_reads_the_files_keys_not_its_metadata(students, tmp_path, suffix):
+    tensors = load_file(str(students["tiny"].checkpoint))
+    bare = tmp_path / f"someone-elses-tiny{suffix}"
+    save_file(tensors, str(bare)) if suffix == ".safetensors" else torch.save(tensors, bare)
+    sd_model, unet = loaded(students["tiny"], "a1111", bare)
+    assert not sd_model.sd_checkpoint_info.metadata
+    a1111.on_model_loaded(sd_model)
+    assert len(unet.middle_block) == 0
+
+
+@pytest.mark.parametrize("lora_first", [True, False])
+def test_lora_names_match_the_fixed_model_whichever_callback_runs_first(students, monkeypatch, lora_first):
+    sd_model, unet = loaded(students["small"], "a1111")
+    shared = types.SimpleNamespace(sd_model=sd_model)
+    name_modules = host_function("a1111", "extensions-builtin/Lora/networks.py",
+                                 "assign_network_names_to_compvis_modules", shared=shared)
+    monkeypatch.setitem(sys.modules, "networks", types.SimpleNamespace(assign_network_names_to_compvis_modules=name_modules))
+    for callback in ([name_modules, a1111.on_model_loaded] if lora_first else [a1111.on_model_loaded, name_modules]):
+        callback(sd_model)
+    names = sd_model.network_layer_mapping
+    assert not any(n.startswith("diffusion_model_middle_block_") for n in names)  # only the empty block is left
+    assert names["diffusion_model_output_blocks_0_0_in_layers_2"] is unet.output_blocks[0][0].in_layers[2]
+
+
+# ---- 4: what the file says to a user without sdkd -------------------------------------------------------------------
+
+def test_yaml_of_a_student_without_middle_block_says_what_each_host_does(students):
+    from omegaconf import OmegaConf
+
+    for variant, has_note in (("base", False), ("small", True), ("tiny", True)):
+        text = students[variant].yaml.read_text()
+        assert ("no middle block" in text) is has_note, variant
+        assert ("sdkd extension" in text) is has_note
+        assert OmegaConf.load(students[variant].yaml).model.params.unet_config.params.num_res_blocks == 1
+
+
+# ---- 5 and 8: names from a UI ---------------------------------------------------------------------------------------
+
+BAD_NAMES = ["../x", "../../../x", "a/b", "a\\b", "/etc/passwd", "C:x", "c:\\x", "..", ".", ".hidden", "", "   ",
+             "con", "NUL.safetensors", "x\x00y", "x.", "a" * 300, "what?"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_ui_names_outside_a_plain_file_name_are_refused_naming_the_widget(tmp_path, name):
+    with pytest.raises(UnsafeName) as e:
+        path_in_folder(name, tmp_path, "Output name", ".safetensors")
+    assert str(e.value).startswith("Output name") and e.value.widget == "Output name"
+
+
+def test_ui_names_that_are_plain_stay_in_their_folder(tmp_path):
+    assert path_in_folder(" my student ", tmp_path, "w", ".safetensors") == tmp_path / "my student.safetensors"
+    assert path_in_folder("x.safetensors", tmp_path, "w", ".safetensors") == tmp_path / "x.safetensors"
+    (tmp_path / "link.safetensors").symlink_to(tmp_path.parent / "elsewhere.safetensors")
+    with pytest.raises(UnsafeName, match="link"):
+        path_in_folder("link", tmp_path, "w", ".safetensors")
+
+
+@pytest.fixture
+def models(teacher_file, tmp_path) -> FolderHost:
+    """A host with one teacher in its checkpoint folder (and a sibling folder a bad name would reach)."""
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    (folder / "teacher.safetensors").write_bytes(teacher_file.read_bytes())
+    return FolderHost([folder], [tmp_path / "models" / "Lora"])
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_tab_refuses_names_leading_out_of_its_folders(models, tmp_path):
+    before = files_under(tmp_path)
+    control = JobControl()
+    status = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "../../x", "fp16", True))
+    assert status.startswith("Error: Output name '../../x'"), status
+    status = run_in_host(models, control, lora_job(models, "teacher.safetensors", str(tmp_path), 4, 4, 1, 64, False,
+                                                   "../escape", False, True))
+    assert status.startswith("Error: LoRA name '../escape'"), status
+    status = run_in_host(models, control, compare_job(models, "teacher.safetensors", ["teacher.safetensors"], "a", "0",
+                                                      64, 1, "/tmp"))
+    assert status.startswith("Error: Report name '/tmp'"), status
+    status = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "teacher", "fp16", True))
+    assert "is the checkpoint you picked" in status and "--out" not in status
+    assert files_under(tmp_path) == before
+
+
+def test_tab_speaks_in_its_widgets_terms(models):
+    control = JobControl()
+    done = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "", "fp16", False))
+    assert done.startswith("Done:") and "teacher-bk-tiny.safetensors in your checkpoint folder" in done
+    again = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "", "fp16", False),
+                        output=prune_output(models))
+    assert again == ("Error: teacher-bk-tiny.safetensors in your checkpoint folder already exists; "
+                     "choose another Output name or tick 'Overwrite an existing file'"), again
+    for message in (done, again):
+        assert "--" not in message and str(models.output_dir()) not in message
+
+
+# ---- ComfyUI nodes (5, 8, 9) -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def comfy(monkeypatch, teacher_file, tmp_path):
+    """sdkd's ComfyUI package over stand-ins for `folder_paths` and `comfy` (ComfyUI's own modules)."""
+    ckpts = tmp_path / "ComfyUI" / "models" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "t.safetensors").write_bytes(teacher_file.read_bytes())
+    folder_paths = types.ModuleType("folder_paths")
+    folder_paths.get_filename_list = lambda kind: sorted(p.name for p in ckpts.iterdir())
+    folder_paths.get_full_path = lambda kind, name: str(ckpts / name)
+    folder_paths.get_folder_paths = lambda kind: [str(ckpts)]
+    bar = type("ProgressBar", (), {"__init__": lambda self, total: None, "update_absolute": lambda self, v, t=None: None})
+    comfy_mod = types.ModuleType("comfy")
+    comfy_mod.utils = types.SimpleNamespace(ProgressBar=bar)
+    comfy_mod.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=lambda: None)
+    for name, mod in {"folder_paths": folder_paths, "comfy": comfy_mod, "comfy.utils": comfy_mod.utils,
+                      "comfy.model_management": comfy_mod.model_management}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location("sdkd_node", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    package = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "sdkd_node", package)
+    spec.loader.exec_module(package)
+    return package, ckpts
+
+
+def comfy_outputs(node, returned):
+    """What ComfyUI 0.3.64's execution.py makes of a node's return value: (outputs, ui)."""
+    blocker = type("ExecutionBlocker", (), {})
+    internal = type("_NodeOutputInternal", (), {})
+    merge = host_function("comfyui", "execution.py", "merge_result_data", ExecutionBlocker=blocker)
+    get = host_function("comfyui", "execution.py", "get_output_from_returns", ExecutionBlocker=blocker,
+                        _NodeOutputInternal=internal, merge_result_data=merge)
+    outputs, ui, _ = get([returned], node)
+    return outputs, ui
+
+
+def node_error(package) -> type:
+    """SdkdError as the node package (imported under ComfyUI's name for it) raises it."""
+    return sys.modules[f"{package.__name__}.sdkd_ext.errors"].SdkdError
+
+
+def test_comfyui_prune_stays_in_the_checkpoints_folder(comfy, tmp_path):
+    package, ckpts = comfy
+    SdkdError = node_error(package)
+    before = files_under(tmp_path)
+    node = package.NODE_CLASS_MAPPINGS["SdkdPrune"]()
+    for name in ("../../../x", "/tmp/x", "sub/x", "..", "t"):
+        with pytest.raises(SdkdError, match="filename"):
+            node.prune("t.safetensors", "tiny", "fp16", name, True)
+    assert files_under(tmp_path) == before
+
+
+def test_comfyui_nodes_return_a_ui_result_in_their_own_terms(comfy):
+    package, ckpts = comfy
+    SdkdError = node_error(package)
+    prune_node = package.NODE_CLASS_MAPPINGS["SdkdPrune"]
+    outputs, ui = comfy_outputs(prune_node, prune_node().prune("t.safetensors", "tiny", "fp16", "", False))
+    assert outputs == [["t-bk-tiny.safetensors"]] and (ckpts / "t-bk-tiny.safetensors").is_file()
+    assert "t-bk-tiny.safetensors in your checkpoints" in ui["text"][0] and str(ckpts) not in ui["text"][0]
+    with pytest.raises(SdkdError) as e:
+        prune_node().prune("t.safetensors", "tiny", "fp16", "", False)
+    assert "change filename or turn overwrite on" in str(e.value) and "--" not in str(e.value)
+    inspect_node = package.NODE_CLASS_MAPPINGS["SdkdInspect"]
+    outputs, ui = comfy_outputs(inspect_node, inspect_node().inspect("t-bk-tiny.safetensors"))
+    assert '"variant": "tiny"' in ui["text"][0] and outputs == [[ui["text"][0]]]
+    assert package.WEB_DIRECTORY and (ROOT / package.WEB_DIRECTORY / "sdkd.js").is_file()
+
+
+# ---- 9: the tab's lists and A1111's progress API --------------------------------------------------------------------
+
+def click_handler(tab, elem_id: str):
+    """The function and output components gradio runs for a click on button `elem_id` (gradio 3.x and 4+)."""
+    import gradio as gr
+
+    if int(gr.__version__.split(".")[0]) < 4:
+        for dep, fn in zip(tab.dependencies, tab.fns):
+            if any(getattr(tab.blocks[t], "elem_id", None) == elem_id for t in dep["targets"]):
+                return fn.fn, [tab.blocks[i] for i in dep["outputs"]]
+    else:
+        for fn in tab.fns.values():
+            if any(getattr(tab.blocks.get(t[0]), "elem_id", None) == elem_id for t in fn.targets):
+                return fn.fn, list(fn.outputs)
+    raise AssertionError(f"no click handler for {elem_id}")
+
+
+def test_prune_in_the_tab_refreshes_both_checkpoint_lists(models):
+    pytest.importorskip("gradio")
+    from sdkd_ext.ui import build_tab
+
+    tab = build_tab(models)
+    fn, outputs = click_handler(tab, "sdkd_prune")
+    assert [getattr(o, "elem_id", None) for o in outputs[:2]] == ["sdkd_status", "sdkd_checkpoint"]
+    status, *lists = fn("", "teacher.safetensors", "tiny", "", "fp16", False, progress=None)
+    assert status.startswith("Done:"), status
+    assert all("teacher-bk-tiny.safetensors" in update["choices"] for update in lists)
+
+
+class State:
+    """Stand-in for A1111's `shared.state` (modules/shared_state.py): the fields progress.py reads."""
+
+    def __init__(self):
+        self.interrupted, self.job, self.textinfo, self.time_start = False, "", None, 0.0
+        self.job_count = self.job_no = self.sampling_step = self.sampling_steps = 0
+
+    def begin(self, job: str = "(unknown)"):
+        import time
+
+        self.job, self.job_count, self.job_no, self.sampling_step, self.time_start = job, -1, 0, 0, time.time()
+
+    def end(self):
+        self.job = ""
+
+
+@pytest.fixture
+def a1111_progress(monkeypatch, tmp_path):
+    """A1111's real modules/progress.py over a stand-in `modules.shared`, plus stand-ins for sd_models and call_queue."""
+    class Model:  # pydantic 1's BaseModel as A1111 1.10 uses it (fastapi 0.94 pins pydantic<2): fields with defaults
+        def __init__(self, **fields):
+            defaults = {k: v for k, v in vars(type(self)).items() if not k.startswith("_")}
+            self.__dict__.update({**defaults, **fields})
+
+    pydantic = types.SimpleNamespace(BaseModel=Model, Field=lambda default=None, **info: default)
+    monkeypatch.setitem(sys.modules, "pydantic", pydantic)
+    modules = types.ModuleType("modules")
+    shared = types.ModuleType("modules.shared")
+    shared.state = State()
+    shared.opts = types.SimpleNamespace(live_previews_enable=False)
+    shared.cmd_opts = types.SimpleNamespace(ckpt_dir=None, lora_dir=None)
+    sd_models = types.SimpleNamespace(model_path=str(tmp_path), model_data=types.SimpleNamespace(sd_model=None))
+    call_queue = types.SimpleNamespace(queue_lock=threading.Lock())
+    modules.shared, modules.sd_models, modules.call_queue = shared, sd_models, call_queue
+    for name, mod in {"modules": modules, "modules.shared": shared, "modules.sd_models": sd_models,
+                      "modules.call_queue": call_queue}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    modules.progress = host_module("a1111", "modules/progress.py", "modules.progress", monkeypatch)
+    return modules.progress
+
+
+def test_a1111_progress_api_follows_an_sdkd_job(a1111_progress):
+    progress = a1111_progress
+    host = a1111.A1111Host()
+    task = "task(sdkdtest)"
+    seen = []
+
+    def job():
+        host.show_progress(Event("write", 3, 4))
+        seen.append(progress.progressapi(progress.ProgressRequest(id_task=task)))
+        return "done"
+
+    assert host.run_job(job, task=task) == "done"
+    (during,) = seen
+    assert during.active and during.progress == pytest.approx(0.75) and "write 3/4" in during.textinfo
+    after = progress.progressapi(progress.ProgressRequest(id_task=task))
+    assert after.completed and not after.active
+
+
+def test_tab_sends_a1111_a_task_id(models, monkeypatch):
+    pytest.importorskip("gradio")
+    import gradio as gr
+
+    from sdkd_ext.ui import before_click, build_tab
+
+    assert before_click(None) == {}
+    assert before_click("sdkd_submit") == {("_js" if int(gr.__version__.split(".")[0]) < 4 else "js"): "sdkd_submit"}
+    assert "function sdkd_submit" in (ROOT / "javascript" / "sdkd.js").read_text()
+    seen = []
+    monkeypatch.setattr(models, "run_job", lambda job, gpu=False, task=None: seen.append(task) or "ok")
+    fn, _ = click_handler(build_tab(models), "sdkd_prune")
+    fn("task(abc)", "teacher.safetensors", "tiny", "", "fp16", False, progress=None)
+    assert seen == ["task(abc)"]
