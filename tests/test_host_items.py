@@ -230,18 +230,21 @@ def test_comfyui_nodes_return_a_ui_result_in_their_own_terms(comfy):
 
 # ---- 9: the tab's lists and A1111's progress API --------------------------------------------------------------------
 
-def click_handler(tab, elem_id: str):
-    """The function and output components gradio runs for a click on button `elem_id` (gradio 3.x and 4+)."""
+def click_handler(tab, elem_id: str, with_js: bool = False):
+    """The function and output components gradio runs for a click on button `elem_id` (gradio 3.x and 4+), and
+    with `with_js` the page function run before it."""
     import gradio as gr
 
     if int(gr.__version__.split(".")[0]) < 4:
         for dep, fn in zip(tab.dependencies, tab.fns):
             if any(getattr(tab.blocks[t], "elem_id", None) == elem_id for t in dep["targets"]):
-                return fn.fn, [tab.blocks[i] for i in dep["outputs"]]
+                found = fn.fn, [tab.blocks[i] for i in dep["outputs"]], dep.get("js")
+                return found if with_js else found[:2]
     else:
         for fn in tab.fns.values():
             if any(getattr(tab.blocks.get(t[0]), "elem_id", None) == elem_id for t in fn.targets):
-                return fn.fn, list(fn.outputs)
+                found = fn.fn, list(fn.outputs), fn.js
+                return found if with_js else found[:2]
     raise AssertionError(f"no click handler for {elem_id}")
 
 
@@ -327,6 +330,8 @@ def test_tab_sends_a1111_a_task_id(models, monkeypatch):
     assert "function sdkd_submit" in (ROOT / "javascript" / "sdkd.js").read_text()
     seen = []
     monkeypatch.setattr(models, "run_job", lambda job, gpu=False, task=None: seen.append(task) or "ok")
-    fn, _ = click_handler(build_tab(models), "sdkd_prune")
+    monkeypatch.setattr(type(models), "page_js", "sdkd_submit")
+    fn, _, js = click_handler(build_tab(models), "sdkd_prune", with_js=True)
+    assert "sdkd_submit" in js
     fn("task(abc)", "teacher.safetensors", "tiny", "", "fp16", False, progress=None)
     assert seen == ["task(abc)"]
