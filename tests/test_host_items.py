@@ -53,8 +53,11 @@ def loaded(student, host: str, checkpoint: Path | None = None):
 def test_hook_fixes_students_with_metadata_as_the_host_decodes_it(students, host):
     sd_model, unet = loaded(students["small"], host)
     assert isinstance(sd_model.sd_checkpoint_info.metadata["sdkd_topology"], dict)  # what the hook is handed
+    kept = list(sd_model.model.modules())  # as A1111's model_hijack.layers keeps every module (sd_hijack.py:261)
+    old = unet.middle_block
     a1111.on_model_loaded(sd_model)
     assert len(unet.middle_block) == 0
+    assert old in kept and all(p.is_meta for p in old.parameters())  # the idle block's memory is freed all the same
     base_model, base_unet = loaded(students["base"], host)
     a1111.on_model_loaded(base_model)
     assert len(base_unet.middle_block) == 3

@@ -34,9 +34,12 @@ def file_lacks_middle_block(path: str | Path | None) -> bool:
 
 
 def remove_middle_block(unet: torch.nn.Module) -> bool:
-    """Replace `unet.middle_block` with an empty block of the host's own type (identity); True if changed."""
+    """Replace `unet.middle_block` with an empty block of the host's own type (identity) and free the old block's
+    memory; True if changed."""
     empty_type = type(unet.input_blocks[0])  # TimestepEmbedSequential in every LDM-derived codebase
-    if len(unet.middle_block) == 0:
+    old = unet.middle_block
+    if len(old) == 0:
         return False
     unet.middle_block = empty_type()  # keep a module there: lowvram hooks look it up
+    old.to("meta")  # the host keeps references to the old modules (A1111's hijack lists every layer): drop the weights
     return True
