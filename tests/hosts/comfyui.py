@@ -1,0 +1,254 @@
+"""ComfyUI 0.3.64 with sdkd's nodes: import, prune through the API, load, one UNet call, KSampler with LoRAs, cancel."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import comfy_setup
+from .harness import PROBE_KEYS, REPO, SCRATCH, Report, Server, errors_in, free_port, log, python_of
+
+HOST = "comfyui"
+VARIANTS = ("base", "small", "tiny")
+TOL = 1e-3  # max |diff| of one fp32 UNet call, ComfyUI vs sdkd's diffusers student (outputs are O(1))
+# Full-size LoRA training costs ~2 min a model on 2 cores: train one for the smallest student, port to all three.
+TRAINED_FOR = ("tiny",)
+LORA_ARGS = ["--steps", "2", "--resolution", "64", "--lr", "1e-2", "--rank", "4", "--alpha", "4", "--device", "cpu"]
+
+
+def layout(run: Path) -> dict[str, Path]:
+    """The throw-away --base-directory: models, custom nodes (sdkd as a user clones it, and the probe), output."""
+    dirs = {name: run / sub for name, sub in
+            {"ckpt": "models/checkpoints", "lora": "models/loras", "nodes": "custom_nodes", "out": "output"}.items()}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    for stale in list(dirs["ckpt"].glob("teacher-*")) + list(dirs["lora"].glob("*")) + list(run.glob("models/x*")):
+        stale.unlink()
+    sdkd = dirs["nodes"] / "sdkd"
+    if not sdkd.exists():
+        sdkd.symlink_to(REPO, target_is_directory=True)
+    probe = dirs["nodes"] / "sdkd_probe"
+    shutil.rmtree(probe, ignore_errors=True)
+    shutil.copytree(Path(__file__).parent / "comfy_probe", probe)
+    shutil.copy(PROBE_KEYS, probe)
+    return dirs
+
+
+def run_prompt(server: Server, graph: dict, timeout: float = 900) -> dict:
+    """Queue an API-format workflow and wait for its /history entry."""
+    return run_entry(server, server.post("/prompt", {"prompt": graph, "client_id": "sdkd-ci"})["prompt_id"], timeout)
+
+
+def error_of(entry: dict) -> str:
+    """The exception message ComfyUI recorded for a failed prompt ('' if it succeeded)."""
+    if entry["status"].get("status_str") == "success":
+        return ""
+    for kind, data in entry["status"].get("messages", []):
+        if kind in ("execution_error", "execution_interrupted"):
+            return f"{kind}: {data.get('exception_message', '').strip()}"
+    return entry["status"].get("status_str", "unknown")
+
+
+def prune_graph(variant: str, filename: str) -> dict:
+    """sdkd's prune node alone, on the test teacher."""
+    return {"1": {"class_type": "SdkdPrune", "inputs": {"ckpt_name": "teacher.safetensors", "variant": variant,
+                                                         "dtype": "fp16", "filename": filename, "overwrite": False}}}
+
+
+def sample_graph(ckpt: str, tag: str, lora: str | None = None) -> dict:
+    """Checkpoint (+ LoRA) -> CLIP encode -> KSampler 64x64, 2 steps -> VAE decode -> SaveImage."""
+    g = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
+    src = "1"
+    if lora:
+        g["2"] = {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora,
+                                                         "strength_model": 1.0, "strength_clip": 1.0}}
+        src = "2"
+    g.update({
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a flat red square", "clip": [src, 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": [src, 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": [src, 0], "seed": 0, "steps": 2, "cfg": 7.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "positive": ["3", 0],
+                                                   "negative": ["4", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": f"sdkd-ci-{tag}"}},
+    })
+    return g
+
+
+def saved_image(entry: dict, out_dir: Path) -> Path:
+    """The file SaveImage wrote for a finished prompt."""
+    img = entry["outputs"]["8"]["images"][0]
+    return out_dir / img.get("subfolder", "") / img["filename"]
+
+
+def sdkd(*args: str) -> None:
+    """Run the sdkd command of the dependency set running these checks."""
+    r = subprocess.run([sys.executable, "-m", "sdkd_ext", *args], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"sdkd {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[-1500:]}")
+
+
+def files_under(root: Path) -> set[Path]:
+    """Every file below root (to see what a job wrote)."""
+    return {p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+def run(report: Report) -> None:
+    """All ComfyUI checks; each prints one PASS/FAIL line."""
+    from . import models  # torch and sdkd: only in the dependency set's venv
+
+    with report.timed(HOST, "setup"):
+        src, venv = comfy_setup.venv()
+        run_dir = SCRATCH / comfy_setup.ARCHIVE / "run"
+        dirs = layout(run_dir)
+        teacher = models.teacher(dirs["ckpt"] / "teacher.safetensors", **models.FULL)
+        data = models.caption_folder(SCRATCH / "lora-data")
+    server = Server([python_of(venv), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(free_port()),
+                     "--disable-auto-launch", "--base-directory", str(run_dir), "--database-url", "sqlite:///:memory:"],
+                    cwd=src, log=run_dir / "comfyui.log", port=0)
+    server.port = int(server.cmd[server.cmd.index("--port") + 1])
+    try:
+        with report.timed(HOST, "checks"):
+            checks(report, server, dirs, teacher, data, models)
+    finally:
+        server.stop()
+        log(f"ComfyUI log: {server.log}")
+
+
+def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path, data: Path, models) -> None:
+    """The checks against a started server."""
+    with report.check(HOST, "start") as r:
+        t = time.monotonic()
+        server.start()
+        server.wait(lambda s: isinstance(s.get("/object_info/KSampler"), dict), 300)
+        r["figure"] = f"ready_in={time.monotonic() - t:.0f}s"
+    with report.check(HOST, "nodes-import") as r:
+        info = server.get("/object_info")
+        nodes = sorted(k for k in info if k.startswith("Sdkd"))
+        errs = errors_in(server.text(), "sdkd")
+        r["figure"] = f"nodes={','.join(nodes) or 'none'} log_errors={len(errs)}" + (f" first={errs[0]!r}" if errs else "")
+        r["ok"] = {"SdkdPrune", "SdkdInspect"} <= set(nodes) and not errs
+    if "SdkdPrune" not in info:
+        return
+
+    students: dict[str, str] = {}
+    for v in VARIANTS:
+        with report.check(HOST, f"prune-{v}") as r:
+            entry = run_prompt(server, prune_graph(v, f"teacher-bk-{v}"))
+            out = dirs["ckpt"] / f"teacher-bk-{v}.safetensors"
+            err = error_of(entry)
+            r["figure"] = f"file={out.name if out.exists() else 'missing'} yaml={out.with_suffix('.yaml').exists()}"
+            r["ok"] = not err and out.exists()
+            if err:
+                r["figure"] += f" error={err[:300]!r}"
+            if r["ok"]:
+                students[v] = out.name
+
+    io = dirs["out"].parent / "probe-io.safetensors"
+    for v, name in students.items():
+        with report.check(HOST, f"load-{v}") as r:
+            import safetensors.torch
+            import torch
+
+            safetensors.torch.save_file(models.unet_inputs(), str(io))
+            before = len(server.text())
+            k = server.post("/sdkd_probe", {"ckpt": name, "io": str(io)})
+            host_out = safetensors.torch.load_file(str(io))
+            ref = models.sdkd_unet_call(dirs["ckpt"] / name, host_out)
+            diff = float((host_out["out"] - ref).abs().max())
+            logged = [l for l in server.text()[before:].splitlines() if "unet missing" in l or "unet unexpected" in l]
+            r["figure"] = (f"type={k['model_type']} keys={k['model_keys']}/{k['file_keys']} missing={k['n_missing']} "
+                           f"zero_filled={k['n_zero_filled']} unexpected={k['n_unexpected']} differ={k['n_differ']} "
+                           f"max|diff|={diff:.2e}")
+            r["ok"] = (k["n_missing"] == k["n_unexpected"] == k["n_differ"] == 0 and not logged and diff <= TOL
+                       and torch.isfinite(ref).all().item())
+            if not r["ok"]:
+                r["figure"] += f" e.g.={k['examples']} log={logged[:1]}"
+
+    teacher_lora = None
+    with report.check(HOST, "teacher-lora-train") as r:
+        teacher_lora = dirs["lora"].parent / "teacher-lora.safetensors"
+        teacher_lora.unlink(missing_ok=True)
+        shutil.rmtree(teacher_lora.with_suffix(".run"), ignore_errors=True)
+        sdkd("lora", str(teacher), "--data", str(data), "--out", str(teacher_lora), *LORA_ARGS)
+        r["figure"] = f"file={teacher_lora.name}"
+
+    for v, name in students.items():
+        plain = None
+        with report.check(HOST, f"ksampler-{v}") as r:
+            entry = run_prompt(server, sample_graph(name, v))
+            err = error_of(entry)
+            r["ok"] = not err
+            if err:
+                r["figure"] = f"error={err[:300]!r}"
+            else:
+                plain = saved_image(entry, dirs["out"])
+                r["figure"] = f"image={plain.name}"
+        loras = {kind: dirs["lora"] / f"{v}-{kind}.safetensors" for kind in ("trained", "ported")
+                 if kind == "ported" or v in TRAINED_FOR}
+        for kind, path in loras.items():
+            with report.check(HOST, f"lora-{kind}-{v}") as r:
+                if kind == "trained":
+                    sdkd("lora", str(dirs["ckpt"] / name), "--data", str(data), "--out", str(path), *LORA_ARGS)
+                else:
+                    sdkd("lora-port", str(teacher_lora), "--to", str(dirs["ckpt"] / name), "--out", str(path))
+                before = len(server.text())
+                entry = run_prompt(server, sample_graph(name, f"{v}-{kind}", path.name))
+                err = error_of(entry)
+                not_loaded = [l for l in server.text()[before:].splitlines() if "lora key not loaded" in l]
+                diff = models.image_diff(plain, saved_image(entry, dirs["out"])) if plain and not err else float("nan")
+                r["figure"] = f"not_loaded={len(not_loaded)} mean|img-plain|={diff:.3f}"
+                r["ok"] = not err and not not_loaded and diff > 0
+                if err:
+                    r["figure"] += f" error={err[:300]!r}"
+                elif not_loaded:
+                    r["figure"] += f" first={not_loaded[0].strip()[:200]!r}"
+
+    with report.check(HOST, "prune-path-traversal") as r:
+        outside = files_under(dirs["ckpt"].parents[1]) - files_under(dirs["ckpt"])
+        entry = run_prompt(server, prune_graph("tiny", "../x"))
+        new = sorted(str(p.relative_to(dirs["ckpt"].parents[1]))
+                     for p in files_under(dirs["ckpt"].parents[1]) - files_under(dirs["ckpt"]) - outside
+                     if "output" not in p.parts and "user" not in p.parts)
+        err = error_of(entry)
+        r["figure"] = f"refused={bool(err)} written_outside={new or 'none'}"
+        r["ok"] = bool(err) and not new
+
+    with report.check(HOST, "cancel-prune") as r:
+        before = files_under(dirs["ckpt"])
+        pid = server.post("/prompt", {"prompt": prune_graph("base", "cancelled"), "client_id": "sdkd-ci"})["prompt_id"]
+        t = time.monotonic()
+        while not server.get("/queue")["queue_running"] and time.monotonic() - t < 60:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        server.post("/interrupt", {})
+        entry = run_entry(server, pid, 300)
+        left = sorted(p.name for p in files_under(dirs["ckpt"]) - before)
+        err = error_of(entry)
+        r["figure"] = f"stopped={'interrupted' in err} left_behind={left or 'none'} after={time.monotonic() - t:.1f}s"
+        r["ok"] = "interrupted" in err and not left
+    nodes = sorted(k for k in info if k.startswith("Sdkd"))
+    print(f"SKIP {HOST} cancel-distil sdkd offers no distil node in ComfyUI (nodes: {', '.join(nodes)})", flush=True)
+
+
+def run_entry(server: Server, pid: str, timeout: float = 900) -> dict:
+    """Poll /history until a queued prompt has finished (or failed); a dead server or a timeout raises."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        entry = server.get(f"/history/{pid}").get(pid)
+        if entry and entry.get("status"):
+            return entry
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited with {server.proc.returncode}")
+        time.sleep(0.5)
+    raise RuntimeError(f"prompt {pid} not finished after {timeout:.0f}s")
+
+
+if __name__ == "__main__":
+    rep = Report()
+    run(rep)
+    sys.exit(1 if rep.failed else 0)
