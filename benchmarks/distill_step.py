@@ -2,10 +2,11 @@
 beside the memory planner's estimate; then the planner's SD1.5-size table.
 
 Each measurement runs the real training loop (`train.run_training` with the KD objective) in a fresh
-process, so its peak memory is that job's alone: `max_memory_allocated` on CUDA, peak RSS above the
-post-import baseline on CPU. "live" feeds the loop a dataset that runs the VAE and text encoder on
-every sample (what training without the cache costs); "cache" reads the precomputed latents and
-embeddings.
+process. Peak memory is taken during the training steps only (not while models load): allocated CUDA
+memory, or RSS sampled on CPU, above the post-import baseline. Time is wall-clock and the process's CPU
+time (all threads) over the training call, per step; CPU/wall shows how many cores were busy. "live"
+feeds the loop a dataset that runs the VAE and text encoder on every sample (what training without
+the cache costs); "cache" reads the precomputed latents and embeddings.
 
     python benchmarks/distill_step.py [--width 32] [--resolution 256] [--batch 2] [--steps 6] [--device cpu]
     python benchmarks/distill_step.py --width 320 --resolution 512 --batch 1 --device cuda   # SD1.5 size, on a GPU
@@ -21,10 +22,11 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[8]))
+from sdkd_ext.bench import PeakMemory, _rss
 from sdkd_ext.cache import Cache
 from sdkd_ext.checkpoint import open_model
 from sdkd_ext.data import FolderData, load_image, scan_folder
@@ -39,8 +41,7 @@ teacher, images, variant, mode, res, batch, steps, _, device = sys.argv[1:10]
 res, batch, steps = int(res), int(batch), int(steps)
 acc = make_accelerator(device)
 dev = acc.device
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else rss()
+base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _rss()
 src = open_model(teacher); info = describe(src)
 t_unet = teacher_model(src, info, dev)
 half = frozen_dtype(dev)
@@ -72,20 +73,21 @@ if mode == "live":
     data = Live()
 student, _ = student_model(src, info, variant)
 objective = KDObjective(t_unet, hook_pairs(get_variant(variant), info.topology), LossWeights())
-if dev.type == "cuda":
-    torch.cuda.reset_peak_memory_stats(dev)
 cfg = TrainConfig(steps=steps, batch=batch, lr=1e-5, device=device, checkpoint_every=10**9,
                   precision="auto", grad_checkpointing=False, optimizer="adamw")
 run_dir = Path(images).parent / f"run-{variant}-{mode}"
-run_training(objective, student, data, cfg, run_dir, fingerprint={}, accelerator=acc, overwrite=True)
-peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else rss()) - base
+wall, cpu = time.perf_counter(), time.process_time()
+with PeakMemory(dev) as memory:  # the training steps only: loading and setup peaks are behind us
+    run_training(objective, student, data, cfg, run_dir, fingerprint={}, accelerator=acc, overwrite=True)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 rows = (run_dir / "loss.csv").read_text().splitlines()[1:]
 times = [float(r.split(",")[-1]) for r in rows][2:]  # the first steps warm up
 precision = "fp32" if dev.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
 est = estimate(variant, res, Settings(batch=batch, precision=precision, device=dev.type if dev.type == "cuda" else "cpu"),
                info.topology)
 print(json.dumps({"step_s": statistics.median(times), "samples_s": batch / statistics.median(times),
-                  "peak_gib": peak / 2**30, "estimate_gib": est.training / 2**30}))
+                  "wall_step_s": wall / steps, "cpu_step_s": cpu / steps,
+                  "peak_gib": (memory.peak - base) / 2**30, "estimate_gib": est.training / 2**30}))
 """
 
 
@@ -103,6 +105,17 @@ def make_inputs(folder: Path, width: int, n: int, res: int) -> Path:
         Image.fromarray(rng.integers(0, 256, (res, res, 3), dtype=np.uint8)).save(images / f"{i}.png")
         (images / f"{i}.txt").write_text(f"a random picture number {i}")
     return save(tiny_checkpoint(width=width, seed=0), folder / "teacher.safetensors")
+
+
+def measure(teacher: Path, images: Path, variant: str, mode: str, resolution: int, batch: int, steps: int,
+            threads: int, device: str) -> dict:
+    """One training run in a fresh process ("prepare" only fills the cache): its timings and peak memory."""
+    out = subprocess.run([sys.executable, "-c", CHILD, str(teacher), str(images), variant, mode, str(resolution),
+                          str(batch), str(steps), str(threads), device],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if out.returncode:
+        sys.exit(out.stderr[-3000:])
+    return {} if mode == "prepare" else json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def sd15_table() -> None:
@@ -143,19 +156,18 @@ def main() -> None:
     folder = Path(a.dir or tempfile.mkdtemp(prefix="sdkd-distill-bench-"))
     teacher = make_inputs(folder, a.width, max(8, 2 * a.batch), a.resolution)
     print(f"teacher width {a.width}, {a.resolution} px, batch {a.batch}, {a.steps} steps, device {a.device}, "
-          f"{a.threads} threads (median step after 2 warm-up steps)")
-    print(f"{'variant':<8}{'data':<7}{'step s':>8}{'samples/s':>11}{'peak GiB':>10}{'planner GiB':>13}")
+          f"{a.threads} threads (step s: median after 2 warm-up steps; wall and CPU s per step over the whole "
+          "training call; peak: during the training steps)")
+    print(f"{'variant':<8}{'data':<7}{'step s':>8}{'wall s':>8}{'CPU s':>8}{'CPU/wall':>9}{'samples/s':>11}"
+          f"{'peak GiB':>10}{'planner GiB':>13}")
     for variant in ("base", "small", "tiny"):
         for mode in ("prepare", "cache", "live"):
-            out = subprocess.run([sys.executable, "-c", CHILD, str(teacher), str(folder / "images"), variant, mode,
-                                  str(a.resolution), str(a.batch), str(a.steps), str(a.threads), a.device],
-                                 capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-            if out.returncode:
-                sys.exit(out.stderr[-3000:])
+            r = measure(teacher, folder / "images", variant, mode, a.resolution, a.batch, a.steps, a.threads, a.device)
             if mode == "prepare":
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{variant:<8}{mode:<7}{r['step_s']:>8.3f}{r['samples_s']:>11.2f}{r['peak_gib']:>10.3f}{r['estimate_gib']:>13.3f}")
+            print(f"{variant:<8}{mode:<7}{r['step_s']:>8.3f}{r['wall_step_s']:>8.3f}{r['cpu_step_s']:>8.3f}"
+                  f"{r['cpu_step_s'] / r['wall_step_s']:>9.2f}{r['samples_s']:>11.2f}{r['peak_gib']:>10.3f}"
+                  f"{r['estimate_gib']:>13.3f}")
     sd15_table()
 
 

@@ -20,7 +20,7 @@ from sdkd_ext.convert import EMA, TEXT, UNET, VAE
 from sdkd_ext.tiny import save
 
 POSITION_IDS = TEXT + "text_model.embeddings.position_ids"
-EMA_OFFSET = 0.25  # the EMA copy differs from the live weights by this much, so tests can tell which one was used
+EMA_SCALE = 0.95  # the EMA copy is the live weights times this, so tests can tell which one was used
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,6 @@ LAYOUTS = (
     Layout("pruned-novae-fp16", dtype=torch.float16, vae=False),
     Layout("bare-emaonly", ".ckpt", dtype=torch.float16, position_ids="int64", ema="counters"),
 )
-BY_NAME = {layout.name: layout for layout in LAYOUTS}
 
 
 def schedule_buffers(steps: int = 1000) -> dict[str, torch.Tensor]:
@@ -93,7 +92,7 @@ def state_dict(layout: Layout, weights: dict[str, torch.Tensor]) -> dict[str, to
         sd[EMA + "decay"] = torch.tensor(0.9999)
         sd[EMA + "num_updates"] = torch.tensor(1234, dtype=torch.int32)
     if layout.ema == "full":
-        sd.update({ema_name(k): v + EMA_OFFSET for k, v in sd.items() if k.startswith(UNET)})
+        sd.update({ema_name(k): v * EMA_SCALE for k, v in sd.items() if k.startswith(UNET)})
     return sd
 
 
