@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from .errors import SdkdError
 from .export import OutputExists
@@ -21,6 +22,12 @@ from .progress import Cancelled, Event, ProgressFn
 from .variants import VARIANTS
 
 T = TypeVar("T")
+
+# Labels of the widgets that name outputs: the tab shows them and its messages name them.
+PRUNE_NAME, PRUNE_OVERWRITE = "Output name", "Overwrite an existing file"
+DISTIL_NAME, DISTIL_OVERWRITE = "Student name", "Overwrite"
+LORA_NAME, LORA_OVERWRITE = "LoRA name", "Overwrite"
+REPORT_NAME = "Report name"
 
 
 class JobControl:
@@ -71,16 +78,21 @@ class Output:
         except ValueError:
             return path.name
 
-    def exists(self, e: OutputExists) -> str:
-        """The tab's words for an output that is already there."""
-        fix = f"choose another {self.name_widget}" + (f" or tick {self.overwrite_widget!r}" if self.overwrite_widget else "")
-        return f"{self.shown(e.path)} already exists; {fix}"
+    @contextmanager
+    def worded(self) -> Iterator[None]:
+        """Re-raise the core's "output exists" (worded for the CLI) in the tab's terms."""
+        try:
+            yield
+        except OutputExists as e:
+            tick = f" or tick {self.overwrite_widget!r}" if self.overwrite_widget else ""
+            fix = f"choose another {self.name_widget}{tick}"
+            raise SdkdError(f"{self.shown(e.path)} already exists; {fix}") from None
 
 
 def run_in_host(host: FolderHost, control: JobControl, job: Callable[[ProgressFn], T], gr_progress=None,
-                gpu: bool = False, output: Output | None = None, task: str | None = None) -> T | str:
+                gpu: bool = False, task: str | None = None) -> T | str:
     """Run `job` as host job `task` (`gpu`: after freeing the host's VRAM) with progress and cancel wired; errors
-    become a status line for the UI, in the words of `output`'s widgets where they concern the output."""
+    become a status line for the UI."""
     sinks = [host.show_progress]
     if gr_progress is not None:
         sinks.append(lambda e: gr_progress(e.fraction, desc=f"{e.stage} {e.step}/{e.total}"))
@@ -88,8 +100,6 @@ def run_in_host(host: FolderHost, control: JobControl, job: Callable[[ProgressFn
         return host.run_job(lambda: job(control.callback(*sinks)), gpu=gpu, task=task or None)
     except Cancelled as e:
         return f"Stopped: {e}"
-    except OutputExists as e:
-        return f"Error: {output.exists(e) if output else e}"
     except SdkdError as e:
         return f"Error: {e}"
     except Exception as e:  # a UI must report, not crash the host
@@ -97,21 +107,17 @@ def run_in_host(host: FolderHost, control: JobControl, job: Callable[[ProgressFn
         return f"Unexpected error ({type(e).__name__}): {e}"
 
 
-def prune_output(host: FolderHost) -> Output:
-    """Prune writes a checkpoint named by the Prune section's name box."""
-    return Output(host.output_dir(), "your checkpoint folder", PRUNE_NAME, PRUNE_OVERWRITE)
-
-
 def prune_job(host: FolderHost, checkpoint: str, variant: str, name: str, dtype: str, overwrite: bool) -> Callable[[ProgressFn], str]:
     """The tab's prune action: teacher from the host's list, student into the host's checkpoint folder."""
     from .prune import prune
 
-    out = prune_output(host)
+    out = Output(host.output_dir(), "your checkpoint folder", PRUNE_NAME, PRUNE_OVERWRITE)
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
         target = out.path(name, f"{Path(checkpoint).stem}-bk-{variant}", ".safetensors", (teacher,))
-        r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=progress)
+        with out.worded():
+            r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=progress)
         host.refresh()
         return (f"Done: {r.variant} student, {r.unet_params:,} UNet parameters -> {out.shown(r.checkpoint)} "
                 f"(+ {r.yaml.name}) in {r.seconds:.1f}s")
@@ -140,18 +146,7 @@ def _data(kind: str, path: str, count: int):
     return PromptData(tuple(builtin_prompts(int(count))), origin="built-in prompts")
 
 
-# Labels of the widgets that name outputs: the tab shows them and its messages name them.
-PRUNE_NAME, PRUNE_OVERWRITE = "Output name", "Overwrite an existing file"
-DISTIL_NAME, DISTIL_OVERWRITE = "Student name", "Overwrite"
-LORA_NAME, LORA_OVERWRITE = "LoRA name", "Overwrite"
-REPORT_NAME = "Report name"
-
 DATA_KINDS = ("image folder", "prompt file (teacher generates)", "built-in prompts (teacher generates)")
-
-
-def distill_output(host: FolderHost) -> Output:
-    """Distil writes a checkpoint named by the Distil section's name box."""
-    return Output(host.output_dir(), "your checkpoint folder", DISTIL_NAME, DISTIL_OVERWRITE)
 
 
 def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path: str, count: int, steps: int,
@@ -161,14 +156,15 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
     from .distill import LossWeights, distill
     from .train import TrainConfig
 
-    out = distill_output(host)
+    out = Output(host.output_dir(), "your checkpoint folder", DISTIL_NAME, DISTIL_OVERWRITE)
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
         target = out.path(name, f"{Path(checkpoint).stem}-bk-{variant}-kd", ".safetensors", (teacher,))
-        r = distill(teacher, variant, target, _data(kind, path, count),
-                    TrainConfig(steps=int(steps)), LossWeights(l_sd, l_out, l_feat), resolution=int(resolution),
-                    vram=(vram or "").strip() or None, resume=resume, overwrite=overwrite, progress=progress)
+        with out.worded():
+            r = distill(teacher, variant, target, _data(kind, path, count),
+                        TrainConfig(steps=int(steps)), LossWeights(l_sd, l_out, l_feat), resolution=int(resolution),
+                        vram=(vram or "").strip() or None, resume=resume, overwrite=overwrite, progress=progress)
         host.refresh()
         where = out.shown(r.exported.checkpoint) if r.exported else "(no student written)"
         state = f"Cancelled at step {r.train.steps}/{r.train.total} (tick Resume to continue)" if r.train.cancelled else "Done"
@@ -178,37 +174,27 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
     return job
 
 
-def lora_output(host: FolderHost) -> Output:
-    """LoRA training writes into the host's LoRA folder, named by the LoRA section's name box."""
-    return Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE)
-
-
 def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: float, steps: int, resolution: int,
              text_encoder: bool, name: str, resume: bool, overwrite: bool) -> Callable[[ProgressFn], str]:
     """The tab's LoRA action: train on an image folder, write the LoRA into the host's LoRA folder."""
     from .lora_train import LoraSpec, train_lora
     from .train import TrainConfig
 
-    out = lora_output(host)
+    out = Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE)
 
     def job(progress: ProgressFn) -> str:
         base = _teacher(host, checkpoint)
         if not folder.strip():
             raise SdkdError("give the folder of training images (with .txt captions or metadata.jsonl)")
         target = out.path(name, f"{Path(checkpoint).stem}-lora", ".safetensors", (base,))
-        r = train_lora(base, Path(folder.strip()).expanduser(), target,
-                       LoraSpec(int(rank), float(alpha), text_encoder), TrainConfig(steps=int(steps), lr=1e-4),
-                       resolution=int(resolution), resume=resume, overwrite=overwrite, progress=progress)
+        with out.worded():
+            r = train_lora(base, Path(folder.strip()).expanduser(), target,
+                           LoraSpec(int(rank), float(alpha), text_encoder), TrainConfig(steps=int(steps), lr=1e-4),
+                           resolution=int(resolution), resume=resume, overwrite=overwrite, progress=progress)
         host.refresh()
         return f"Done: {out.shown(r.path)} ({r.modules} modules)"
 
     return job
-
-
-def compare_output(host: FolderHost) -> Output:
-    """A compare report is a folder in the host's report folder, named by the Compare section's name box; a report
-    of the same name is replaced (the folder holds only what sdkd wrote)."""
-    return Output(host.report_dir(), "the sdkd-compare folder", REPORT_NAME)
 
 
 def compare_job(host: FolderHost, teacher: str, students: list[str], prompts: str, seeds: str, size: int,
@@ -216,7 +202,7 @@ def compare_job(host: FolderHost, teacher: str, students: list[str], prompts: st
     """The tab's compare action: same prompts and seeds through each model, a grid and agreement figures."""
     from .compare import compare, write_report
 
-    out = compare_output(host)
+    out = Output(host.report_dir(), "the sdkd-compare folder", REPORT_NAME)  # a same-named report is replaced
 
     def job(progress: ProgressFn) -> tuple[str, str | None]:
         folder = out.path(name, "report")
@@ -271,8 +257,8 @@ def build_tab(host: FolderHost):
         """New choices for both checkpoint lists (gr.update: the one form gradio 3.41, 4.x and later share)."""
         return gr.update(choices=names()), gr.update(choices=names())
 
-    def run(make_job, progress, output, task, gpu=True):
-        return run_in_host(host, control, make_job, progress, gpu, output, task)
+    def run(make_job, progress, task, gpu=True):
+        return run_in_host(host, control, make_job, progress, gpu, task)
 
     with gr.Blocks(analytics_enabled=False) as tab:
         task = gr.Textbox(visible=False, elem_id="sdkd_task")  # the page's job id (javascript/sdkd.js), if any
@@ -347,17 +333,17 @@ def build_tab(host: FolderHost):
         status = gr.Textbox(label="Status", interactive=False, elem_id="sdkd_status")
 
         def on_prune(t, c, v, n, d, o, progress=gr.Progress()):
-            return (run(prune_job(host, c, v, n, d, o), progress, prune_output(host), t, gpu=False), *lists())
+            return (run(prune_job(host, c, v, n, d, o), progress, t, gpu=False), *lists())
 
         def on_distill(t, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, progress=gr.Progress()):
             job = distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o)
-            return (run(job, progress, distill_output(host), t), *lists())
+            return (run(job, progress, t), *lists())
 
         def on_lora(t, c, fo, rk, al, st, r, te, nm, rs, o, progress=gr.Progress()):
-            return run(lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o), progress, lora_output(host), t)
+            return run(lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o), progress, t)
 
         def on_compare(t, c, ss, pr, se, sz, st, nm, progress=gr.Progress()):
-            result = run(compare_job(host, c, ss or [], pr, se, sz, st, nm), progress, compare_output(host), t)
+            result = run(compare_job(host, c, ss or [], pr, se, sz, st, nm), progress, t)
             return result if isinstance(result, tuple) else (result, None)
 
         refresh.click(lists, outputs=[ckpt, c_students])

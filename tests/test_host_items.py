@@ -23,7 +23,7 @@ from sdkd_ext.hosts import a1111
 from sdkd_ext.hosts.base import FolderHost
 from sdkd_ext.names import UnsafeName, path_in_folder
 from sdkd_ext.progress import Event
-from sdkd_ext.ui import JobControl, compare_job, lora_job, prune_job, prune_output, run_in_host
+from sdkd_ext.ui import JobControl, compare_job, lora_job, prune_job, run_in_host
 from test_hosts import ldm_as_a1111_loads_it
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,8 +154,7 @@ def test_tab_speaks_in_its_widgets_terms(models):
     control = JobControl()
     done = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "", "fp16", False))
     assert done.startswith("Done:") and "teacher-bk-tiny.safetensors in your checkpoint folder" in done
-    again = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "", "fp16", False),
-                        output=prune_output(models))
+    again = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "", "fp16", False))
     assert again == ("Error: teacher-bk-tiny.safetensors in your checkpoint folder already exists; "
                      "choose another Output name or tick 'Overwrite an existing file'"), again
     for message in (done, again):
