@@ -1,7 +1,9 @@
 """The sdkd tab: one gradio UI for A1111, Forge and the standalone app, over the same core functions.
 
 Only APIs that gradio 3.41 (A1111), 4.x (Forge) and the latest release share are used:
-`gr.update`, `gr.Progress`, `.click(fn, inputs, outputs)`.
+`gr.update`, `gr.Progress`, `.click(fn, inputs, outputs)`; the one keyword they spell differently (the page
+function run before a click) is chosen in `before_click`. Output names go through `names.path_in_folder`, and
+messages name the tab's widgets and show paths relative to the folder.
 """
 
 from __future__ import annotations
