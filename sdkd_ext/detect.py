@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from .checkpoint import Source, unet_keys
-from .configs import VaeShape
+from .configs import VaeShape, text_encoder_config
 from .convert import TEXT, UNET, VAE
 from .errors import SdkdError
 from .variants import Topology, explain_unknown, identify
@@ -123,6 +123,13 @@ def vae_shape(src: Source) -> VaeShape | None:
     return VaeShape(ch, mult, layers, **{k: recorded[k] for k in VaeShape.UNSEEN if k in recorded})
 
 
+@reading("the text encoder")
+def text_encoder_shape(src: Source) -> dict | None:
+    """`CLIPTextConfig` arguments for the file's text encoder (LDM names), or None without one."""
+    shapes = {k[len(TEXT):]: src.shape(k) for k in src.keys() if k.startswith(TEXT)}
+    return text_encoder_config(shapes) if shapes else None
+
+
 def describe(src: Source) -> ModelInfo:
     """Classify a normalised LDM-named source: SD1 teacher, sdkd student, or what else it is and why it won't prune."""
     keys = src.keys()
@@ -141,11 +148,12 @@ def describe(src: Source) -> ModelInfo:
         return _refuse(info, "sdxl", "this is an SDXL checkpoint; sdkd compresses SD1.x models")
     if UNET + "input_blocks.0.0.weight" not in keys:
         return _not_a_checkpoint(info, keys)
-    if _sd2_marks(src, keys):
-        return _refuse(info, "sd2", "this is an SD2.x checkpoint; sdkd compresses SD1.x models")
     try:
+        if _sd2_marks(src, keys):
+            return _refuse(info, "sd2", "this is an SD2.x checkpoint; sdkd compresses SD1.x models")
         topo = read_topology(src)
-        vae_shape(src)  # prune and every loader read it: a partial VAE is refused here, not halfway through a job
+        vae_shape(src)  # prune and the loaders read these: a partial file is refused here, not halfway through a job
+        text_encoder_shape(src)
     except SdkdError as e:
         return _refuse(info, "unknown", str(e))
     info.topology = topo
@@ -157,6 +165,7 @@ def describe(src: Source) -> ModelInfo:
     return info
 
 
+@reading("the UNet")
 def _sd2_marks(src: Source, keys: list[str]) -> bool:
     """SD2.x's signs, read off single keys so a partial file is still named: an OpenCLIP text encoder, linear
     `proj_in` layers, 1024-wide cross-attention."""

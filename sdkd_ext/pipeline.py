@@ -10,9 +10,9 @@ import torch
 
 from .compat import clip_prefix
 from .checkpoint import Source, open_model
-from .configs import TOKENIZER_DIR, sd15, text_encoder_config, unet_config
+from .configs import TOKENIZER_DIR, sd15, unet_config
 from .convert import TEXT, UNET, VAE, unet_map, vae_map
-from .detect import ModelInfo, describe, reading, vae_shape
+from .detect import ModelInfo, describe, text_encoder_shape, vae_shape
 from .errors import SdkdError
 from .progress import ProgressFn, report
 from .speed import prepack_convs
@@ -70,11 +70,11 @@ def build_text_encoder(src: Source) -> torch.nn.Module:
     """transformers `CLIPTextModel` holding the file's text encoder."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    names = {k[len(TEXT):]: k for k in src.keys() if k.startswith(TEXT)}
-    if not names:
+    shape = text_encoder_shape(src)
+    if shape is None:
         raise SdkdError("this checkpoint carries no text-encoder weights; use a checkpoint that includes its text encoder")
-    with reading("the text encoder"):
-        cfg = CLIPTextConfig(**text_encoder_config({k: src.shape(v) for k, v in names.items()}))
+    names = {k[len(TEXT):]: k for k in src.keys() if k.startswith(TEXT)}
+    cfg = CLIPTextConfig(**shape)
     with torch.device("meta"):
         prefix = clip_prefix(CLIPTextModel(cfg))
     state = {prefix + k[len("text_model."):]: src.get(v) for k, v in names.items()}
