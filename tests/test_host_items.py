@@ -74,6 +74,15 @@ def test_hook_reads_the_files_keys_not_its_metadata(students, tmp_path, suffix):
     assert len(unet.middle_block) == 0
 
 
+def test_hook_never_reads_a_legacy_pickle_whole(students, tmp_path, monkeypatch):
+    from sdkd_ext.hosts import ldm_fix
+
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(load_file(str(students["tiny"].checkpoint)), legacy, _use_new_zipfile_serialization=False)
+    monkeypatch.setattr(ldm_fix, "open_file", lambda p: pytest.fail("read a non-zip pickle at model load"))
+    assert ldm_fix.file_lacks_middle_block(legacy) is False
+
+
 @pytest.mark.parametrize("lora_first", [True, False])
 def test_lora_names_match_the_fixed_model_whichever_callback_runs_first(students, monkeypatch, lora_first):
     sd_model, unet = loaded(students["small"], "a1111")

@@ -11,6 +11,7 @@ host code is imported.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -23,8 +24,13 @@ MIDDLE = UNET + "middle_block."
 
 
 def file_lacks_middle_block(path: str | Path | None) -> bool:
-    """True when the checkpoint file has UNet weights but none for a middle block (BK-SDM small/tiny and the like)."""
+    """True when the checkpoint file has UNet weights but none for a middle block (BK-SDM small/tiny and the like).
+
+    Runs at every model load, so it reads key names only: a safetensors header, or a zip-format `.ckpt` memory-mapped;
+    a legacy (non-zip) pickle would have to be read whole, and no sdkd student is one."""
     if not path or not Path(path).is_file():
+        return False
+    if Path(path).suffix != ".safetensors" and not zipfile.is_zipfile(path):
         return False
     try:
         keys = open_file(Path(path)).keys()
