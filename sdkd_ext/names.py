@@ -45,9 +45,10 @@ def _problem(name: str) -> str | None:
     return None
 
 
-def path_in_folder(name: str, folder: Path, widget: str, suffix: str = "") -> Path:
+def path_in_folder(name: str, folder: Path, widget: str, suffix: str = "", inputs: tuple[Path, ...] = ()) -> Path:
     """`folder/<name><suffix>` for a plain UI name (`suffix` added unless the name already ends with it);
-    refuses, naming `widget`, anything that is not a plain name or would land elsewhere (a link included)."""
+    refuses, naming `widget`, anything that is not a plain name, would land elsewhere (a link included), or is
+    one of the job's `inputs`."""
     name = name.strip()
     problem = _problem(name)
     if problem:
@@ -55,4 +56,6 @@ def path_in_folder(name: str, folder: Path, widget: str, suffix: str = "") -> Pa
     path = folder / (name if not suffix or name.endswith(suffix) else name + suffix)
     if path.is_symlink() or path.resolve().parent != folder.resolve():
         raise UnsafeName(widget, name, "that name is a link to a file elsewhere; choose another")
+    if any(path.resolve() == p.resolve() for p in inputs):
+        raise UnsafeName(widget, name, "that is the file this job reads; sdkd never overwrites its input: choose another")
     return path

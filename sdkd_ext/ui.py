@@ -67,11 +67,7 @@ class Output:
 
     def path(self, name: str, default: str, suffix: str = "", inputs: tuple[Path, ...] = ()) -> Path:
         """The file a name typed into `name_widget` (blank: `default`) stands for, inside `folder`; never an input."""
-        path = path_in_folder((name or "").strip() or default, self.folder, self.name_widget, suffix)
-        if any(path.resolve() == p.resolve() for p in inputs):
-            raise SdkdError(f"{self.name_widget} {path.name!r} is the checkpoint you picked; sdkd never overwrites "
-                            "its input: choose another name")
-        return path
+        return path_in_folder((name or "").strip() or default, self.folder, self.name_widget, suffix, inputs)
 
     def shown(self, path: Path) -> str:
         """`path` as the tab shows it: relative to the folder, which is named in words."""

@@ -155,7 +155,8 @@ def test_tab_refuses_names_leading_out_of_its_folders(models, tmp_path):
                                                       64, 1, "/tmp"))
     assert status.startswith("Error: Report name '/tmp'"), status
     status = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "teacher", "fp16", True))
-    assert "is the checkpoint you picked" in status and "--out" not in status
+    assert status.startswith("Error: Output name 'teacher'") and "never overwrites its input" in status
+    assert "--out" not in status
     assert files_under(tmp_path) == before
 
 

@@ -81,9 +81,8 @@ class SdkdPrune:
 
         folder = Path(folder_paths.get_folder_paths("checkpoints")[0])
         teacher = checkpoint_path(ckpt_name)
-        out = path_in_folder(filename.strip() or f"{Path(ckpt_name).stem}-bk-{variant}", folder, "filename", ".safetensors")
-        if out.resolve() == teacher.resolve():
-            raise SdkdError(f"filename {out.name!r} is ckpt_name itself; sdkd never overwrites its input: choose another")
+        out = path_in_folder(filename.strip() or f"{Path(ckpt_name).stem}-bk-{variant}", folder, "filename",
+                             ".safetensors", (teacher,))
         try:
             r = prune(teacher, variant, out, dtype, overwrite=overwrite, progress=comfy_progress())
         except OutputExists as e:
