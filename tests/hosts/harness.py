@@ -26,7 +26,8 @@ from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVES = Path(os.environ.get("SDKD_HOST_ARCHIVES", REPO.parent / "shared" / "hosts"))
-SCRATCH = Path(os.environ.get("SDKD_HOST_SCRATCH", REPO / ".hosts"))
+# No dot in the name: gradio 3 refuses to serve files under a hidden folder (A1111 then has no javascript).
+SCRATCH = Path(os.environ.get("SDKD_HOST_SCRATCH", REPO / "host-scratch"))
 ARTIFACTS = REPO / "ci-artifacts"
 PROBE_KEYS = Path(__file__).parent / "probe" / "probe_keys.py"
 TORCH = "torch==2.13.0"

@@ -1,0 +1,30 @@
+"""The host checks' own A1111 extension (installed only in the test's web UI): from inside the server, compare the
+loaded model's UNet with its file and run one UNet call. POST /sdkd_probe/check {"io": path} -> key counts."""
+
+import os
+import sys
+from pathlib import Path
+
+import safetensors.torch
+
+from modules import script_callbacks, shared
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from probe_keys import key_report, unet_call  # noqa: E402  (copied beside this extension by the harness)
+
+
+def add_routes(demo, app) -> None:
+    """Register the probe route on A1111's FastAPI app."""
+
+    @app.post("/sdkd_probe/check")
+    def check(body: dict) -> dict:
+        model = shared.sd_model
+        unet = model.model.diffusion_model
+        path = model.sd_checkpoint_info.filename
+        report = key_report(unet.state_dict(), safetensors.torch.load_file(path), body.get("prefix", ""))
+        io = safetensors.torch.load_file(body["io"])
+        safetensors.torch.save_file({**io, "out": unet_call(unet, io)}, body["io"])
+        return {**report, "checkpoint": os.path.basename(path)}
+
+
+script_callbacks.on_app_started(add_routes)
