@@ -15,7 +15,7 @@ UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 TEXT = "cond_stage_model.transformer."
 EMA = "model_ema."
-EMA_UNET = EMA + "diffusion_model"  # ldm's LitEma copy of the UNet: the LDM key with the dots after `model.` removed
+EMA_UNET = EMA + "diffusion_model"  # prefix of ldm's LitEma copy of the UNet (see `ema_twin`)
 # Buffers some files carry that are not weights: every loader builds them itself (CLIP's position ids are
 # arange(77); transformers >= 4.31 no longer saves them, 5.x has no such buffer, and float copies drift).
 NOT_WEIGHTS = (TEXT + "text_model.embeddings.position_ids",)
