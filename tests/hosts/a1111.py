@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import a1111_setup
-from .harness import (ARTIFACTS, PROBE_KEYS, REPO, SCRATCH, TORCH, Report, Server, build_venv, errors_in, free_port,
+from .harness import (ARTIFACTS, PROBE_KEYS, REPO, SCRATCH, Report, Server, build_venv, clear, errors_in, free_port,
                       log, pip, python_of, run_py)
 
 HOST = "a1111"
@@ -22,6 +22,7 @@ TOL = 1e-3
 SMALL = {"width": 64, "context": 64, "vae_ch": 32, "text_hidden": 64, "text_layers": 2}
 LORA_ARGS = ["--steps", "2", "--resolution", "64", "--lr", "1e-2", "--rank", "4", "--alpha", "4", "--device", "cpu"]
 CLIP_ENTRY = "models--openai--clip-vit-large-patch14"
+CPU_FLAGS = ("--use-cpu", "all", "--no-half", "--precision", "full")
 
 
 def hf_cache(root: Path, text_config: dict) -> Path:
@@ -63,16 +64,43 @@ def sdkd(*args: str) -> None:
         raise RuntimeError(f"sdkd {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[-1500:]}")
 
 
+def install_extensions(data: Path) -> Path:
+    """The test's probe extension, and sdkd as a user clones it (the checkout as `extensions/sdkd`)."""
+    probe = data / "extensions" / "sdkd_probe"
+    shutil.rmtree(probe, ignore_errors=True)
+    shutil.copytree(Path(__file__).parent / "a1111_probe", probe)
+    shutil.copy(PROBE_KEYS, probe)
+    ext = data / "extensions" / "sdkd"
+    if ext.is_symlink() or ext.exists():
+        ext.unlink()
+    ext.symlink_to(REPO, target_is_directory=True)
+    return ext
+
+
+def run_installer(report: Report, host: str, venv: Path, src: Path, ext: Path) -> None:
+    """sdkd's install.py through the web UI's own installer runner; no installed version may change."""
+    with report.check(host, "install-py-pins") as r:
+        before = freeze(venv)
+        installer = f"from modules import launch_utils; launch_utils.run_extension_installer({str(ext)!r})"
+        run_py(venv, "-c", installer, cwd=src, env={"PYTHONPATH": str(src)})
+        after = freeze(venv)
+        moved = {k: f"{before[k]}->{after.get(k)}" for k in before if after.get(k) != before[k]}
+        added = sorted(f"{k}=={v}" for k, v in after.items() if k not in before)
+        r["figure"] = f"moved={moved or 'none'} added={len(added)}({','.join(added[:6])})"
+        r["ok"] = not moved
+
+
 class WebUI:
     """A1111 on loopback with the test's data dir, HF cache and (optionally) sdkd's extension."""
 
-    def __init__(self, src: Path, venv: Path, data: Path, ckpt: Path, tag: str):
+    def __init__(self, src: Path, venv: Path, data: Path, ckpt: Path, tag: str, cpu_flags: tuple[str, ...] = CPU_FLAGS,
+                 ready: str = "Model loaded in"):
+        self.ready = ready  # the log line after which the web UI serves (A1111 loads the model at start, Forge later)
         port = free_port()
         self.server = Server(
             [python_of(venv), "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
-             "--skip-python-version-check", "--use-cpu", "all", "--no-half", "--precision", "full", "--server-name",
-             "127.0.0.1", "--port", str(port), "--ckpt", str(ckpt), "--no-download-sd-model", "--api",
-             "--data-dir", str(data), "--loglevel", "DEBUG"],
+             "--skip-python-version-check", *cpu_flags, "--server-name", "127.0.0.1", "--port", str(port),
+             "--ckpt", str(ckpt), "--no-download-sd-model", "--api", "--data-dir", str(data), "--loglevel", "DEBUG"],
             cwd=src, log=data / f"webui-{tag}.log", port=port,
             env={"HF_HOME": str(data / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
 
@@ -80,7 +108,7 @@ class WebUI:
         """Start and wait until the model is loaded and the API answers; seconds taken."""
         t = time.monotonic()
         self.server.start()
-        self.server.wait(lambda s: "Model loaded in" in s.text() and isinstance(s.get("/sdapi/v1/sd-models"), list), 600)
+        self.server.wait(lambda s: self.ready in s.text() and isinstance(s.get("/sdapi/v1/sd-models"), list), 600)
         return time.monotonic() - t
 
 
@@ -95,31 +123,14 @@ def run(report: Report) -> None:
         loras = data / "models" / "Lora"
         for d in (ckpts, loras, data / "extensions"):
             d.mkdir(parents=True, exist_ok=True)
-        for stale in list(ckpts.glob("teacher-*")) + list(loras.glob("*")):
-            stale.unlink() if stale.is_file() else shutil.rmtree(stale)
+        clear(list(ckpts.glob("teacher-*")) + list(loras.glob("*")))
         teacher = models.teacher(ckpts / "teacher.safetensors", **SMALL)
         models.write_yaml(teacher)
         hf_cache(data / "hf", models.text_config(teacher))
         lora_data = models.caption_folder(SCRATCH / "lora-data")
-        probe = data / "extensions" / "sdkd_probe"
-        shutil.rmtree(probe, ignore_errors=True)
-        shutil.copytree(Path(__file__).parent / "a1111_probe", probe)
-        shutil.copy(PROBE_KEYS, probe)
-        ext = data / "extensions" / "sdkd"
-        if ext.is_symlink() or ext.exists():
-            ext.unlink()
-        ext.symlink_to(REPO, target_is_directory=True)
+        ext = install_extensions(data)
         bvenv = browser_venv()
-
-    with report.check(HOST, "install-py-pins") as r:
-        before = freeze(venv)
-        installer = (f"from modules import launch_utils; launch_utils.run_extension_installer({str(ext)!r})")
-        run_py(venv, "-c", installer, cwd=src, env={"PYTHONPATH": str(src)})
-        after = freeze(venv)
-        moved = {k: f"{before[k]}->{after.get(k)}" for k in before if after.get(k) != before[k]}
-        added = sorted(f"{k}=={v}" for k, v in after.items() if k not in before)
-        r["figure"] = f"moved={moved or 'none'} added={len(added)}({','.join(added[:6])})"
-        r["ok"] = not moved
+    run_installer(report, HOST, venv, src, ext)
 
     ui = WebUI(src, venv, data, teacher, "ext")
     try:
@@ -146,31 +157,7 @@ def with_extension(report: Report, ui: WebUI, ckpts: Path, loras: Path, teacher:
                    models) -> None:
     """The checks with sdkd installed."""
     server = ui.server
-    with report.check(HOST, "start") as r:
-        r["figure"] = f"ready_in={ui.start():.0f}s"
-    with report.check(HOST, "extension-import") as r:
-        errs = errors_in(server.text(), "sdkd")
-        r["figure"] = f"log_errors={len(errs)}" + (f" first={errs[0][:200]!r}" if errs else "")
-        r["ok"] = not errs
-
-    with report.check(HOST, "tab-prune-browser") as r:
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "a1111-sdkd-tab.png"
-        out = run_py(bvenv, str(Path(__file__).parent / "browser.py"), "prune", server.url, "sdkd", teacher.name, str(shot),
-                     *VARIANTS)
-        statuses = json.loads(out.strip().splitlines()[-1])
-        made = [v for v in VARIANTS if (ckpts / f"teacher-bk-{v}.safetensors").exists()]
-        r["figure"] = f"written={','.join(made) or 'none'} screenshot={shot.relative_to(REPO)}"
-        r["ok"] = len(made) == len(VARIANTS) and all(statuses.get(v, "").startswith("Done") for v in VARIANTS)
-        if not r["ok"]:
-            r["figure"] += f" statuses={statuses}"
-
-    with report.check(HOST, "students-listed") as r:
-        server.post("/sdapi/v1/refresh-checkpoints", {})
-        titles = [m["title"] for m in server.get("/sdapi/v1/sd-models")]
-        listed = [v for v in VARIANTS if any(f"teacher-bk-{v}.safetensors" in t for t in titles)]
-        r["figure"] = f"listed={','.join(listed) or 'none'}"
-        r["ok"] = len(listed) == len(VARIANTS)
+    start_and_prune(report, HOST, ui, ckpts, teacher, bvenv)
 
     teacher_lora = loras.parent / "teacher-lora.safetensors"
     with report.check(HOST, "teacher-lora-train") as r:
@@ -208,6 +195,34 @@ def with_extension(report: Report, ui: WebUI, ckpts: Path, loras: Path, teacher:
     cancel_distil(report, server, ckpts, teacher, bvenv, models)
 
 
+def start_and_prune(report: Report, host: str, ui: WebUI, ckpts: Path, teacher: Path, bvenv: Path) -> None:
+    """Start, see the extension import cleanly, press the tab's Prune for each variant in Chromium, see the list."""
+    server = ui.server
+    with report.check(host, "start") as r:
+        r["figure"] = f"ready_in={ui.start():.0f}s"
+    with report.check(host, "extension-import") as r:
+        errs = errors_in(server.text(), "sdkd")
+        r["figure"] = f"log_errors={len(errs)}" + (f" first={errs[0][:200]!r}" if errs else "")
+        r["ok"] = not errs
+    with report.check(host, "tab-prune-browser") as r:
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / f"{host}-sdkd-tab.png"
+        out = run_py(bvenv, str(Path(__file__).parent / "browser.py"), "prune", server.url, "sdkd", teacher.name,
+                     str(shot), *VARIANTS)
+        statuses = json.loads(out.strip().splitlines()[-1])
+        made = [v for v in VARIANTS if (ckpts / f"teacher-bk-{v}.safetensors").exists()]
+        r["figure"] = f"written={','.join(made) or 'none'} screenshot={shot.relative_to(REPO)}"
+        r["ok"] = len(made) == len(VARIANTS) and all(statuses.get(v, "").startswith("Done") for v in VARIANTS)
+        if not r["ok"]:
+            r["figure"] += f" statuses={statuses}"
+    with report.check(host, "students-listed") as r:
+        server.post("/sdapi/v1/refresh-checkpoints", {})
+        titles = [m["title"] for m in server.get("/sdapi/v1/sd-models")]
+        listed = [v for v in VARIANTS if any(f"teacher-bk-{v}.safetensors" in t for t in titles)]
+        r["figure"] = f"listed={','.join(listed) or 'none'}"
+        r["ok"] = len(listed) == len(VARIANTS)
+
+
 def cancel_distil(report: Report, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
     """The tab's Distil, stopped by A1111's Interrupt: the job ends and leaves a student that loads."""
     name = "teacher-bk-tiny-cancelled"
@@ -231,18 +246,19 @@ def txt2img(server: Server, prompt: str) -> dict:
                                              "batch_size": 1, "n_iter": 1})
 
 
-def load_check(report: Report, server: Server, ckpts: Path, name: str, models, check: str, idle_ok: str = "") -> None:
+def load_check(report: Report, server: Server, ckpts: Path, name: str, models, check: str, idle_ok: str = "",
+               host: str = HOST, context: int = SMALL["context"]) -> None:
     """Load `name` through the API, then compare the host's UNet with the file and sdkd's UNet call, in the server.
 
     `idle_ok`: a key prefix the host may build without weights from the file (A1111 without sdkd builds a middle
     block for small/tiny and leaves it at its init: zeros, norms at one), accepted while the UNet call still matches."""
     import safetensors.torch
 
-    with report.check(HOST, check) as r:
+    with report.check(host, check) as r:
         title = next(m["title"] for m in server.get("/sdapi/v1/sd-models") if name in m["title"])
         server.post("/sdapi/v1/options", {"sd_model_checkpoint": title})
         io = ckpts.parent.parent / "probe-io.safetensors"
-        safetensors.torch.save_file(models.unet_inputs(context=SMALL["context"]), str(io))
+        safetensors.torch.save_file(models.unet_inputs(context=context), str(io))
         k = server.post("/sdkd_probe/check", {"io": str(io), "prefix": idle_ok})
         host_out = safetensors.torch.load_file(str(io))
         diff = float((host_out["out"] - models.sdkd_unet_call(ckpts / name, host_out)).abs().max())

@@ -14,18 +14,23 @@ from playwright.sync_api import sync_playwright
 CHROMIUM = "/usr/bin/chromium"
 
 
-def open_tab(p, url: str, tab: str, checkpoint: str):
-    """A page on the web UI's tab with `checkpoint` picked in sdkd's dropdown."""
+def launch(p):
+    """Debian's Chromium, headless, and one page."""
     browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    return browser, browser.new_page(viewport={"width": 1280, "height": 1400})
+
+
+def open_tab(page, url: str, tab: str, checkpoint: str):
+    """The web UI's tab (a button in gradio 3, a tab in gradio 4) with `checkpoint` picked in sdkd's dropdown."""
     page.goto(url, timeout=120_000)
-    page.get_by_role("button", name=tab, exact=True).click(timeout=120_000)
+    page.get_by_role("tab", name=tab, exact=True).or_(page.get_by_role("button", name=tab, exact=True)).first.click(
+        timeout=120_000)
     root = page.locator(f"#tab_{tab}")
     dropdown = root.locator("#sdkd_checkpoint input")
     dropdown.click()
     dropdown.fill(checkpoint)
     page.locator("ul.options li", has_text=checkpoint).first.click()
-    return browser, page, root
+    return root
 
 
 def wait_status(page, status, before: str, timeout_ms: int = 300_000) -> str:
@@ -39,9 +44,10 @@ def prune_all(url: str, tab: str, checkpoint: str, shot: str, variants: list[str
     """Press Prune once per variant; the status text after each."""
     out = {}
     with sync_playwright() as p:
-        browser, page, root = open_tab(p, url, tab, checkpoint)
-        status = root.locator("#sdkd_status textarea")
+        browser, page = launch(p)
         try:
+            root = open_tab(page, url, tab, checkpoint)
+            status = root.locator("#sdkd_status textarea")
             for v in variants:
                 root.locator(f'[data-testid="{v}-radio-label"]:visible').first.click()
                 before = status.input_value()
@@ -56,9 +62,10 @@ def prune_all(url: str, tab: str, checkpoint: str, shot: str, variants: list[str
 def distil_cancel(url: str, tab: str, checkpoint: str, shot: str, name: str) -> dict:
     """Start a long Distil (tiny, built-in prompts, 64 px), press the web UI's Interrupt once it trains, report."""
     with sync_playwright() as p:
-        browser, page, root = open_tab(p, url, tab, checkpoint)
-        status = root.locator("#sdkd_status textarea")
+        browser, page = launch(p)
         try:
+            root = open_tab(page, url, tab, checkpoint)
+            status = root.locator("#sdkd_status textarea")
             root.get_by_role("tab", name="Distil").or_(root.get_by_role("button", name="Distil", exact=True)).first.click()
             root.locator('[data-testid="tiny-radio-label"]:visible').first.click()
             for label, value in (("Built-in prompts", "4"), ("Steps", "100000"), ("Resolution", "64")):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import comfy_setup
-from .harness import PROBE_KEYS, REPO, SCRATCH, Report, Server, errors_in, free_port, log, python_of
+from .harness import PROBE_KEYS, REPO, SCRATCH, Report, clear, Server, errors_in, free_port, log, python_of
 
 HOST = "comfyui"
 VARIANTS = ("base", "small", "tiny")
@@ -25,8 +25,7 @@ def layout(run: Path) -> dict[str, Path]:
             {"ckpt": "models/checkpoints", "lora": "models/loras", "nodes": "custom_nodes", "out": "output"}.items()}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    for stale in list(dirs["ckpt"].glob("teacher-*")) + list(dirs["lora"].glob("*")) + list(run.glob("models/x*")):
-        stale.unlink()
+    clear(list(dirs["ckpt"].glob("teacher-*")) + list(dirs["lora"].glob("*")) + list(run.glob("models/x*")))
     sdkd = dirs["nodes"] / "sdkd"
     if not sdkd.exists():
         sdkd.symlink_to(REPO, target_is_directory=True)

@@ -57,6 +57,12 @@ def unpack(archive: str) -> Path:
     return src
 
 
+def clear(paths) -> None:
+    """Remove files and folders left by an earlier run in a reused scratch folder."""
+    for p in paths:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 def constraints(folder: Path) -> Path:
     """A pip constraints file holding torch (and torchvision) at the CPU builds this machine has."""
     path = folder / "constraints.txt"

@@ -1,4 +1,4 @@
-"""The host checks' own A1111 extension (installed only in the test's web UI): from inside the server, compare the
+"""The host checks' own A1111/Forge extension (installed only in the test's web UI): from inside the server, compare the
 loaded model's UNet with its file and run one UNet call. POST /sdkd_probe/check {"io": path} -> key counts."""
 
 import os
@@ -19,7 +19,8 @@ def add_routes(demo, app) -> None:
     @app.post("/sdkd_probe/check")
     def check(body: dict) -> dict:
         model = shared.sd_model
-        unet = model.model.diffusion_model
+        forge = getattr(model, "forge_objects", None)  # Forge keeps the UNet in its own patcher
+        unet = forge.unet.model.diffusion_model if forge is not None else model.model.diffusion_model
         path = model.sd_checkpoint_info.filename
         report = key_report(unet.state_dict(), safetensors.torch.load_file(path), body.get("prefix", ""))
         io = safetensors.torch.load_file(body["io"])
