@@ -241,7 +241,7 @@ def check_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume and not exists:
         raise SdkdError(f"nothing to resume: no checkpoint in {run_dir}; run again without --resume")
     if exists and not (resume or overwrite):
-        raise SdkdError(f"a training run already exists in {run_dir}; pass --resume to continue it or --overwrite to start over")
+        raise SdkdError(f"a training run already exists in {run_dir}; use --resume to continue it or --overwrite to start over")
 
 
 def open_run(run_dir: Path, fingerprint: dict[str, str], resume: bool, overwrite: bool) -> dict | None:

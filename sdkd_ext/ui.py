@@ -9,10 +9,12 @@ messages name the tab's widgets and show paths relative to the folder.
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -30,6 +32,13 @@ PRUNE_NAME, PRUNE_OVERWRITE = "Output name", "Overwrite an existing file"
 DISTIL_NAME, DISTIL_OVERWRITE = "Student name", "Overwrite"
 LORA_NAME, LORA_OVERWRITE = "LoRA name", "Overwrite"
 REPORT_NAME = "Report name"
+# The CLI flag each tab widget stands for, so a core message naming the flag names the widget instead.
+DISTIL_WIDGETS = {"--variant": "Student", "--data": "Image folder or prompt file", "--prompts": "Image folder or prompt file",
+                  "--self": "Built-in prompts", "--steps": "Steps", "--resolution": "Resolution",
+                  "--vram": "VRAM budget (GB or auto)", "--l-sd": "Task loss weight", "--l-out": "Output KD weight",
+                  "--l-feat": "Feature KD weight", "--resume": "Resume"}
+LORA_WIDGETS = {"--data": "Image folder (with .txt captions or metadata.jsonl)", "--text-encoder": "Also train the text encoder",
+                "--rank": "Rank", "--alpha": "Alpha", "--steps": "Steps", "--resolution": "Resolution", "--resume": "Resume"}
 
 
 class JobControl:
@@ -58,12 +67,13 @@ class JobControl:
 
 @dataclass(frozen=True)
 class Output:
-    """Where a tab action writes and the labels of the widgets that decide it, so messages speak in the tab's terms."""
+    """Where a tab action writes and the widgets that decide it, so messages speak in the tab's terms."""
 
     folder: Path
     where: str  # the folder as the user knows it, e.g. "your checkpoint folder"
     name_widget: str
     overwrite_widget: str | None = None
+    widgets: dict[str, str] = field(default_factory=dict)  # CLI flag the core names -> label of the tab's widget for it
 
     def path(self, name: str, default: str, suffix: str = "", inputs: tuple[Path, ...] = ()) -> Path:
         """The file a name typed into `name_widget` (blank: `default`) stands for, inside `folder`; never an input."""
@@ -76,15 +86,28 @@ class Output:
         except ValueError:
             return path.name
 
+    def reword(self, message: str) -> str:
+        """A core message (worded for the CLI) in the tab's terms: flags become the widgets' labels, paths inside
+        the folder become relative ones."""
+        labels = {"--out": self.name_widget, **({"--overwrite": self.overwrite_widget} if self.overwrite_widget else {}),
+                  **self.widgets}
+        message = _FLAG.sub(lambda m: repr(labels[m[0]]) if m[0] in labels else m[0], message)
+        return message.replace(f"{self.folder}{os.sep}", "")
+
     @contextmanager
     def worded(self) -> Iterator[None]:
-        """Re-raise the core's "output exists" (worded for the CLI) in the tab's terms."""
+        """Re-raise the core's errors in the tab's terms; an existing output names the widgets that avoid it."""
         try:
             yield
         except OutputExists as e:
             tick = f" or tick {self.overwrite_widget!r}" if self.overwrite_widget else ""
             fix = f"choose another {self.name_widget}{tick}"
             raise SdkdError(f"{self.shown(e.path)} already exists; {fix}") from None
+        except SdkdError as e:
+            raise SdkdError(self.reword(str(e))) from None
+
+
+_FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 
 
 def run_in_host(host: FolderHost, control: JobControl, job: Callable[[ProgressFn], T], gr_progress=None,
@@ -154,7 +177,7 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
     from .distill import LossWeights, distill
     from .train import TrainConfig
 
-    out = Output(host.output_dir(), "your checkpoint folder", DISTIL_NAME, DISTIL_OVERWRITE)
+    out = Output(host.output_dir(), "your checkpoint folder", DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS)
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
@@ -178,7 +201,7 @@ def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: f
     from .lora_train import LoraSpec, train_lora
     from .train import TrainConfig
 
-    out = Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE)
+    out = Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE, LORA_WIDGETS)
 
     def job(progress: ProgressFn) -> str:
         base = _teacher(host, checkpoint)
@@ -279,38 +302,38 @@ def build_tab(host: FolderHost):
                 gr.Markdown("Train the student to imitate the teacher (output and per-block feature distillation). "
                             "Cancel keeps a usable student; tick Resume to continue later.")
                 with gr.Row():
-                    d_variant = gr.Radio(label="Student", choices=list(VARIANTS), value="small")
+                    d_variant = gr.Radio(label=DISTIL_WIDGETS["--variant"], choices=list(VARIANTS), value="small")
                     d_kind = gr.Radio(label="Training data", choices=list(DATA_KINDS), value=DATA_KINDS[2])
                 with gr.Row():
-                    d_path = gr.Textbox(label="Image folder or prompt file")
-                    d_count = gr.Number(label="Built-in prompts", value=500, precision=0)
+                    d_path = gr.Textbox(label=DISTIL_WIDGETS["--data"])
+                    d_count = gr.Number(label=DISTIL_WIDGETS["--self"], value=500, precision=0)
                 with gr.Row():
-                    d_steps = gr.Number(label="Steps", value=1000, precision=0)
-                    d_res = gr.Number(label="Resolution", value=512, precision=0)
-                    d_vram = gr.Textbox(label="VRAM budget (GB or auto)", value="auto")
+                    d_steps = gr.Number(label=DISTIL_WIDGETS["--steps"], value=1000, precision=0)
+                    d_res = gr.Number(label=DISTIL_WIDGETS["--resolution"], value=512, precision=0)
+                    d_vram = gr.Textbox(label=DISTIL_WIDGETS["--vram"], value="auto")
                 with gr.Row():
-                    l_sd = gr.Number(label="Task loss weight", value=1.0)
-                    l_out = gr.Number(label="Output KD weight", value=1.0)
-                    l_feat = gr.Number(label="Feature KD weight", value=1.0)
+                    l_sd = gr.Number(label=DISTIL_WIDGETS["--l-sd"], value=1.0)
+                    l_out = gr.Number(label=DISTIL_WIDGETS["--l-out"], value=1.0)
+                    l_feat = gr.Number(label=DISTIL_WIDGETS["--l-feat"], value=1.0)
                 with gr.Row():
                     d_name = gr.Textbox(label=DISTIL_NAME, placeholder="blank: <checkpoint>-bk-<variant>-kd")
-                    d_resume = gr.Checkbox(label="Resume", value=False)
+                    d_resume = gr.Checkbox(label=DISTIL_WIDGETS["--resume"], value=False)
                     d_over = gr.Checkbox(label=DISTIL_OVERWRITE, value=False)
                 d_go = gr.Button("Distil", variant="primary", elem_id="sdkd_distill")
             with gr.Tab("LoRA"):
                 gr.Markdown("Train a LoRA on the chosen checkpoint (students included); it lands in your LoRA folder "
                             "with block names that A1111, Forge and ComfyUI apply to the right layers.")
                 with gr.Row():
-                    l_folder = gr.Textbox(label="Image folder (with .txt captions or metadata.jsonl)")
-                    l_te = gr.Checkbox(label="Also train the text encoder", value=False)
+                    l_folder = gr.Textbox(label=LORA_WIDGETS["--data"])
+                    l_te = gr.Checkbox(label=LORA_WIDGETS["--text-encoder"], value=False)
                 with gr.Row():
-                    l_rank = gr.Number(label="Rank", value=16, precision=0)
-                    l_alpha = gr.Number(label="Alpha", value=16)
-                    l_steps = gr.Number(label="Steps", value=1000, precision=0)
-                    l_res = gr.Number(label="Resolution", value=512, precision=0)
+                    l_rank = gr.Number(label=LORA_WIDGETS["--rank"], value=16, precision=0)
+                    l_alpha = gr.Number(label=LORA_WIDGETS["--alpha"], value=16)
+                    l_steps = gr.Number(label=LORA_WIDGETS["--steps"], value=1000, precision=0)
+                    l_res = gr.Number(label=LORA_WIDGETS["--resolution"], value=512, precision=0)
                 with gr.Row():
                     l_name = gr.Textbox(label=LORA_NAME, placeholder="blank: <checkpoint>-lora")
-                    l_resume = gr.Checkbox(label="Resume", value=False)
+                    l_resume = gr.Checkbox(label=LORA_WIDGETS["--resume"], value=False)
                     l_over = gr.Checkbox(label=LORA_OVERWRITE, value=False)
                 l_go = gr.Button("Train LoRA", variant="primary", elem_id="sdkd_lora")
             with gr.Tab("Compare"):

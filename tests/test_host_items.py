@@ -171,6 +171,31 @@ def test_tab_speaks_in_its_widgets_terms(models):
         assert "--" not in message and str(models.output_dir()) not in message
 
 
+
+def test_tab_words_core_messages_with_its_widgets(models, tmp_path):
+    """Messages the core words for the CLI (flags, absolute paths) reach the tab naming its widgets instead."""
+    from sdkd_ext.train import STATE_FILE
+    from sdkd_ext.ui import DISTIL_WIDGETS, distill_job
+
+    def distil(kind: str, path: str, name: str, resume: bool) -> str:
+        job = distill_job(models, "teacher.safetensors", "tiny", kind, path, 2, 1, 64, "auto", 1, 1, 1, name, resume, False)
+        return run_in_host(models, JobControl(), job)
+
+    run = models.output_dir() / "kd.run"
+    run.mkdir()
+    (run / STATE_FILE).write_bytes(b"")  # a run folder from an earlier distil of the same name
+    statuses = {
+        "use 'Resume' to continue it or 'Overwrite' to start over": distil("built-in", "", "kd", False),
+        "no checkpoint in fresh.run; run again without 'Resume'": distil("built-in", "", "fresh", True),
+        f"Error: {DISTIL_WIDGETS['--data']!r}": distil("image folder", str(tmp_path / "nowhere"), "x", False),
+        "'Rank' must be at least 1 and 'Alpha' positive": run_in_host(models, JobControl(), lora_job(
+            models, "teacher.safetensors", str(tmp_path), 0, 4, 1, 64, False, "l", False, False)),
+    }
+    for expected, status in statuses.items():
+        assert expected in status, status
+        assert "--" not in status and str(models.output_dir()) not in status, status
+
+
 # ---- ComfyUI nodes (5, 8, 9) -----------------------------------------------------------------------------------------
 
 @pytest.fixture
