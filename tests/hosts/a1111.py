@@ -5,14 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from . import a1111_setup
-from .harness import (ARTIFACTS, PROBE_KEYS, REPO, SCRATCH, Report, Server, build_venv, clear, errors_in, free_port,
-                      log, pip, python_of, run_py)
+from .harness import (ARTIFACTS, LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, build_venv, clear, errors_in,
+                      free_port, log, pip, python_of, run_py, sdkd)
 
 HOST = "a1111"
 VARIANTS = ("base", "small", "tiny")
@@ -20,7 +18,6 @@ TOL = 1e-3
 # A small model A1111 accepts: the yaml sets UNet/VAE widths (multiples of 32 for ldm's GroupNorm(32)) and the
 # text model comes from the config.json written into the HF cache entry A1111 builds CLIP from.
 SMALL = {"width": 64, "context": 64, "vae_ch": 32, "text_hidden": 64, "text_layers": 2}
-LORA_ARGS = ["--steps", "2", "--resolution", "64", "--lr", "1e-2", "--rank", "4", "--alpha", "4", "--device", "cpu"]
 CLIP_ENTRY = "models--openai--clip-vit-large-patch14"
 CPU_FLAGS = ("--use-cpu", "all", "--no-half", "--precision", "full")
 
@@ -55,13 +52,6 @@ def b64_png(data: str, path: Path) -> Path:
     """Save a base64 image from the API."""
     path.write_bytes(base64.b64decode(data.split(",", 1)[-1]))
     return path
-
-
-def sdkd(*args: str) -> None:
-    """Run the sdkd command of the dependency set running these checks."""
-    r = subprocess.run([sys.executable, "-m", "sdkd_ext", *args], capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"sdkd {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[-1500:]}")
 
 
 def install_extensions(data: Path) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .harness import SCRATCH, TORCH, TORCHVISION, build_venv, pip, unpack
+from .harness import TORCH, TORCHVISION, build_venv, pip, unpack
 
 ARCHIVE = "comfyui-0.3.64"
 # What README.md tells ComfyUI users to install beside the cloned custom node.

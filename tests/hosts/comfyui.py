@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from . import comfy_setup
-from .harness import PROBE_KEYS, REPO, SCRATCH, Report, clear, Server, errors_in, free_port, log, python_of
+from .harness import (LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, clear, errors_in, free_port, log, python_of,
+                      sdkd)
 
 HOST = "comfyui"
 VARIANTS = ("base", "small", "tiny")
 TOL = 1e-3  # max |diff| of one fp32 UNet call, ComfyUI vs sdkd's diffusers student (outputs are O(1))
 # Full-size LoRA training costs ~2 min a model on 2 cores: train one for the smallest student, port to all three.
 TRAINED_FOR = ("tiny",)
-LORA_ARGS = ["--steps", "2", "--resolution", "64", "--lr", "1e-2", "--rank", "4", "--alpha", "4", "--device", "cpu"]
 
 
 def layout(run: Path) -> dict[str, Path]:
@@ -82,13 +80,6 @@ def saved_image(entry: dict, out_dir: Path) -> Path:
     """The file SaveImage wrote for a finished prompt."""
     img = entry["outputs"]["8"]["images"][0]
     return out_dir / img.get("subfolder", "") / img["filename"]
-
-
-def sdkd(*args: str) -> None:
-    """Run the sdkd command of the dependency set running these checks."""
-    r = subprocess.run([sys.executable, "-m", "sdkd_ext", *args], capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"sdkd {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[-1500:]}")
 
 
 def files_under(root: Path) -> set[Path]:
@@ -246,8 +237,3 @@ def run_entry(server: Server, pid: str, timeout: float = 900) -> dict:
         time.sleep(0.5)
     raise RuntimeError(f"prompt {pid} not finished after {timeout:.0f}s")
 
-
-if __name__ == "__main__":
-    rep = Report()
-    run(rep)
-    sys.exit(1 if rep.failed else 0)

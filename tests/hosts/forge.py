@@ -31,7 +31,10 @@ def run(report: Report) -> None:
         ext = install_extensions(data)
         bvenv = browser_venv()
     run_installer(report, HOST, venv, src, ext)
-    ui = WebUI(src, venv, data, teacher, "ext", CPU_FLAGS, ready="Startup time:")
+    # gradio 4 serves Forge's own script.js/javascript only from allowed paths: with --data-dir elsewhere its
+    # folder must be allowed, or every page script is refused (403) and the tab's buttons do nothing.
+    flags = (*CPU_FLAGS, "--gradio-allowed-path", str(src))
+    ui = WebUI(src, venv, data, teacher, "ext", flags, ready="Startup time:")
     try:
         with report.timed(HOST, "checks"):
             start_and_prune(report, HOST, ui, ckpts, teacher, bvenv)

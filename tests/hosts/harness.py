@@ -275,11 +275,19 @@ def run_py(venv: Path, *args: str, env: dict[str, str] | None = None, cwd: Path 
     return r.stdout
 
 
+# A LoRA run that only has to produce a real sdkd LoRA: two steps at 64 px, a rate high enough to change images.
+LORA_ARGS = ("--steps", "2", "--resolution", "64", "--lr", "1e-2", "--rank", "4", "--alpha", "4", "--device", "cpu")
+
+
+def sdkd(*args: str) -> None:
+    """Run the `sdkd` command of the dependency set running these checks (this interpreter's)."""
+    r = subprocess.run([sys.executable, "-m", "sdkd_ext", *args], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"sdkd {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[-1500:]}")
+
+
 def exit_code(report: Report) -> int:
     """Process status for CI: non-zero when any check failed."""
     print(f"hosts: {report.passed} passed, {report.failed} failed", flush=True)
     return 1 if report.failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit("use: python -m tests.hosts HOST...")
