@@ -95,7 +95,7 @@ def run(report: Report) -> None:
         src, venv = comfy_setup.venv()
         run_dir = SCRATCH / comfy_setup.ARCHIVE / "run"
         dirs = layout(run_dir)
-        teacher = models.teacher(dirs["ckpt"] / "teacher.safetensors", **models.FULL)
+        teacher = models.full_teacher(dirs["ckpt"] / "teacher.safetensors")
         data = models.caption_folder(SCRATCH / "lora-data")
     server = Server([python_of(venv), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(free_port()),
                      "--disable-auto-launch", "--base-directory", str(run_dir), "--database-url", "sqlite:///:memory:"],

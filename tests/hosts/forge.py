@@ -27,7 +27,7 @@ def run(report: Report) -> None:
         for d in (ckpts, data / "extensions"):
             d.mkdir(parents=True, exist_ok=True)
         clear(list(ckpts.glob("teacher-*")))
-        teacher = models.teacher(ckpts / "teacher.safetensors", **models.FULL)
+        teacher = models.full_teacher(ckpts / "teacher.safetensors")
         ext = install_extensions(data)
         bvenv = browser_venv()
     run_installer(report, HOST, venv, src, ext)

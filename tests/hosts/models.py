@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from sdkd_ext.configs import VaeShape
 from sdkd_ext.detect import describe
 from sdkd_ext.pipeline import build_unet
 from sdkd_ext.tiny import make_text_encoder, make_unet, make_vae, save, to_ldm, unet_topology
+
+from .harness import SCRATCH
 
 # SD1.5's real sizes: hosts that read the model type off the keys (ComfyUI) or build CLIP-L (A1111) insist on them.
 FULL = {"width": 320, "context": 768, "vae_ch": 128, "text_hidden": 768, "text_layers": 12}
@@ -28,6 +32,18 @@ def teacher(path: Path, width: int = 320, context: int = 768, vae_ch: int = 128,
     path.parent.mkdir(parents=True, exist_ok=True)
     save({k: v.half() for k, v in parts.items()}, path)
     return path
+
+
+def full_teacher(dest: Path) -> Path:
+    """The full-size random teacher, built once in the scratch folder and hard-linked (or copied) to `dest`."""
+    built = teacher(SCRATCH / "teachers" / "full-sd15.safetensors", **FULL)
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(built, dest)
+        except OSError:
+            shutil.copy(built, dest)
+    return dest
 
 
 def caption_folder(folder: Path, n: int = 2, size: int = 64) -> Path:
