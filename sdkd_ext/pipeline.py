@@ -32,11 +32,12 @@ def _build(factory: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor
     if missing or result.unexpected_keys:
         raise SdkdError(f"the {what} weights don't fit its config: {len(missing)} missing (e.g. {missing[:3]}), "
                         f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]}); the file is damaged or not SD1.x")
-    for name, buf in list(module.named_buffers()):
-        if buf.is_meta:  # buffers (e.g. CLIP position ids) are not weights: rebuild them as the model makes them
-            fresh = factory().get_buffer(name)
+    unset = [name for name, buf in module.named_buffers() if buf.is_meta]
+    if unset:  # buffers (e.g. CLIP position ids) are not weights: rebuild them as the model makes them, in one build
+        fresh = factory()
+        for name in unset:
             owner, _, leaf = name.rpartition(".")
-            module.get_submodule(owner).register_buffer(leaf, fresh, persistent=False)
+            module.get_submodule(owner).register_buffer(leaf, fresh.get_buffer(name), persistent=False)
     return module.eval()
 
 

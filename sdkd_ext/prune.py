@@ -14,7 +14,7 @@ import torch
 
 from . import __version__
 from .checkpoint import SHIPPED_DIR, Source, open_model, resolve
-from .configs import ldm_yaml
+from .configs import NO_MIDDLE_BLOCK_METADATA, ldm_yaml
 from .convert import TEXT, UNET, VAE, student_key, student_renamer
 from .detect import ModelInfo, describe, require_teacher, vae_shape
 from .errors import SdkdError
@@ -99,6 +99,7 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
         "sdkd_unet_params": str(params), "sdkd_topology": json.dumps(asdict(topology)),
         "modelspec.architecture": "stable-diffusion-v1",
         **(vae.metadata() if vae else {}),
+        **({} if topology.mid_block else {"sdkd_note": NO_MIDDLE_BLOCK_METADATA}),
     }
     folder = ckpt.with_suffix("") if diffusers else None
     with atomic_outputs(overwrite) as outs:

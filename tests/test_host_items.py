@@ -99,13 +99,18 @@ def test_lora_names_match_the_fixed_model_whichever_callback_runs_first(students
 
 # ---- 4: what the file says to a user without sdkd -------------------------------------------------------------------
 
-def test_yaml_of_a_student_without_middle_block_says_what_each_host_does(students):
+def test_yaml_and_metadata_of_a_student_without_middle_block_say_what_each_host_does(students):
     from omegaconf import OmegaConf
+    from safetensors import safe_open
 
     for variant, has_note in (("base", False), ("small", True), ("tiny", True)):
         text = students[variant].yaml.read_text()
         assert ("no middle block" in text) is has_note, variant
         assert ("sdkd extension" in text) is has_note
+        with safe_open(str(students[variant].checkpoint), "pt") as f:
+            note = f.metadata().get("sdkd_note", "")
+        assert ("no middle block" in note and "A1111" in note and "Forge" in note) is has_note, (variant, note)
+        assert "\n" not in note and "#" not in note  # one plain line, as metadata viewers show it
         assert OmegaConf.load(students[variant].yaml).model.params.unet_config.params.num_res_blocks == 1
 
 

@@ -102,14 +102,17 @@ def text_encoder_config(shapes: dict[str, tuple[int, ...]]) -> dict:
 
 
 # What a user without sdkd gets from a file without a middle block; no config can leave the block out
-# (ldm's and sgm's UNetModel always build it), so the yaml says it in a comment and the README in full.
-NO_MIDDLE_BLOCK_NOTE = """\
-# This model has no middle block (BK-SDM small/tiny). No ldm config can leave that block out:
-# - A1111 with the sdkd extension removes it on load; without it, A1111 fills the block with zeros
-#   (an identity: images are right, but the idle block, 97M parameters at SD1.5 size, runs every step).
-# - Forge needs the sdkd extension: without it the block it builds has no weights.
-# - ComfyUI and diffusers read the shape off the weights and need nothing.
-"""
+# (ldm's and sgm's UNetModel always build it), so the yaml says it in comments, the file's metadata in
+# `sdkd_note` (what metadata viewers show), and the README in full.
+NO_MIDDLE_BLOCK_LINES = (
+    "This model has no middle block (BK-SDM small/tiny). No ldm config can leave that block out:",
+    "- A1111 with the sdkd extension removes it on load; without it, A1111 fills the block with zeros",
+    "  (an identity: images are right, but the idle block, 97M parameters at SD1.5 size, runs every step).",
+    "- Forge needs the sdkd extension: without it the block it builds has no weights.",
+    "- ComfyUI and diffusers read the shape off the weights and need nothing.",
+)
+NO_MIDDLE_BLOCK_NOTE = "".join(f"# {line}\n" for line in NO_MIDDLE_BLOCK_LINES)
+NO_MIDDLE_BLOCK_METADATA = " ".join(line.strip() for line in NO_MIDDLE_BLOCK_LINES)
 
 
 def ldm_yaml(t: Topology, vae: VaeShape | None = None) -> str:
