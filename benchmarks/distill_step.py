@@ -10,6 +10,10 @@ the cache costs); "cache" reads the precomputed latents and embeddings.
 
     python benchmarks/distill_step.py [--width 32] [--resolution 256] [--batch 2] [--steps 6] [--device cpu]
     python benchmarks/distill_step.py --width 320 --resolution 512 --batch 1 --device cuda   # SD1.5 size, on a GPU
+    python benchmarks/distill_step.py --teacher demo --resolution 64 --batch 4 --steps 20 --modes cache --profile 15
+
+`--profile N` runs the training call under torch.profiler (CPU activities) and prints its N top
+operators by self CPU time, to see where a step's time goes besides the models' own math.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import json, statistics, sys, time
+import contextlib, json, statistics, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[8]))
+top = int(sys.argv[10])
 from sdkd_ext.bench import PeakMemory, _rss
 from sdkd_ext.cache import Cache
-from sdkd_ext.checkpoint import open_model
+from sdkd_ext.checkpoint import open_model, resolve
 from sdkd_ext.data import FolderData, load_image, scan_folder
 from sdkd_ext.detect import describe
 from sdkd_ext.distill import KDObjective, LossWeights, frozen_dtype, place, prepare_data, student_model, teacher_model
@@ -42,7 +47,7 @@ res, batch, steps = int(res), int(batch), int(steps)
 acc = make_accelerator(device)
 dev = acc.device
 base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _rss()
-src = open_model(teacher); info = describe(src)
+src = open_model(resolve(teacher)); info = describe(src)
 t_unet = teacher_model(src, info, dev)
 half = frozen_dtype(dev)
 if mode in ("prepare", "cache"):  # "prepare" fills the cache first, so the "cache" run never loads the VAE/TE
@@ -77,9 +82,12 @@ cfg = TrainConfig(steps=steps, batch=batch, lr=1e-5, device=device, checkpoint_e
                   precision="auto", grad_checkpointing=False, optimizer="adamw")
 run_dir = Path(images).parent / f"run-{variant}-{mode}"
 wall, cpu = time.perf_counter(), time.process_time()
-with PeakMemory(dev) as memory:  # the training steps only: loading and setup peaks are behind us
+profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if top else contextlib.nullcontext()
+with PeakMemory(dev) as memory, profiler:  # the training steps only: loading and setup peaks are behind us
     run_training(objective, student, data, cfg, run_dir, fingerprint={}, accelerator=acc, overwrite=True)
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+if top:
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48))
 rows = (run_dir / "loss.csv").read_text().splitlines()[1:]
 times = [float(r.split(",")[-1]) for r in rows][2:]  # the first steps warm up
 precision = "fp32" if dev.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
@@ -91,8 +99,8 @@ print(json.dumps({"step_s": statistics.median(times), "samples_s": batch / stati
 """
 
 
-def make_inputs(folder: Path, width: int, n: int, res: int) -> Path:
-    """A random SD1.5-topology teacher of `width` and `n` captioned images; returns the teacher path."""
+def make_inputs(folder: Path, width: int, n: int, res: int, teacher: str | None = None) -> Path | str:
+    """`n` captioned images and a random SD1.5-topology teacher of `width` (or the given one); returns the teacher."""
     import numpy as np
     from PIL import Image
 
@@ -104,17 +112,20 @@ def make_inputs(folder: Path, width: int, n: int, res: int) -> Path:
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (res, res, 3), dtype=np.uint8)).save(images / f"{i}.png")
         (images / f"{i}.txt").write_text(f"a random picture number {i}")
-    return save(tiny_checkpoint(width=width, seed=0), folder / "teacher.safetensors")
+    return teacher or save(tiny_checkpoint(width=width, seed=0), folder / "teacher.safetensors")
 
 
-def measure(teacher: Path, images: Path, variant: str, mode: str, resolution: int, batch: int, steps: int,
-            threads: int, device: str) -> dict:
-    """One training run in a fresh process ("prepare" only fills the cache): its timings and peak memory."""
+def measure(teacher: Path | str, images: Path, variant: str, mode: str, resolution: int, batch: int, steps: int,
+            threads: int, device: str, profile: int = 0) -> dict:
+    """One training run in a fresh process ("prepare" only fills the cache): its timings and peak memory; with
+    `profile`, its top operators are printed first."""
     out = subprocess.run([sys.executable, "-c", CHILD, str(teacher), str(images), variant, mode, str(resolution),
-                          str(batch), str(steps), str(threads), device],
+                          str(batch), str(steps), str(threads), device, str(profile)],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if out.returncode:
         sys.exit(out.stderr[-3000:])
+    if profile and mode != "prepare":
+        print(f"-- {variant} {mode}: top {profile} operators by self CPU time\n" + "\n".join(out.stdout.strip().splitlines()[:-1]))
     return {} if mode == "prepare" else json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -152,23 +163,30 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     p.add_argument("--device", default="cpu", choices=["cpu", "auto"], help="auto: the GPU if there is one")
     p.add_argument("--dir", help="work folder (default: a temporary one)")
+    p.add_argument("--teacher", help="a teacher file, or 'demo' (default: a random one of --width)")
+    p.add_argument("--variants", default="base,small,tiny", help="comma-separated variants to measure")
+    p.add_argument("--modes", default="cache,live", help="comma-separated data modes: cache, live")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="print each run's N top operators (torch.profiler)")
+    p.add_argument("--no-sd15", action="store_true", help="skip the planner's SD1.5 table")
     a = p.parse_args()
     folder = Path(a.dir or tempfile.mkdtemp(prefix="sdkd-distill-bench-"))
-    teacher = make_inputs(folder, a.width, max(8, 2 * a.batch), a.resolution)
-    print(f"teacher width {a.width}, {a.resolution} px, batch {a.batch}, {a.steps} steps, device {a.device}, "
+    teacher = make_inputs(folder, a.width, max(8, 2 * a.batch), a.resolution, a.teacher)
+    print(f"teacher {a.teacher or f'width {a.width}'}, {a.resolution} px, batch {a.batch}, {a.steps} steps, device {a.device}, "
           f"{a.threads} threads (step s: median after 2 warm-up steps; wall and CPU s per step over the whole "
           "training call; peak: during the training steps)")
     print(f"{'variant':<8}{'data':<7}{'step s':>8}{'wall s':>8}{'CPU s':>8}{'CPU/wall':>9}{'samples/s':>11}"
           f"{'peak GiB':>10}{'planner GiB':>13}")
-    for variant in ("base", "small", "tiny"):
-        for mode in ("prepare", "cache", "live"):
-            r = measure(teacher, folder / "images", variant, mode, a.resolution, a.batch, a.steps, a.threads, a.device)
+    for variant in a.variants.split(","):
+        for mode in ("prepare", *a.modes.split(",")):
+            r = measure(teacher, folder / "images", variant, mode, a.resolution, a.batch, a.steps, a.threads, a.device,
+                        a.profile)
             if mode == "prepare":
                 continue
             print(f"{variant:<8}{mode:<7}{r['step_s']:>8.3f}{r['wall_step_s']:>8.3f}{r['cpu_step_s']:>8.3f}"
                   f"{r['cpu_step_s'] / r['wall_step_s']:>9.2f}{r['samples_s']:>11.2f}{r['peak_gib']:>10.3f}"
                   f"{r['estimate_gib']:>13.3f}")
-    sd15_table()
+    if not a.no_sd15:
+        sd15_table()
 
 
 if __name__ == "__main__":

@@ -169,10 +169,24 @@ def encode_images(examples: list[Example], load_vae: Callable[[], torch.nn.Modul
 
 
 class CachedDataset:
-    """Training pairs read from the cache: a sampled, scaled latent (random flip) and its text embedding."""
+    """Training pairs read from the cache: a sampled, scaled latent (random flip) and its text embedding.
 
-    def __init__(self, cache: Cache, items: list[tuple[tuple[str, ...], str]], scaling: float):
+    Entries read once stay in memory up to `memo_bytes` (fp16 as stored), so later epochs do not re-read their files."""
+
+    def __init__(self, cache: Cache, items: list[tuple[tuple[str, ...], str]], scaling: float, memo_bytes: int = 2**28):
         self.cache, self.items, self.scaling = cache, items, scaling
+        self.memo_bytes, self._memo, self._memo_used = memo_bytes, {}, 0
+
+    def _load(self, kind: str, key: str) -> dict[str, torch.Tensor]:
+        """A cache entry, from memory when it has been read before and fitted in the memo."""
+        entry = self._memo.get((kind, key))
+        if entry is None:
+            entry = self.cache.load(kind, key)
+            size = sum(t.numel() * t.element_size() for t in entry.values())
+            if self._memo_used + size <= self.memo_bytes:
+                self._memo[(kind, key)] = entry
+                self._memo_used += size
+        return entry
 
     def __len__(self) -> int:
         return len(self.items)
@@ -182,11 +196,11 @@ class CachedDataset:
         latent_keys, tkey = self.items[index]
         gen = torch.Generator("cpu").manual_seed(seed)
         choice = int(torch.randint(len(latent_keys), (1,), generator=gen)) if len(latent_keys) > 1 else 0
-        z = self.cache.load(LATENT_KIND, latent_keys[choice])
+        z = self._load(LATENT_KIND, latent_keys[choice])
         latents = z["mean"].float()
         if "std" in z:
             latents = latents + z["std"].float() * torch.randn(latents.shape, generator=gen)
-        return {"latents": latents * self.scaling, "text": self.cache.load(TEXT_KIND, tkey)["text"].float()}
+        return {"latents": latents * self.scaling, "text": self._load(TEXT_KIND, tkey)["text"].float()}
 
     def fingerprint(self) -> str:
         """Identity of the data as trained on: every key in order (files, sizes, captions, resolution, models)."""

@@ -66,22 +66,25 @@ class FeatureTap:
         self.features: dict[str, torch.Tensor] = {}  # the current capture's
         self.handles: list = []
         self.model: torch.nn.Module | None = None
+        self._given: torch.nn.Module | None = None  # the (maybe wrapped) module last passed to attach
         self._armed = False
 
     def attach(self, model: torch.nn.Module) -> FeatureTap:
         """Hook the named blocks of `model`, unwrapped first (DDP and compile wrappers hide `.down_blocks`);
-        hooks on a previously attached model are removed."""
-        bare = unwrap(model)
-        if bare is self.model:
+        hooks on a previously attached model are removed. Called every step: the same module returns at once."""
+        if model is self._given:
             return self
-        self.remove()
-        self.model = bare
-        for name in self.names:
-            try:
-                module = bare.get_submodule(name)
-            except AttributeError:
-                raise SdkdError(f"internal error: the UNet has no block {name!r} to take features from") from None
-            self.handles.append(module.register_forward_hook(self._keeper(name)))
+        bare = unwrap(model)
+        if bare is not self.model:
+            self.remove()
+            self.model = bare
+            for name in self.names:
+                try:
+                    module = bare.get_submodule(name)
+                except AttributeError:
+                    raise SdkdError(f"internal error: the UNet has no block {name!r} to take features from") from None
+                self.handles.append(module.register_forward_hook(self._keeper(name)))
+        self._given = model
         return self
 
     def _keeper(self, name: str) -> Callable:
@@ -106,7 +109,7 @@ class FeatureTap:
         for h in self.handles:
             h.remove()
         self.handles.clear()
-        self.model = None
+        self.model = self._given = None
 
 
 class KDObjective:
@@ -129,10 +132,11 @@ class KDObjective:
         """Teacher noise prediction and features in fp32, computed frozen in its own precision, as plain tensors."""
         dtype = next(self.teacher.parameters()).dtype
         tap = self.teacher_tap.capture() if self.teacher_tap else contextlib.nullcontext({})
-        with torch.inference_mode(), torch.autocast(noisy.device.type, enabled=False), tap as feats:
+        # no_grad, not inference mode: its outputs are ordinary tensors autograd may save for the loss's backward, so an
+        # fp32 teacher's are used as they are and a 16-bit one's are upcast once, never copied
+        with torch.no_grad(), torch.autocast(noisy.device.type, enabled=False), tap as feats:
             eps = self.teacher(noisy.to(dtype), t, encoder_hidden_states=text.to(dtype)).sample
-        # copies made outside inference mode are ordinary tensors, which autograd may save for backward
-        return eps.to(torch.float32, copy=True), {k: v.to(torch.float32, copy=True) for k, v in feats.items()}
+        return eps.float(), {k: v.float() for k, v in feats.items()}
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Named fp32 loss terms (unweighted) of `model` as the student on `batch`."""

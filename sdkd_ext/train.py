@@ -128,7 +128,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW: 8-bit (bitsandbytes) where asked or available on CUDA, else torch's fused (CUDA) or foreach kernel."""
+    """AdamW: 8-bit (bitsandbytes) where asked or available on CUDA, else torch's fused kernel (CUDA; CPU from torch
+    2.4, about 4x faster there than the per-tensor loop) or, where torch has no fused one, the foreach kernel."""
     if cfg.optimizer in ("auto", "adamw8bit"):
         bnb = bitsandbytes()
         if bnb is not None and device.type == "cuda":
@@ -136,8 +137,10 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: t
         if cfg.optimizer == "adamw8bit":
             raise SdkdError("--optimizer adamw8bit needs a CUDA GPU and bitsandbytes (pip install bitsandbytes); "
                             "or use --optimizer adamw")
-    kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
+    try:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a torch without a fused kernel for this device says so when built
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def bitsandbytes():
@@ -466,7 +469,6 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
         acc.wait_for_everyone()
 
     def train_step(step: int) -> dict[str, float]:
-        wrapped.train()
         sums = dict.fromkeys(terms, 0.0)
         for micro in range(cfg.accum):
             batch = collate(data, micro_batch(len(data), cfg, step, micro, world, rank), device)
@@ -505,6 +507,7 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
         return values
 
     began, step, cancelled, values = time.perf_counter(), start, False, {}
+    wrapped.train()  # here and after each preview, not every step: it walks every submodule
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0, lr = time.perf_counter(), schedule.get_last_lr()[0]  # the rate this step uses
@@ -525,6 +528,7 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
                 if main:
                     (run_dir / PREVIEWS).mkdir(exist_ok=True)
                     preview(bare, step, run_dir / PREVIEWS / f"step-{step:06d}.png")
+                    wrapped.train()
                 acc.wait_for_everyone()
             if cancelled:
                 break
