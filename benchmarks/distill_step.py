@@ -13,7 +13,8 @@ the cache costs); "cache" reads the precomputed latents and embeddings.
     python benchmarks/distill_step.py --teacher demo --resolution 64 --batch 4 --steps 20 --modes cache --profile 15
 
 `--profile N` runs the training call under torch.profiler (CPU activities) and prints its N top
-operators by self CPU time, to see where a step's time goes besides the models' own math.
+operators by self CPU time, to see where a step's time goes besides the models' own math (a profiled
+run's times include the profiler's own cost: time without it).
 """
 
 from __future__ import annotations
