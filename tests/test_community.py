@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from distill_helpers import one_thread  # noqa: F401  (autouse: small models run best on one thread)
 from community import EMA_SCALE, LAYOUTS, POSITION_IDS, ema_name, schedule_buffers
 from sdkd_ext.checkpoint import open_model
 from sdkd_ext.cli import main
@@ -15,15 +16,6 @@ from sdkd_ext.convert import EMA, TEXT, UNET, VAE
 from sdkd_ext.pipeline import build_text_encoder, load_pipeline, tokenizer
 from sdkd_ext.tiny import save, tiny_checkpoint
 from sdkd_ext.variants import Topology
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest, and most steadily on a shared machine, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run(capsys, *argv):
