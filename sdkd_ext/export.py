@@ -171,3 +171,10 @@ _METADATA_ROOM = 4096  # header bytes kept free for metadata that is known only 
 def _header(tensors: dict[str, object], metadata: dict[str, str]) -> bytes:
     """The JSON header: metadata (all strings) and each tensor's dtype, shape and byte range."""
     return json.dumps({"__metadata__": {k: str(v) for k, v in metadata.items()}, **tensors}, separators=(",", ":")).encode()
+
+
+def add_checkpoint_output_options(parser) -> None:
+    """The CLI options of a command that writes one checkpoint with its yaml: --out, --dtype, --overwrite."""
+    parser.add_argument("--out", required=True, help="output path (.safetensors; its .yaml is written beside it)")
+    parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="weights dtype (default fp16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")

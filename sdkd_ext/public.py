@@ -22,7 +22,7 @@ from .checkpoint import RenamedSource, Source, open_model, resolve
 from .convert import UNET, unet_map
 from .detect import ModelInfo, describe
 from .errors import SdkdError
-from .export import Outputs
+from .export import Outputs, add_checkpoint_output_options
 from .progress import ProgressFn
 from .prune import Exported, checkpoint_path, export_model, teacher_metadata
 from .variants import SD15, Topology, get_variant
@@ -150,7 +150,5 @@ def add_commands(sub) -> None:
     s = sub.add_parser("convert", help="write a public BK-SDM/Segmind student (diffusers folder or converted file) "
                                        "as a single file A1111, Forge and ComfyUI load")
     s.add_argument("student", help="e.g. a downloaded nota-ai/bk-sdm-small or segmind/tiny-sd folder")
-    s.add_argument("--out", required=True, help="output path (.safetensors; its .yaml is written beside it)")
-    s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="weights dtype (default fp16)")
-    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_checkpoint_output_options(s)
     s.set_defaults(fn=cmd_convert)

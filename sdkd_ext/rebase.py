@@ -24,7 +24,7 @@ from .checkpoint import ChainSource, RenamedSource, Source, open_model, resolve
 from .convert import UNET, student_key, student_renamer
 from .detect import ModelInfo, describe
 from .errors import SdkdError
-from .export import Outputs
+from .export import Outputs, add_checkpoint_output_options
 from .progress import ProgressFn, report
 from .prune import Exported, checkpoint_path, export_model, teacher_metadata
 from .public import check_student_of, open_student
@@ -179,7 +179,5 @@ def add_commands(sub) -> None:
     s.add_argument("--base", required=True, help="the checkpoint COMMUNITY was made from (usually SD1.5)")
     s.add_argument("--student", required=True, help="a BK-SDM student of --base: sdkd's, or a Nota/Segmind folder or file")
     s.add_argument("--strength", type=float, default=1.0, help="how much of the difference to add (default 1)")
-    s.add_argument("--out", required=True, help="output path (.safetensors; its .yaml is written beside it)")
-    s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="weights dtype (default fp16)")
-    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_checkpoint_output_options(s)
     s.set_defaults(fn=cmd_rebase)
