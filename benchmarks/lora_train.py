@@ -1,6 +1,6 @@
 """LoRA training step time, samples/s and peak memory on a teacher and its students, beside the planner's estimate.
 
-Runs the real job (`lora_train.train_lora`: cache, loop, export) on random captioned images, per
+Runs the real job (`lora.train.train_lora`: cache, loop, export) on random captioned images, per
 model, and reads step times and peak memory off its progress events (`max_memory_allocated` on
 CUDA, peak RSS on CPU): once for the encoding phase (a 1-step run that fills the latent/text cache),
 once for training from the cache, each beside the planner's estimate of that phase. Width 320 is SD1.5's real size (random
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sd15 import random_sd15  # noqa: E402
 from sdkd_ext.checkpoint import open_model  # noqa: E402
 from sdkd_ext.detect import describe  # noqa: E402
-from sdkd_ext.lora_names import layout_of_source  # noqa: E402
-from sdkd_ext.lora_train import LoraSpec, estimate_lora, lora_params, train_lora  # noqa: E402
+from sdkd_ext.lora.names import layout_of_source  # noqa: E402
+from sdkd_ext.lora.train import LoraSpec, estimate_lora, lora_params, train_lora  # noqa: E402
 from sdkd_ext.plan import Settings, default_optimizer, unet_params  # noqa: E402
 from sdkd_ext.prune import prune  # noqa: E402
 from sdkd_ext.tiny import save, tiny_checkpoint  # noqa: E402

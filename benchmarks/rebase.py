@@ -37,8 +37,8 @@ from sdkd_ext.data import FolderData, PromptData  # noqa: E402
 from sdkd_ext.detect import describe  # noqa: E402
 from sdkd_ext.distill import distill, export_student, prepare_data, trainable  # noqa: E402
 from sdkd_ext.fidelity import GUIDANCE, SIZE, STEPS  # noqa: E402
-from sdkd_ext.lora_apply import apply_lora  # noqa: E402
-from sdkd_ext.lora_train import DenoisingObjective, LoraSpec, train_lora  # noqa: E402
+from sdkd_ext.lora.apply import apply_lora  # noqa: E402
+from sdkd_ext.lora.train import DenoisingObjective, LoraSpec, train_lora  # noqa: E402
 from sdkd_ext.pipeline import load_pipeline  # noqa: E402
 from sdkd_ext.prune import prune, teacher_metadata  # noqa: E402
 from sdkd_ext.rebase import measure, rebase  # noqa: E402

@@ -14,7 +14,7 @@ from .variants import VARIANTS
 
 VARIANT_NAMES = [n for v in VARIANTS.values() for n in (v.name, *v.aliases)]
 # Feature modules that add their own subcommands through `add_commands(sub)`.
-COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora", "distill", "plan", "public", "rebase")
+COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora.cli", "distill", "plan", "public", "rebase")
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
@@ -61,7 +61,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
 def cmd_generate(a: argparse.Namespace) -> int:
     """Generate one image from a checkpoint."""
     from .export import atomic_outputs
-    from .lora_apply import apply_lora, parse_spec
+    from .lora.apply import apply_lora, parse_spec
     from .pipeline import generate, load_pipeline
     from .progress import tqdm_progress
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 
 from .checkpoint import SAFETENSORS_DTYPES, Source
-from .errors import SdkdError
+from .errors import OutputExists, SdkdError
 from .progress import ProgressFn, report
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -36,15 +36,6 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-class OutputExists(SdkdError):
-    """An output is already there and overwriting was not asked for; carries the path, so each front end can
-    word the fix in its own terms (the message is the CLI's)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        super().__init__(f"{path} already exists; choose another --out or pass --overwrite")
 
 
 class Outputs:

@@ -7,10 +7,14 @@ front end passes the label of the widget the name came from, so the refusal spea
 
 from __future__ import annotations
 
+import os
 import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from .errors import SdkdError
+from .errors import OutputExists, SdkdError
 
 # Names Windows reserves for devices, with or without an extension (a web UI folder may be on a Windows share).
 RESERVED = {"con", "prn", "aux", "nul", *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))}
@@ -59,3 +63,48 @@ def path_in_folder(name: str, folder: Path, widget: str, suffix: str = "", input
     if any(path.resolve() == p.resolve() for p in inputs):
         raise UnsafeName(widget, name, "that is the file this job reads; sdkd never overwrites its input: choose another")
     return path
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a UI action (tab or node) writes and the widgets that decide it, so its messages speak the UI's terms."""
+
+    folder: Path
+    where: str  # the folder as the user knows it, e.g. "your checkpoint folder"
+    name_widget: str
+    overwrite_widget: str | None = None
+    widgets: dict[str, str] = field(default_factory=dict)  # CLI flag the core names -> label of the UI's widget for it
+
+    def path(self, name: str, default: str, suffix: str = "", inputs: tuple[Path, ...] = ()) -> Path:
+        """The file a name typed into `name_widget` (blank: `default`) stands for, inside `folder`; never an input."""
+        return path_in_folder((name or "").strip() or default, self.folder, self.name_widget, suffix, inputs)
+
+    def shown(self, path: Path) -> str:
+        """`path` as the UI shows it: relative to the folder, which is named in words."""
+        try:
+            return f"{path.relative_to(self.folder)} in {self.where}"
+        except ValueError:
+            return path.name
+
+    def reword(self, message: str) -> str:
+        """A core message (worded for the CLI) in the UI's terms: flags become the widgets' labels, paths inside
+        the folder become relative ones."""
+        labels = {"--out": self.name_widget, **({"--overwrite": self.overwrite_widget} if self.overwrite_widget else {}),
+                  **self.widgets}
+        message = _FLAG.sub(lambda m: repr(labels[m[0]]) if m[0] in labels else m[0], message)
+        return message.replace(f"{self.folder}{os.sep}", "")
+
+    @contextmanager
+    def worded(self) -> Iterator[None]:
+        """Re-raise the core's errors in the UI's terms; an existing output names the widgets that avoid it."""
+        try:
+            yield
+        except OutputExists as e:
+            tick = f" or turn on {self.overwrite_widget!r}" if self.overwrite_widget else ""
+            fix = f"choose another {self.name_widget}{tick}"
+            raise SdkdError(f"{self.shown(e.path)} already exists; {fix}") from None
+        except SdkdError as e:
+            raise SdkdError(self.reword(str(e))) from None
+
+
+_FLAG = re.compile(r"--[a-z][a-z0-9-]*")

@@ -9,19 +9,14 @@ messages name the tab's widgets and show paths relative to the folder.
 from __future__ import annotations
 
 import json
-import os
-import re
 import threading
 import traceback
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 from .errors import SdkdError
-from .export import OutputExists
 from .hosts.base import FolderHost
-from .names import path_in_folder
+from .names import Output
 from .progress import Cancelled, Event, ProgressFn
 from .variants import VARIANTS
 
@@ -63,51 +58,6 @@ class JobControl:
                 raise Cancelled(f"cancelled at {e.stage} step {e.step}/{e.total}")
 
         return progress
-
-
-@dataclass(frozen=True)
-class Output:
-    """Where a tab action writes and the widgets that decide it, so messages speak in the tab's terms."""
-
-    folder: Path
-    where: str  # the folder as the user knows it, e.g. "your checkpoint folder"
-    name_widget: str
-    overwrite_widget: str | None = None
-    widgets: dict[str, str] = field(default_factory=dict)  # CLI flag the core names -> label of the tab's widget for it
-
-    def path(self, name: str, default: str, suffix: str = "", inputs: tuple[Path, ...] = ()) -> Path:
-        """The file a name typed into `name_widget` (blank: `default`) stands for, inside `folder`; never an input."""
-        return path_in_folder((name or "").strip() or default, self.folder, self.name_widget, suffix, inputs)
-
-    def shown(self, path: Path) -> str:
-        """`path` as the tab shows it: relative to the folder, which is named in words."""
-        try:
-            return f"{path.relative_to(self.folder)} in {self.where}"
-        except ValueError:
-            return path.name
-
-    def reword(self, message: str) -> str:
-        """A core message (worded for the CLI) in the tab's terms: flags become the widgets' labels, paths inside
-        the folder become relative ones."""
-        labels = {"--out": self.name_widget, **({"--overwrite": self.overwrite_widget} if self.overwrite_widget else {}),
-                  **self.widgets}
-        message = _FLAG.sub(lambda m: repr(labels[m[0]]) if m[0] in labels else m[0], message)
-        return message.replace(f"{self.folder}{os.sep}", "")
-
-    @contextmanager
-    def worded(self) -> Iterator[None]:
-        """Re-raise the core's errors in the tab's terms; an existing output names the widgets that avoid it."""
-        try:
-            yield
-        except OutputExists as e:
-            tick = f" or tick {self.overwrite_widget!r}" if self.overwrite_widget else ""
-            fix = f"choose another {self.name_widget}{tick}"
-            raise SdkdError(f"{self.shown(e.path)} already exists; {fix}") from None
-        except SdkdError as e:
-            raise SdkdError(self.reword(str(e))) from None
-
-
-_FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 
 
 def run_in_host(host: FolderHost, control: JobControl, job: Callable[[ProgressFn], T], gr_progress=None,
@@ -198,7 +148,7 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
 def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: float, steps: int, resolution: int,
              text_encoder: bool, name: str, resume: bool, overwrite: bool) -> Callable[[ProgressFn], str]:
     """The tab's LoRA action: train on an image folder, write the LoRA into the host's LoRA folder."""
-    from .lora_train import LoraSpec, train_lora
+    from .lora.train import LoraSpec, train_lora
     from .train import TrainConfig
 
     out = Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE, LORA_WIDGETS)

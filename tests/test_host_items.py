@@ -171,7 +171,7 @@ def test_tab_speaks_in_its_widgets_terms(models):
     assert done.startswith("Done:") and "teacher-bk-tiny.safetensors in your checkpoint folder" in done
     again = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "", "fp16", False))
     assert again == ("Error: teacher-bk-tiny.safetensors in your checkpoint folder already exists; "
-                     "choose another Output name or tick 'Overwrite an existing file'"), again
+                     "choose another Output name or turn on 'Overwrite an existing file'"), again
     for message in (done, again):
         assert "--" not in message and str(models.output_dir()) not in message
 
@@ -263,7 +263,7 @@ def test_comfyui_nodes_return_a_ui_result_in_their_own_terms(comfy):
     assert "t-bk-tiny.safetensors in your checkpoints" in ui["text"][0] and str(ckpts) not in ui["text"][0]
     with pytest.raises(SdkdError) as e:
         prune_node().prune("t.safetensors", "tiny", "fp16", "", False)
-    assert "change filename or turn overwrite on" in str(e.value) and "--" not in str(e.value)
+    assert "choose another filename or turn on 'overwrite'" in str(e.value) and "--" not in str(e.value)
     inspect_node = package.NODE_CLASS_MAPPINGS["SdkdInspect"]
     outputs, ui = comfy_outputs(inspect_node, inspect_node().inspect("t-bk-tiny.safetensors"))
     assert '"variant": "tiny"' in ui["text"][0] and outputs == [[ui["text"][0]]]

@@ -10,10 +10,10 @@ from safetensors.torch import save_file
 from sdkd_ext.checkpoint import open_model
 from sdkd_ext.convert import UNET
 from sdkd_ext.detect import describe
-from sdkd_ext.lora_apply import apply_lora, parse_spec, pipeline_module
-from sdkd_ext.lora_file import ALPHA, DOWN, MID, UP, Lora, LoraModule, kohya_metadata, read_lora, write_kohya
-from sdkd_ext.lora_names import Layout, flat, layout_of_source
-from sdkd_ext.lora_peft import TE_TARGETS, UNET_TARGETS, add_lora, lora_from_peft
+from sdkd_ext.lora.apply import apply_lora, parse_spec, pipeline_module
+from sdkd_ext.lora.file import ALPHA, DOWN, MID, UP, Lora, LoraModule, kohya_metadata, read_lora, write_kohya
+from sdkd_ext.lora.names import Layout, flat, layout_of_source
+from sdkd_ext.lora.peft import TE_TARGETS, UNET_TARGETS, add_lora, lora_from_peft
 from sdkd_ext.pipeline import load_pipeline
 from test_convert import ldm_unet
 from distill_helpers import one_thread  # noqa: F401  (autouse: small models run best on one thread)

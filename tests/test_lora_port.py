@@ -7,9 +7,9 @@ from safetensors.torch import save_file
 
 from sdkd_ext.cli import main
 from sdkd_ext.convert import UNET
-from sdkd_ext.lora_apply import apply_lora, pipeline_module
-from sdkd_ext.lora_file import DOWN, UP, kohya_metadata, read_lora, write_kohya
-from sdkd_ext.lora_names import flat, kohya_name
+from sdkd_ext.lora.apply import apply_lora, pipeline_module
+from sdkd_ext.lora.file import DOWN, UP, kohya_metadata, read_lora, write_kohya
+from sdkd_ext.lora.names import flat, kohya_name
 from sdkd_ext.pipeline import load_pipeline
 from sdkd_ext.variants import VARIANTS, block_map
 from test_lora import attention_projections, check_against_ldm, layout_of, one_thread, random_lora  # noqa: F401
@@ -79,7 +79,7 @@ def test_port_keeps_every_kept_modules_delta_and_drops_exactly_the_removed(varia
 
 
 def test_port_to_a_variant_name_uses_sd15_widths(tmp_path):
-    from sdkd_ext.lora_names import build_layout, sd15_te_shapes
+    from sdkd_ext.lora.names import build_layout, sd15_te_shapes
     from sdkd_ext.variants import SD15
 
     layout = build_layout(SD15, sd15_te_shapes())

@@ -8,10 +8,10 @@ from safetensors import safe_open
 
 from sdkd_ext.cli import main
 from sdkd_ext.export import sha256_file
-from sdkd_ext.lora_apply import apply_lora
-from sdkd_ext.lora_file import read_lora
-from sdkd_ext.lora_names import build_layout, sd15_te_shapes
-from sdkd_ext.lora_train import LoraSpec, estimate_lora, plan_lora, train_lora
+from sdkd_ext.lora.apply import apply_lora
+from sdkd_ext.lora.file import read_lora
+from sdkd_ext.lora.names import build_layout, sd15_te_shapes
+from sdkd_ext.lora.train import LoraSpec, estimate_lora, plan_lora, train_lora
 from sdkd_ext.pipeline import load_pipeline
 from sdkd_ext.plan import Settings
 from sdkd_ext.progress import Cancelled

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import SdkdError
-from ..export import OutputExists
-from ..names import path_in_folder
+from ..names import Output
 from ..progress import Event, ProgressFn
 from ..variants import VARIANTS
 
@@ -79,16 +77,12 @@ class SdkdPrune:
 
         from ..prune import prune
 
-        folder = Path(folder_paths.get_folder_paths("checkpoints")[0])
+        out = Output(Path(folder_paths.get_folder_paths("checkpoints")[0]), "your checkpoints", "filename", "overwrite")
         teacher = checkpoint_path(ckpt_name)
-        out = path_in_folder(filename.strip() or f"{Path(ckpt_name).stem}-bk-{variant}", folder, "filename",
-                             ".safetensors", (teacher,))
-        try:
-            r = prune(teacher, variant, out, dtype, overwrite=overwrite, progress=comfy_progress())
-        except OutputExists as e:
-            raise SdkdError(f"{shown(e.path, folder)} is already in your checkpoints; change filename or turn "
-                            "overwrite on") from None
-        name = shown(r.checkpoint, folder)
+        with out.worded():
+            r = prune(teacher, variant, out.path(filename, f"{Path(ckpt_name).stem}-bk-{variant}", ".safetensors", (teacher,)),
+                      dtype, overwrite=overwrite, progress=comfy_progress())
+        name = shown(r.checkpoint, out.folder)
         text = f"{r.variant} student, {r.unet_params:,} UNet parameters: {name} in your checkpoints (+ {r.yaml.name})"
         return {"ui": {"text": [text]}, "result": (name,)}
 

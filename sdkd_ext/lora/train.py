@@ -16,23 +16,23 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .cache import Cache, CachedDataset, component_hash, text_key
-from .checkpoint import open_model
-from .configs import VaeShape, sd15
-from .convert import TEXT, UNET
-from .data import FolderData, derive_seed, scan_folder
-from .detect import describe
-from .distill import prepare_data, run_folder
-from .errors import SdkdError
-from .export import Outputs, parse_dtype
-from .lora_file import Lora, kohya_metadata, write_kohya
-from .lora_names import Layout, layout_of_source
-from .lora_peft import TE_TARGETS, UNET_TARGETS, add_lora, lora_from_peft
-from .pipeline import build_text_encoder, build_unet, tokenizer
-from .plan import Estimate, Settings, cache_phase, check_resolution, fit, training_parts
-from .progress import ProgressFn
-from .prune import checkpoint_path, teacher_metadata
-from .train import TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, make_accelerator, noise_scheduler, run_training
+from ..cache import Cache, CachedDataset, component_hash, text_key
+from ..checkpoint import open_model
+from ..configs import VaeShape, sd15
+from ..convert import TEXT, UNET
+from ..data import FolderData, derive_seed, scan_folder
+from ..detect import describe
+from ..distill import prepare_data, run_folder
+from ..errors import SdkdError
+from ..export import Outputs, parse_dtype
+from .file import Lora, kohya_metadata, write_kohya
+from .names import Layout, layout_of_source
+from .peft import TE_TARGETS, UNET_TARGETS, add_lora, lora_from_peft
+from ..pipeline import build_text_encoder, build_unet, tokenizer
+from ..plan import Estimate, Settings, cache_phase, check_resolution, fit, training_parts
+from ..progress import ProgressFn
+from ..prune import checkpoint_path, teacher_metadata
+from ..train import TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, make_accelerator, noise_scheduler, run_training
 
 
 @dataclass(frozen=True)

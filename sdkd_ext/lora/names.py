@@ -14,9 +14,9 @@ from functools import lru_cache
 
 import torch
 
-from .checkpoint import Source
-from .convert import TEXT, UNET, unet_map
-from .variants import VARIANTS, Topology, full_topology, identify
+from ..checkpoint import Source
+from ..convert import TEXT, UNET, unet_map
+from ..variants import VARIANTS, Topology, full_topology, identify
 
 KOHYA_UNET = "lora_unet_"
 KOHYA_TE = "lora_te_"
@@ -85,7 +85,7 @@ def _unet_shapes(topology: Topology) -> dict[str, tuple[int, ...]]:
     """LDM UNet weight key -> shape, from a diffusers UNet of `topology` built on the meta device (no memory)."""
     from diffusers import UNet2DConditionModel
 
-    from .configs import unet_config
+    from ..configs import unet_config
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config(topology))
@@ -98,7 +98,7 @@ def sd15_te_shapes() -> dict[str, tuple[int, ...]]:
     """SD1.5's CLIP text-encoder weight shapes (`text_model.*`), from its config on the meta device."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .configs import sd15
+    from ..configs import sd15
 
     with torch.device("meta"):
         return te_shapes_of(CLIPTextModel(CLIPTextConfig(**sd15("text_encoder"))))
@@ -106,7 +106,7 @@ def sd15_te_shapes() -> dict[str, tuple[int, ...]]:
 
 def te_shapes_of(text_encoder: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """Weight shapes of a transformers CLIP text model under `text_model.*` names (any transformers version)."""
-    from .compat import clip_prefix
+    from ..compat import clip_prefix
 
     prefix = clip_prefix(text_encoder)
     return {TE_ROOT + k[len(prefix):]: tuple(v.shape) for k, v in text_encoder.state_dict().items()}
@@ -120,7 +120,7 @@ def layout_of_source(src: Source, topology: Topology) -> Layout:
 
 def layout_of_pipeline(pipe) -> Layout:
     """Layout of a loaded diffusers Stable Diffusion pipeline."""
-    from .configs import topology_from_diffusers
+    from ..configs import topology_from_diffusers
 
     return build_layout(topology_from_diffusers(dict(pipe.unet.config)), te_shapes_of(pipe.text_encoder))
 

@@ -1,4 +1,4 @@
-"""`sdkd lora` and `sdkd lora-port`: the LoRA commands, thin argument parsing over the lora_* modules."""
+"""`sdkd lora` and `sdkd lora-port`: the LoRA commands, thin argument parsing over the other modules of this package."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 
 def cmd_train(a: argparse.Namespace) -> int:
     """Train a LoRA and say where it went."""
-    from .distill import stop_on_ctrl_c
-    from .lora_train import LoraSpec, train_lora
-    from .progress import Cancelled, tqdm_progress
-    from .train import TrainConfig
+    from ..distill import stop_on_ctrl_c
+    from .train import LoraSpec, train_lora
+    from ..progress import Cancelled, tqdm_progress
+    from ..train import TrainConfig
 
     cfg = TrainConfig(steps=a.steps, batch=a.batch, accum=a.accum, lr=a.lr, precision=a.precision,
                       grad_checkpointing=a.grad_checkpointing, optimizer=a.optimizer,
@@ -36,7 +36,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_port(a: argparse.Namespace) -> int:
     """Port a teacher LoRA onto a BK-SDM student."""
-    from .lora_port import port_lora
+    from .port import port_lora
 
     r = port_lora(a.lora, a.to, a.out, a.overwrite, a.alpha_equals_rank)
     blocks = ", ".join(r.dropped_blocks())

@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import open_model
-from .convert import UNET, student_key, student_renamer
-from .detect import describe
-from .errors import SdkdError
-from .export import Outputs, sha256_file
-from .lora_file import Lora, check_made_for, fits, kohya_metadata, load_raw, resolve, write_kohya
-from .lora_names import Layout, build_layout, layout_of_source, relatives, sd15_te_shapes
-from .prune import checkpoint_path, default_out
-from .variants import SD15, get_variant
+from ..checkpoint import open_model
+from ..convert import UNET, student_key, student_renamer
+from ..detect import describe
+from ..errors import SdkdError
+from ..export import Outputs, sha256_file
+from .file import Lora, check_made_for, fits, kohya_metadata, load_raw, resolve, write_kohya
+from .names import Layout, build_layout, layout_of_source, relatives, sd15_te_shapes
+from ..prune import checkpoint_path, default_out
+from ..variants import SD15, get_variant
 
 
 @dataclass

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import DictSource, open_file
-from .convert import UNET
-from .detect import describe
-from .errors import SdkdError
-from .export import atomic_outputs, plan_from, write_safetensors
-from .lora_names import Layout, kohya_name, relatives
+from ..checkpoint import DictSource, open_file
+from ..convert import UNET
+from ..detect import describe
+from ..errors import SdkdError
+from ..export import atomic_outputs, plan_from, write_safetensors
+from .names import Layout, kohya_name, relatives
 
 DOWN, UP, MID, ALPHA = "lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"
 _DOTTED_PARTS = {  # diffusers/peft key endings -> kohya part names
@@ -79,7 +79,7 @@ class LoraModule:
 
 @dataclass
 class Lora:
-    """A LoRA resolved to one model's layers: module id (LDM name, see `lora_names`) -> weights."""
+    """A LoRA resolved to one model's layers: module id (LDM name, see `names`) -> weights."""
 
     modules: dict[str, LoraModule]
     metadata: dict[str, str] = field(default_factory=dict)

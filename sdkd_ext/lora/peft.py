@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import SdkdError
-from .lora_file import DOWN, UP, Lora, LoraModule
-from .lora_names import Layout
+from ..errors import SdkdError
+from .file import DOWN, UP, Lora, LoraModule
+from .names import Layout
 
 ADAPTER = "sdkd"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections, as in diffusers' LoRA scripts

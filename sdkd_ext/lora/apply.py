@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from .compat import clip_prefix
-from .convert import UNET
-from .errors import SdkdError
-from .lora_file import Lora, read_lora
-from .lora_names import TE_ROOT, Layout, kohya_name, layout_of_pipeline
+from ..compat import clip_prefix
+from ..convert import UNET
+from ..errors import SdkdError
+from .file import Lora, read_lora
+from .names import TE_ROOT, Layout, kohya_name, layout_of_pipeline
 
 
 def parse_spec(spec: str) -> tuple[Path, float]:
