@@ -225,6 +225,7 @@ def normalise(src: Source, ema: bool = False) -> Source:
         counters = " (only the EMA counters model_ema.decay/num_updates)" if any(k.startswith(EMA) for k in keys) else ""
         raise SdkdError(f"--ema was given but this checkpoint has no EMA weights{counters}; drop --ema")
     names: dict[str, str] = {}
+    without_twin: list[str] = []
     for k in keys:
         if k.startswith(EMA):
             continue
@@ -234,9 +235,15 @@ def normalise(src: Source, ema: bool = False) -> Source:
         if new in NOT_WEIGHTS:
             continue
         names[new] = k
-        twin = ema_twin(k[len(UNET):]) if ema and k.startswith(UNET) else None
-        if twin in present:
-            names[new] = twin
+        if ema and k.startswith(UNET):
+            twin = ema_twin(k[len(UNET):])
+            if twin in present:
+                names[new] = twin
+            else:
+                without_twin.append(k)
+    if without_twin:  # a half-EMA UNet is neither model: refuse rather than mix them silently
+        raise SdkdError(f"--ema was given but the EMA copy is incomplete: {len(without_twin)} UNet weights have none "
+                        f"(e.g. {without_twin[0]}); drop --ema to use the regular weights")
     return RenamedSource(src, names, has_ema=has_ema)
 
 

@@ -63,6 +63,24 @@ def test_prune_ema_takes_the_ema_copy_and_student_carries_weights_only(community
             assert torch.equal(student[name], value), name
 
 
+def test_prune_ema_refuses_an_incomplete_ema_copy_and_writes_nothing(community, tmp_path, capsys):
+    """A UNet weight without its EMA twin makes --ema refuse (exit 2, the count and a key named) instead of mixing
+    regular and EMA weights; without --ema the same file prunes."""
+    from safetensors.torch import save_file
+
+    sd = torch.load(community["v1-5-pruned"], weights_only=True)["state_dict"]  # the .ckpt layout: a state_dict wrapper
+    dropped = next(k for k in sd if k.startswith(EMA + "diffusion_model"))
+    damaged = tmp_path / "half-ema.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items() if k != dropped}, str(damaged))
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run(capsys, "prune", damaged, "--variant", "tiny", "--ema", "--out", out / "s")
+    assert code == 2 and "EMA copy is incomplete: 1 UNet weights have none" in err and "drop --ema" in err, err
+    assert not any(out.iterdir())
+    code, _, err = run(capsys, "prune", damaged, "--variant", "tiny", "--out", out / "s")
+    assert code == 0, err
+
+
 def test_litema_names_the_ema_copy_as_sdkd_reads_it():
     """The EMA key names the fixtures use (and `--ema` reads) are those ldm's own LitEma gives a LatentDiffusion's UNet."""
     from ldm.modules.ema import LitEma
