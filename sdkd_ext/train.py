@@ -411,8 +411,8 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
     """Train `model`'s trainable parameters on `objective` over `data` for `cfg.steps` optimizer steps.
 
     `run_dir` holds the resumable state, the loss log and previews. A progress callback that raises
-    `Cancelled` stops the run after the current step with a checkpoint and an export (`on_export`
-    receives the unwrapped model, with EMA weights applied when EMA is on). Returns how it ended."""
+    `Cancelled` stops the run after the current step with a checkpoint and an export, and no preview
+    (`on_export` receives the unwrapped model, with EMA weights applied when EMA is on). Returns how it ended."""
     cfg.check()
     if len(data) == 0:
         raise SdkdError("no training samples: every input was skipped")
@@ -524,7 +524,8 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
                 cancelled = bool(acc.reduce(torch.tensor([float(cancelled)], device=device), "sum").item())
             if cancelled or step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint(step)
-            if preview is not None and (step == cfg.steps or cancelled or (cfg.preview_every and step % cfg.preview_every == 0)):
+            # a cancelled run renders no preview (the last periodic one stays): a preview costs many sampled steps
+            if preview is not None and not cancelled and (step == cfg.steps or (cfg.preview_every and step % cfg.preview_every == 0)):
                 if main:
                     (run_dir / PREVIEWS).mkdir(exist_ok=True)
                     preview(bare, step, run_dir / PREVIEWS / f"step-{step:06d}.png")

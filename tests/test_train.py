@@ -84,6 +84,28 @@ def test_cancel_exports_and_leaves_a_resumable_state(tmp_path):
     assert torch.equal(straight.weight, torch.load(tmp_path / STATE_FILE, weights_only=True)["model"]["weight"])
 
 
+def test_cancel_renders_no_preview_and_keeps_the_periodic_ones(tmp_path):
+    """A cancel must return fast: the export happens, the periodic previews so far stay, none is rendered for the cancel."""
+    shown, exported = [], []
+
+    def preview(m, step, path):
+        shown.append(step)
+        path.write_bytes(b"png")
+
+    def stop_at_5(e):
+        if e.step == 5:
+            raise Cancelled
+
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=10, preview_every=2, **CFG), tmp_path, fingerprint={},
+                     progress=stop_at_5, preview=preview, on_export=lambda m, res: exported.append(res.steps))
+    assert r.cancelled and exported == [5]
+    assert shown == [2, 4], "a cancelled run renders no end-of-run preview"
+    assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["step-000002.png", "step-000004.png"]
+    shown.clear()
+    done = run_training(Fit(), model(), Points(), TrainConfig(steps=3, **CFG), tmp_path / "b", fingerprint={}, preview=preview)
+    assert not done.cancelled and shown == [3], "a run that ends normally renders its end-of-run preview"
+
+
 def test_resume_refused_when_the_fingerprint_differs_or_nothing_to_resume(tmp_path):
     with pytest.raises(SdkdError, match="nothing to resume"):
         run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={"data": "a"}, resume=True)
