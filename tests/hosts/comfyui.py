@@ -1,7 +1,10 @@
-"""ComfyUI 0.3.64 with sdkd's nodes: import, prune through the API, load, one UNet call, KSampler with LoRAs, cancel."""
+"""ComfyUI 0.3.64 with sdkd's nodes: import, prune through the API, load, one UNet call, KSampler with LoRAs, cancel;
+every example workflow from the template browser's route run on its defaults (shrunk), and a distil interrupted."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -15,15 +18,37 @@ VARIANTS = ("base", "small", "tiny")
 TOL = 1e-3  # max |diff| of one fp32 UNet call, ComfyUI vs sdkd's diffusers student (outputs are O(1))
 # Full-size LoRA training costs ~2 min a model on 2 cores: train one for the smallest student, port to all three.
 TRAINED_FOR = ("tiny",)
+WORKFLOWS = REPO / "example_workflows"
+DEMO = REPO / "sdkd_ext" / "models" / "demo-teacher.safetensors"
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # nodes the page draws and never sends to the server
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# The workflows in the order one's outputs feed the next; the names their defaults use -> this run's models (the 15 MB
+# demo teacher where sdkd reads the file itself; the full-size one where ComfyUI must load it), and what is shrunk to
+# fit CI (node type -> widget values).
+ORDER = ("sdkd_prune_to_file", "sdkd_train_lora", "sdkd_port_lora", "sdkd_rebase", "sdkd_compare", "sdkd_bench",
+         "sdkd_distil", "sdkd_prune_in_memory")
+DEMO_NAMES = {"community-model.safetensors": "demo-teacher.safetensors",
+              "bk-sdm-small.safetensors": "demo-teacher-bk-small.safetensors", "v1-5-pruned-emaonly": "demo-teacher"}
+RENAMED = {name: DEMO_NAMES for name in ORDER} | {"sdkd_prune_in_memory": {"v1-5-pruned-emaonly": "teacher"}}
+SHRUNK = {
+    "SdkdTrainLora": {"steps": 2, "resolution": 64, "rank": 4, "alpha": 4.0, "lr": 1e-2},
+    "SdkdCompare": {"size": 64, "steps": 2, "seeds": "0"},
+    "SdkdBench": {"size": 64, "steps": 1, "repeats": 1},
+    "SdkdDistil": {"prompt_count": 2, "steps": 2, "resolution": 64},
+    "EmptyLatentImage": {"width": 64, "height": 64},
+    "KSampler": {"steps": 2},
+}
 
 
 def layout(run: Path) -> dict[str, Path]:
     """The throw-away --base-directory: models, custom nodes (sdkd as a user clones it, and the probe), output."""
     dirs = {name: run / sub for name, sub in
-            {"ckpt": "models/checkpoints", "lora": "models/loras", "nodes": "custom_nodes", "out": "output"}.items()}
+            {"ckpt": "models/checkpoints", "lora": "models/loras", "nodes": "custom_nodes", "out": "output",
+             "input": "input"}.items()}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    clear(list(dirs["ckpt"].glob("teacher-*")) + list(dirs["lora"].glob("*")) + list(run.glob("models/x*")))
+    clear([*dirs["ckpt"].glob("teacher-*"), *dirs["ckpt"].glob("demo-teacher-*"), *dirs["lora"].glob("*"),
+           *run.glob("models/x*")])
     sdkd = dirs["nodes"] / "sdkd"
     if not sdkd.exists():
         sdkd.symlink_to(REPO, target_is_directory=True)
@@ -32,6 +57,46 @@ def layout(run: Path) -> dict[str, Path]:
     shutil.copytree(Path(__file__).parent / "comfy_probe", probe)
     shutil.copy(PROBE_KEYS, probe)
     return dirs
+
+
+def api_prompt(workflow: dict, object_info: dict) -> dict:
+    """The API prompt the page would queue for a UI-format workflow: each node's widget values in the order of its
+    declared widget inputs (a seed's 'control after generate' value skipped), links as [node, slot]."""
+    links = {row[0]: row for row in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        declared = object_info[node["type"]]["input"]
+        values = iter(node.get("widgets_values") or [])
+        inputs = {}
+        for name, spec in {**declared.get("required", {}), **declared.get("optional", {})}.items():
+            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+            if isinstance(kind, list) or kind in WIDGET_TYPES:
+                inputs[name] = next(values)
+                if opts.get("control_after_generate") or name in ("seed", "noise_seed"):
+                    next(values)
+        for slot in node.get("inputs", []):
+            if slot.get("link") is not None:
+                _, src, src_slot, *_ = links[slot["link"]]
+                inputs[slot["name"]] = [str(src), src_slot]
+        left = list(values)
+        if left:
+            raise ValueError(f"node {node['id']} ({node['type']}): {len(left)} widget value(s) more than it declares")
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def adapted(prompt: dict, names: dict[str, str], shrunk: dict[str, dict]) -> dict:
+    """A prompt with this run's model names in every text value and CI-sized settings."""
+    for node in prompt.values():
+        for k, v in node["inputs"].items():
+            if isinstance(v, str):
+                for old, new in names.items():
+                    v = v.replace(old, new)
+                node["inputs"][k] = v
+        node["inputs"].update(shrunk.get(node["class_type"], {}))
+    return prompt
 
 
 def run_prompt(server: Server, graph: dict, timeout: float = 900) -> dict:
@@ -97,6 +162,10 @@ def run(report: Report) -> None:
         dirs = layout(run_dir)
         teacher = models.full_teacher(dirs["ckpt"] / "teacher.safetensors")
         data = models.caption_folder(SCRATCH / "lora-data")
+        models.caption_folder(dirs["input"] / "sdkd-lora")  # the LoRA node's default image folder
+        demo = dirs["ckpt"] / DEMO.name
+        if not demo.exists():
+            shutil.copy(DEMO, demo)
     server = Server([python_of(venv), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(free_port()),
                      "--disable-auto-launch", "--base-directory", str(run_dir), "--database-url", "sqlite:///:memory:"],
                     cwd=src, log=run_dir / "comfyui.log", port=0)
@@ -111,6 +180,8 @@ def run(report: Report) -> None:
 
 def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path, data: Path, models) -> None:
     """The checks against a started server."""
+    from sdkd_ext.hosts.comfyui import NODE_CLASS_MAPPINGS
+
     with report.check(HOST, "start") as r:
         t = time.monotonic()
         server.start()
@@ -121,7 +192,7 @@ def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path,
         nodes = sorted(k for k in info if k.startswith("Sdkd"))
         errs = errors_in(server.text(), "sdkd")
         r["figure"] = f"nodes={','.join(nodes) or 'none'} log_errors={len(errs)}" + (f" first={errs[0]!r}" if errs else "")
-        r["ok"] = {"SdkdPrune", "SdkdInspect"} <= set(nodes) and not errs
+        r["ok"] = set(NODE_CLASS_MAPPINGS) <= set(nodes) and not errs
     if "SdkdPrune" not in info:
         return
 
@@ -138,26 +209,8 @@ def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path,
             if r["ok"]:
                 students[v] = out.name
 
-    io = dirs["out"].parent / "probe-io.safetensors"
     for v, name in students.items():
-        with report.check(HOST, f"load-{v}") as r:
-            import safetensors.torch
-            import torch
-
-            safetensors.torch.save_file(models.unet_inputs(), str(io))
-            before = len(server.text())
-            k = server.post("/sdkd_probe", {"ckpt": name, "io": str(io)})
-            host_out = safetensors.torch.load_file(str(io))
-            ref = models.sdkd_unet_call(dirs["ckpt"] / name, host_out)
-            diff = float((host_out["out"] - ref).abs().max())
-            logged = [l for l in server.text()[before:].splitlines() if "unet missing" in l or "unet unexpected" in l]
-            r["figure"] = (f"type={k['model_type']} keys={k['model_keys']}/{k['file_keys']} missing={k['n_missing']} "
-                           f"zero_filled={k['n_zero_filled']} unexpected={k['n_unexpected']} differ={k['n_differ']} "
-                           f"max|diff|={diff:.2e}")
-            r["ok"] = (k["n_missing"] == k["n_unexpected"] == k["n_differ"] == 0 and not logged and diff <= TOL
-                       and torch.isfinite(ref).all().item())
-            if not r["ok"]:
-                r["figure"] += f" e.g.={k['examples']} log={logged[:1]}"
+        load_check(report, server, dirs, name, models, f"load-{v}")
 
     teacher_lora = None
     with report.check(HOST, "teacher-lora-train") as r:
@@ -221,8 +274,92 @@ def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path,
         err = error_of(entry)
         r["figure"] = f"stopped={'interrupted' in err} left_behind={left or 'none'} after={time.monotonic() - t:.1f}s"
         r["ok"] = "interrupted" in err and not left
-    nodes = sorted(k for k in info if k.startswith("Sdkd"))
-    print(f"SKIP {HOST} cancel-distil sdkd offers no distil node in ComfyUI (nodes: {', '.join(nodes)})", flush=True)
+    workflow_checks(report, server, dirs, info)
+    cancel_distil(report, server, dirs, info, models)
+
+
+def written(entry: dict, dirs: dict[str, Path]) -> list[str]:
+    """What a finished prompt says it wrote, for each output that does not exist: model files named by sdkd nodes
+    ('NAME in your checkpoints|loras') and images saved by SaveImage."""
+    where = {"checkpoints": dirs["ckpt"], "loras": dirs["lora"]}
+    missing = []
+    for node_id, ui in entry["outputs"].items():
+        for text in ui.get("text", []):
+            for name, kind in re.findall(r"(\S+\.safetensors) in your (checkpoints|loras)", text):
+                if not (where[kind] / name).is_file():
+                    missing.append(name)
+        for img in ui.get("images", []):
+            if not (dirs["out"] / img.get("subfolder", "") / img["filename"]).is_file():
+                missing.append(img["filename"])
+    return missing
+
+
+def workflow_checks(report: Report, server: Server, dirs: dict[str, Path], info: dict) -> None:
+    """The template browser's list names every example workflow; each, as the server serves it, runs on its
+    defaults (with this run's model names, shrunk) and its outputs exist."""
+    shipped = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    with report.check(HOST, "workflow-templates") as r:
+        listed = sorted(server.get("/workflow_templates").get("sdkd", []))
+        r["figure"] = f"listed={len(listed)}/{len(shipped)}"
+        r["ok"] = listed == shipped and set(ORDER) == set(shipped)
+    for name in ORDER:
+        with report.check(HOST, f"workflow-{name}") as r:
+            flow = server.get(f"/api/workflow_templates/sdkd/{name}.json")
+            entry = run_prompt(server, adapted(api_prompt(flow, info), RENAMED[name], SHRUNK))
+            err = error_of(entry)
+            outputs = sum(len(ui.get("text", [])) + len(ui.get("images", [])) for ui in entry["outputs"].values())
+            missing = written(entry, dirs) if not err else []
+            r["figure"] = f"outputs={outputs} missing={missing or 'none'}"
+            r["ok"] = not err and outputs > 0 and not missing
+            if err:
+                r["figure"] += f" error={err[:300]!r}"
+
+
+def cancel_distil(report: Report, server: Server, dirs: dict[str, Path], info: dict, models) -> None:
+    """The distil workflow on the full-size teacher, stopped by ComfyUI's interrupt once training has begun: the node
+    returns its text, and the student it wrote loads in ComfyUI with every key and sdkd's UNet output."""
+    name = "teacher-bk-tiny-cancelled"
+    out = dirs["ckpt"] / f"{name}.safetensors"
+    flow = json.loads((WORKFLOWS / "sdkd_distil.json").read_text())
+    settings = {"SdkdDistil": {**SHRUNK["SdkdDistil"], "variant": "tiny", "steps": 200, "filename": name}}
+    with report.check(HOST, "cancel-distil") as r:
+        prompt = adapted(api_prompt(flow, info), {"v1-5-pruned-emaonly": "teacher"}, settings)
+        pid = server.post("/prompt", {"prompt": prompt, "client_id": "sdkd-ci"})["prompt_id"]
+        t = time.monotonic()
+        log = out.with_suffix(".run") / "loss.csv"
+        while not (log.is_file() and len(log.read_text().splitlines()) > 1) and time.monotonic() - t < 600:
+            time.sleep(0.5)
+        server.post("/interrupt", {})
+        entry = run_entry(server, pid, 600)
+        text = " ".join(t for ui in entry["outputs"].values() for t in ui.get("text", []))
+        r["figure"] = f"text={text[:120]!r} student_written={out.exists()} after={time.monotonic() - t:.1f}s"
+        r["ok"] = not error_of(entry) and "interrupted at step" in text and out.exists()
+    if out.exists():
+        load_check(report, server, dirs, out.name, models, "cancel-distil-student-loads")
+
+
+def load_check(report: Report, server: Server, dirs: dict[str, Path], name: str, models, check: str) -> None:
+    """ComfyUI loads `name` (in the server, through the probe node): its UNet has every key of the file, and one UNet
+    call equals sdkd's own diffusers student's."""
+    import safetensors.torch
+    import torch
+
+    io = dirs["out"].parent / "probe-io.safetensors"
+    with report.check(HOST, check) as r:
+        safetensors.torch.save_file(models.unet_inputs(), str(io))
+        before = len(server.text())
+        k = server.post("/sdkd_probe", {"ckpt": name, "io": str(io)})
+        host_out = safetensors.torch.load_file(str(io))
+        ref = models.sdkd_unet_call(dirs["ckpt"] / name, host_out)
+        diff = float((host_out["out"] - ref).abs().max())
+        logged = [l for l in server.text()[before:].splitlines() if "unet missing" in l or "unet unexpected" in l]
+        r["figure"] = (f"type={k['model_type']} keys={k['model_keys']}/{k['file_keys']} missing={k['n_missing']} "
+                       f"zero_filled={k['n_zero_filled']} unexpected={k['n_unexpected']} differ={k['n_differ']} "
+                       f"max|diff|={diff:.2e}")
+        r["ok"] = (k["n_missing"] == k["n_unexpected"] == k["n_differ"] == 0 and not logged and diff <= TOL
+                   and torch.isfinite(ref).all().item())
+        if not r["ok"]:
+            r["figure"] += f" e.g.={k['examples']} log={logged[:1]}"
 
 
 def run_entry(server: Server, pid: str, timeout: float = 900) -> dict:

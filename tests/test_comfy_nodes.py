@@ -1,0 +1,305 @@
+"""sdkd's ComfyUI nodes on tiny models, over ComfyUI 0.3.64's own modules (folder_paths, comfy.sd, comfy.model_patcher,
+comfy.utils' progress bar, comfy.model_management's interrupt) imported from its unmodified archive on CPU.
+
+Only libraries ComfyUI imports for model families sdkd never touches (torchvision, torchaudio, scipy,
+sentencepiece, tokenizer classes newer than the installed transformers) become empty modules, only while
+ComfyUI's modules import and only where they are not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import sys
+import tarfile
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from host_code import ARCHIVES, HOSTS, ROOT, host_function
+from sdkd_ext.checkpoint import open_model
+from sdkd_ext.convert import UNET
+from sdkd_ext.detect import describe
+from sdkd_ext.lora.file import kohya_metadata, write_kohya
+from sdkd_ext.pipeline import build_unet
+from sdkd_ext.variants import VARIANTS
+from distill_helpers import one_thread  # noqa: F401 (fixture)
+from test_lora import layout_of, random_lora
+
+STUBBED = ("torchvision", "torchaudio", "scipy", "sentencepiece")
+WORKFLOWS = ROOT / "example_workflows"
+
+
+class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Empty modules for STUBBED libraries (and `transformers.<Class>` an older transformers lacks) when not installed."""
+
+    def find_spec(self, name, path, target=None):
+        top, _, rest = name.partition(".")
+        wanted = top in STUBBED or (top == "transformers" and rest[:1].isupper() and "." not in rest)
+        if not wanted or any(f.find_spec(name, path, target) for f in sys.meta_path
+                             if f is not self and hasattr(f, "find_spec")):
+            return None
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module) -> None:
+        """Nothing to run: the module stays empty."""
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    """ComfyUI's real modules from its archive (as `main.py --cpu`); out of sys.path and sys.modules afterwards."""
+    archive = ARCHIVES / f"{HOSTS['comfyui']}.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"host archive {archive.name} not in {ARCHIVES} (set SDKD_HOST_ARCHIVES)")
+    dest = tmp_path_factory.mktemp("comfyui")
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    root = dest / HOSTS["comfyui"]
+    import diffusers.utils.import_utils  # noqa: F401  (both read which libraries exist before the stand-ins do)
+    import transformers.utils.import_utils  # noqa: F401
+
+    before, finder = set(sys.modules), _Absent()
+    sys.path.insert(0, str(root))
+    sys.meta_path.append(finder)
+    try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+        import comfy.model_detection
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.supported_models
+        import comfy.utils
+        import folder_paths  # noqa: F401
+    finally:
+        sys.meta_path.remove(finder)
+    for name in [n for n, m in sys.modules.items() if isinstance(getattr(m, "__loader__", None), _Absent)]:
+        del sys.modules[name]
+    yield comfy
+    sys.path.remove(str(root))
+    for name in set(sys.modules) - before:
+        if (getattr(sys.modules[name], "__file__", None) or "").startswith(str(root)) or name.startswith("sdkd_node"):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def host(comfy, monkeypatch, tmp_path, teacher_file, students):
+    """A ComfyUI layout (checkpoints with the tiny teacher and its tiny student, loras, input) registered in the real
+    folder_paths, ComfyUI's progress hook recording every update, and sdkd's nodes imported as ComfyUI imports them."""
+    import folder_paths
+
+    dirs = {kind: tmp_path / kind for kind in ("checkpoints", "loras", "input")}
+    for kind, d in dirs.items():
+        d.mkdir()
+        if kind != "input":
+            monkeypatch.setitem(folder_paths.folder_names_and_paths, kind, ([str(d)], folder_paths.supported_pt_extensions))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    monkeypatch.setattr(folder_paths, "input_directory", str(dirs["input"]))
+    (dirs["checkpoints"] / "teacher.safetensors").write_bytes(teacher_file.read_bytes())
+    (dirs["checkpoints"] / "teacher-tiny.safetensors").write_bytes(students["tiny"].checkpoint.read_bytes())
+    updates: list[tuple[int, int]] = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: updates.append((value, total)))
+    comfy.model_management.interrupt_current_processing(False)
+    spec = importlib.util.spec_from_file_location("sdkd_node", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    package = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "sdkd_node", package)
+    spec.loader.exec_module(package)
+    yield types.SimpleNamespace(nodes=package.NODE_CLASS_MAPPINGS, dirs=dirs, updates=updates, package=package)
+    comfy.model_management.interrupt_current_processing(False)
+
+
+def run(host, node_id: str, **inputs) -> tuple[list, dict]:
+    """A node called as ComfyUI 0.3.64's execution.py calls it, with its declared defaults for inputs not given;
+    returns (outputs, ui) as execution.py makes them of the return value."""
+    cls = host.nodes[node_id]
+    declared = cls.INPUT_TYPES()["required"]
+    args = {k: spec[1]["default"] for k, spec in declared.items() if len(spec) > 1 and "default" in spec[1]}
+    args.update(inputs)
+    assert set(args) == set(declared), f"{node_id}: inputs {sorted(set(declared) - set(args))} not given"
+    blocker = type("ExecutionBlocker", (), {})
+    merge = host_function("comfyui", "execution.py", "merge_result_data", ExecutionBlocker=blocker)
+    outputs_of = host_function("comfyui", "execution.py", "get_output_from_returns", ExecutionBlocker=blocker,
+                               _NodeOutputInternal=type("_NodeOutputInternal", (), {}), merge_result_data=merge)
+    outputs, ui, _ = outputs_of([getattr(cls(), cls.FUNCTION)(**args)], cls)
+    return outputs, ui
+
+
+def error_of(host) -> type:
+    """SdkdError as the node package raises it (imported under ComfyUI's name for the folder)."""
+    return sys.modules[f"{host.package.__name__}.sdkd_ext.errors"].SdkdError
+
+
+def loaded_teacher(comfy, path: Path):
+    """A ModelPatcher of a tiny teacher, built as comfy.sd builds SD1.5 (its SD15 class; the tiny widths do not match
+    SD15's detection, which asks for 320 channels)."""
+    sd = {k[len(UNET):]: v for k, v in load_file(str(path)).items() if k.startswith(UNET)}
+    config = comfy.supported_models.SD15(comfy.model_detection.detect_unet_config(sd, ""))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model(sd, "")
+    model.load_model_weights(sd, "")
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def test_prune_model_gives_comfy_unet_equal_to_the_pruned_file(host, comfy, teacher_file, students):
+    teacher = loaded_teacher(comfy, teacher_file)
+    g = torch.Generator().manual_seed(0)
+    x, t, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([400.0]), torch.randn(1, 77, 32, generator=g)
+    for v in VARIANTS:
+        (student, text), ui = run(host, "SdkdPruneModel", model=teacher, variant=v)
+        student, text = student[0], text[0]
+        assert type(student.model.model_config) is comfy.supported_models.SD15
+        assert type(student.model.diffusion_model).__module__ == "comfy.ldm.modules.diffusionmodules.openaimodel"
+        file = {k[len(UNET):]: w for k, w in load_file(str(students[v].checkpoint)).items() if k.startswith(UNET)}
+        mine = student.model.diffusion_model.state_dict()
+        assert set(mine) == set(file), (set(mine) ^ set(file))
+        assert all(torch.equal(mine[k], file[k]) for k in file)
+        src = open_model(students[v].checkpoint)
+        with torch.no_grad():
+            ours = student.model.diffusion_model(x, t, context=ctx)
+            ref = build_unet(src, describe(src)).float()(x, t, encoder_hidden_states=ctx).sample
+        assert (ours - ref).abs().max() < 1e-4
+        assert f"{v} student in memory: {students[v].unet_params:,} UNet parameters" in text and ui["text"] == [text]
+    student = run(host, "SdkdPruneModel", model=teacher, variant="tiny")[0][0][0]
+    with pytest.raises(error_of(host), match="already a BK-SDM tiny student"):
+        run(host, "SdkdPruneModel", model=student, variant="tiny")
+
+
+def test_file_nodes_write_into_their_folders_and_say_so(host, teacher_file):
+    ckpts, loras = host.dirs["checkpoints"], host.dirs["loras"]
+    (name,), ui = run(host, "SdkdPrune", ckpt_name="teacher.safetensors", variant="small")
+    assert name == ["teacher-bk-small.safetensors"] and describe(open_model(ckpts / name[0])).variant == "small"
+    assert "teacher-bk-small.safetensors in your checkpoints" in ui["text"][0] and str(ckpts) not in ui["text"][0]
+    assert host.updates and host.updates[-1][0] == host.updates[-1][1]  # ComfyUI's bar reached its end
+    (info,), ui = run(host, "SdkdInspect", ckpt_name=name[0])
+    assert json.loads(info[0])["variant"] == "small" and ui["text"] == info
+
+    # Rebase with the teacher as community and base: a zero difference, so the student comes back unchanged.
+    (rebased,), ui = run(host, "SdkdRebase", ckpt_name="teacher.safetensors", base_name="teacher.safetensors",
+                         student_name="teacher-tiny.safetensors", dtype="fp32")
+    assert rebased == ["teacher-rebased-teacher-tiny.safetensors"] and "in your checkpoints" in ui["text"][0]
+    got, want = load_file(str(ckpts / rebased[0])), load_file(str(ckpts / "teacher-tiny.safetensors"))
+    assert all(torch.equal(got[k], want[k].float()) for k in want if k.startswith(UNET))
+
+    lora = random_lora(layout_of(teacher_file), rank=4, alpha=4.0, seed=1, unet_only=True)
+    write_kohya(lora, loras / "style.safetensors", kohya_metadata(lora, None))
+    (ported,), ui = run(host, "SdkdPortLora", lora_name="style.safetensors", student_name="teacher-tiny.safetensors")
+    assert ported == ["style-teacher-tiny.safetensors"] and (loras / ported[0]).is_file()
+    assert "for the BK-SDM tiny student" in ui["text"][0] and "left out" in ui["text"][0]
+
+
+def test_nodes_refuse_bad_input_in_their_own_terms_and_write_nothing(host):
+    SdkdError = error_of(host)
+    before = sorted(p for p in host.dirs["checkpoints"].parent.rglob("*"))
+    cases = {
+        "choose another filename or turn on 'overwrite'": ("SdkdPrune", dict(ckpt_name="teacher.safetensors",
+                                                                            filename="teacher-tiny")),
+        "filename '../x'": ("SdkdPrune", dict(ckpt_name="teacher.safetensors", filename="../x")),
+        "ckpt_name 'gone.safetensors' is not in your checkpoints": ("SdkdDistil", dict(ckpt_name="gone.safetensors")),
+        "'resolution'": ("SdkdDistil", dict(ckpt_name="teacher.safetensors", resolution=100)),
+        "data_path: give a folder": ("SdkdDistil", dict(ckpt_name="teacher.safetensors", data="prompt file")),
+        "image_folder 'sdkd-lora': no such folder": ("SdkdTrainLora", dict(ckpt_name="teacher.safetensors")),
+        "'student_name'": ("SdkdRebase", dict(ckpt_name="teacher.safetensors", base_name="teacher.safetensors",
+                                              student_name="teacher.safetensors")),
+        "seeds 'a b'": ("SdkdCompare", dict(ckpt_name="teacher.safetensors", student_name="teacher-tiny.safetensors",
+                                            seeds="a b")),
+    }
+    for needle, (node, inputs) in cases.items():
+        with pytest.raises(SdkdError) as e:
+            run(host, node, **inputs)
+        assert needle in str(e.value) and "--" not in str(e.value) and str(host.dirs["checkpoints"]) not in str(e.value), e.value
+    assert sorted(p for p in host.dirs["checkpoints"].parent.rglob("*")) == before
+
+
+def interrupt_at(comfy, host, step: int) -> None:
+    """Press ComfyUI's interrupt (what POST /interrupt does) when the progress bar reaches `step` of training."""
+    record = comfy.utils.PROGRESS_BAR_HOOK
+
+    def hook(value, total, preview, node_id=None):
+        record(value, total, preview)
+        if total == host.steps and value == step:
+            comfy.model_management.interrupt_current_processing(True)
+
+    comfy.utils.PROGRESS_BAR_HOOK = hook
+
+
+@pytest.mark.slow
+def test_distil_interrupted_by_comfy_keeps_a_student_and_says_so(host, comfy, one_thread):
+    host.steps = 6
+    interrupt_at(comfy, host, 2)
+    (name,), ui = run(host, "SdkdDistil", ckpt_name="teacher.safetensors", variant="tiny", prompt_count=2,
+                      steps=host.steps, resolution=64, vram="")
+    assert name == ["teacher-bk-tiny-kd.safetensors"]
+    assert "interrupted at step 2/6 (turn on 'resume' to continue)" in ui["text"][0], ui["text"]
+    src = open_model(host.dirs["checkpoints"] / name[0])
+    assert describe(src).variant == "tiny" and src.metadata["sdkd_distill_status"] == "cancelled"
+    assert comfy.model_management.processing_interrupted()  # still set: the rest of the graph stops too
+    comfy.model_management.interrupt_current_processing(False)
+    (name,), ui = run(host, "SdkdDistil", ckpt_name="teacher.safetensors", variant="tiny", prompt_count=2,
+                      steps=host.steps, resolution=64, vram="", resume=True)
+    assert "tiny student, 6 steps on 2 samples" in ui["text"][0], ui["text"]
+
+
+@pytest.mark.slow
+def test_lora_node_trains_from_comfys_input_folder(host, comfy, one_thread):
+    data = host.dirs["input"] / "sdkd-lora"
+    data.mkdir()
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (64, 64), colour).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(f"a flat {colour} square")
+    (name,), ui = run(host, "SdkdTrainLora", ckpt_name="teacher-tiny.safetensors", rank=4, alpha=4.0, steps=2,
+                      resolution=64)
+    assert name == ["teacher-tiny-lora.safetensors"] and (host.dirs["loras"] / name[0]).is_file()
+    assert "2 steps on 2 images" in ui["text"][0] and "in your loras" in ui["text"][0]
+    comfy.model_management.interrupt_current_processing(True)  # before its first step: nothing to keep, so ComfyUI's own
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        run(host, "SdkdTrainLora", ckpt_name="teacher-tiny.safetensors", rank=4, alpha=4.0, steps=2, resolution=64,
+            filename="again")
+
+
+@pytest.mark.slow
+def test_compare_and_bench_return_an_image_and_their_figures(host, one_thread):
+    (grid, text), ui = run(host, "SdkdCompare", ckpt_name="teacher.safetensors", student_name="teacher-tiny.safetensors",
+                           prompts="a red square", seeds="0", size=64, steps=2)
+    image = grid[0]
+    assert image.dtype == torch.float32 and image.shape[0] == 1 and image.shape[-1] == 3 and 0 <= image.min() <= image.max() <= 1
+    assert "teacher-tiny (tiny" in text[0] and "PSNR" in text[0] and ui["text"] == text
+    (chart, table), ui = run(host, "SdkdBench", ckpt_name="teacher.safetensors", student_name="teacher-tiny.safetensors",
+                             size=64, steps=1, repeats=1)
+    assert chart[0].shape[0] == 1 and chart[0].shape[-1] == 3 and "speed-up" in table[0] and ui["text"] == table
+
+
+def test_example_workflows_use_declared_nodes_and_widgets(host):
+    """Every example workflow (UI format, what the template browser loads) names sdkd nodes that exist, with one value
+    per widget; the API prompt the host checks derive from it has every input each sdkd node declares."""
+    from hosts.comfyui import api_prompt
+
+    files = sorted(WORKFLOWS.glob("*.json"))
+    assert len(files) >= 7
+    info = {k: {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES)} for k, cls in host.nodes.items()}
+    used = set()
+    for f in files:
+        flow = json.loads(f.read_text())
+        sdkd = [n for n in flow["nodes"] if n["type"].startswith("Sdkd")]
+        assert sdkd, f.name
+        prompt = api_prompt({**flow, "nodes": sdkd}, info)
+        for n in sdkd:
+            used.add(n["type"])
+            required = info[n["type"]]["input"]["required"]
+            inputs = prompt[str(n["id"])]["inputs"]
+            assert set(inputs) == set(required), (f.name, n["type"])
+            for name, (kind, *_) in required.items():
+                if isinstance(kind, list) and not str(inputs[name]).endswith(".safetensors"):
+                    assert inputs[name] in kind, (f.name, name, inputs[name])
+    assert used == set(host.nodes)
