@@ -296,10 +296,13 @@ def test_prune_in_the_tab_refreshes_both_checkpoint_lists(models):
 
     tab = build_tab(models)
     fn, outputs = click_handler(tab, "sdkd_prune")
-    assert [getattr(o, "elem_id", None) for o in outputs[:2]] == ["sdkd_status", "sdkd_checkpoint"]
-    status, *lists = fn("", "teacher.safetensors", "tiny", "", "fp16", False, progress=None)
+    ids = [getattr(o, "elem_id", None) for o in outputs]
+    assert ids[:2] == ["sdkd_status", "sdkd_load"] and ids[3] == "sdkd_checkpoint"
+    status, load, written, *lists = fn("", "teacher.safetensors", "tiny", "", "fp16", False, progress=None)
     assert status.startswith("Done:"), status
-    assert all("teacher-bk-tiny.safetensors" in update["choices"] for update in lists)
+    assert load["visible"] is True and written == "teacher-bk-tiny.safetensors"  # "Load it now" offers the student
+    checkpoint_lists = [u for u, o in zip(lists, outputs[3:]) if o.label != "LoRA"]  # all but the LoRA list
+    assert len(checkpoint_lists) == len(lists) - 1 >= 5 and all("teacher-bk-tiny.safetensors" in u["choices"] for u in checkpoint_lists)
 
 
 class State:

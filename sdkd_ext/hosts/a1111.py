@@ -1,4 +1,5 @@
-"""AUTOMATIC1111 / Forge adapter: the sdkd tab, model-list refresh, the GPU queue lock, and the pruned-UNet fix.
+"""AUTOMATIC1111 / Forge adapter: the sdkd tab, model-list refresh, the GPU queue lock, loading a checkpoint the
+host's own way, and the pruned-UNet fix.
 
 Imported only inside A1111 or Forge (by `scripts/sdkd.py`); everything it calls is sdkd core.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from ..errors import SdkdError
 from ..progress import Cancelled, Event
+from ..ui.run import progress_line
 from .base import FolderHost
 from .ldm_fix import file_lacks_middle_block, remove_middle_block
 
@@ -34,6 +37,40 @@ class A1111Host(FolderHost):
         from modules import sd_models
 
         sd_models.list_models()
+
+    def current_checkpoint(self) -> Path | None:
+        """The checkpoint the web UI has selected (and loads or has loaded): its `sd_model_checkpoint` setting."""
+        from modules import sd_models, shared
+
+        info = sd_models.get_closet_checkpoint_match(getattr(shared.opts, "sd_model_checkpoint", None) or "")
+        return Path(info.filename) if info is not None else None
+
+    def load_checkpoint(self, path: Path) -> str:
+        """Load `path` as the web UI's checkpoint the way its own checkpoint dropdown does: A1111 sets
+        `sd_model_checkpoint` (its change callback reloads under the queue lock) and saves the setting; Forge's
+        `sysinfo.set_config` selects it (as its API does) and `forge_model_reload` loads it now."""
+        from modules import sd_models, shared
+        from modules.call_queue import queue_lock
+
+        self.refresh()
+        info = next((i for i in sd_models.checkpoints_list.values() if Path(i.filename).resolve() == path.resolve()), None)
+        if info is None:
+            raise SdkdError(f"{path.name} is not in the web UI's checkpoint list; press Refresh and try again")
+        reload = getattr(sd_models, "forge_model_reload", None)
+        if reload is not None:
+            from modules import sysinfo
+
+            sysinfo.set_config({"sd_model_checkpoint": info.title})
+            with queue_lock:
+                reload()
+            return f"Loaded {info.title} as the web UI's checkpoint"
+        if shared.opts.sd_model_checkpoint == info.title:  # already selected: read the file again (it may be new)
+            with queue_lock:
+                sd_models.reload_model_weights(info=info, forced_reload=True)
+        elif not shared.opts.set("sd_model_checkpoint", info.title):
+            raise SdkdError(f"the web UI could not load {info.title}; its console says why")
+        shared.opts.save(shared.config_filename)
+        return f"Loaded {info.title} as the web UI's checkpoint"
 
     def run_job(self, job: Callable[[], T], gpu: bool = False, task: str | None = None) -> T:
         """Run under the queue lock shared with txt2img and the API, as A1111's own GPU calls do: `task` (the page's
@@ -64,7 +101,7 @@ class A1111Host(FolderHost):
 
         shared.state.job_count, shared.state.job_no = 1, 0
         shared.state.sampling_step, shared.state.sampling_steps = event.step, event.total
-        shared.state.textinfo = f"sdkd {event.stage} {event.step}/{event.total}"
+        shared.state.textinfo = f"sdkd {progress_line(event)}"
         if shared.state.interrupted:
             raise Cancelled("interrupted from the web UI")
 
@@ -99,7 +136,9 @@ def register() -> None:
     """Hook sdkd into A1111/Forge: the tab and the model-loaded fix."""
     from modules import script_callbacks
 
+    from ..quiet import quiet_libraries
     from ..ui import build_tab
 
+    quiet_libraries()
     script_callbacks.on_ui_tabs(lambda: [(build_tab(A1111Host()), "sdkd", "sdkd")])
     script_callbacks.on_model_loaded(on_model_loaded)

@@ -1,7 +1,7 @@
 """What a web UI host provides to sdkd: where models live, how to refresh its lists, how to run a GPU job.
 
 `FolderHost` is the plain version (standalone app, CLI, tests); the A1111/Forge and ComfyUI adapters
-override only what their host does differently.
+override only what their host does differently. The plain host "loads" a checkpoint into sdkd's own pipeline.
 """
 
 from __future__ import annotations
@@ -24,17 +24,31 @@ class FolderHost:
     lora_dirs: list[Path] = field(default_factory=list)
     name: str = "standalone"
     page_js: ClassVar[str | None] = None  # page function that gives each job an id for the host's progress bar
+    loaded: tuple[Path, object] | None = field(default=None, repr=False, compare=False)  # (file, sdkd's pipeline.Loaded)
 
     def checkpoints(self) -> dict[str, Path]:
         """Display name (path relative to its folder) -> file, for every checkpoint and diffusers folder."""
-        found: dict[str, Path] = {}
-        for root in self.checkpoint_dirs:
-            if not root.is_dir():
-                continue
-            for p in sorted(root.rglob("*")):
-                if (p.suffix in MODEL_SUFFIXES and p.is_file()) or (p / "model_index.json").is_file():
-                    found.setdefault(str(p.relative_to(root)), p)
-        return found
+        return _listed(self.checkpoint_dirs, lambda p: (p.suffix in MODEL_SUFFIXES and p.is_file())
+                       or (p / "model_index.json").is_file())
+
+    def loras(self) -> dict[str, Path]:
+        """Display name -> file, for every LoRA file in the LoRA folders."""
+        return _listed(self.lora_dirs or [self.lora_dir()], lambda p: p.suffix == ".safetensors" and p.is_file())
+
+    def current_checkpoint(self) -> Path | None:
+        """The checkpoint the host has loaded now, if any (plain: the one `load_checkpoint` loaded)."""
+        return self.loaded[0] if self.loaded is not None else None
+
+    def load_checkpoint(self, path: Path) -> str:
+        """Make `path` the host's loaded checkpoint and say so (plain: sdkd's own pipeline, on the GPU if any)."""
+        import torch
+
+        from ..pipeline import load_pipeline
+
+        cuda = torch.cuda.is_available()
+        self.loaded = None  # the old pipeline's memory goes first
+        self.loaded = (path, load_pipeline(path, "cuda" if cuda else "cpu", torch.float16 if cuda else torch.float32))
+        return f"Loaded {path.name} into sdkd's pipeline ({'GPU' if cuda else 'CPU'}) as this app's checkpoint"
 
     def output_dir(self) -> Path:
         """Where new checkpoints go: the first checkpoint folder, so the host lists them."""
@@ -48,6 +62,10 @@ class FolderHost:
         """Where compare reports go (one folder per report name)."""
         return self.output_dir() / "sdkd-compare"
 
+    def bench_dir(self) -> Path:
+        """Where bench results go (one folder per bench name)."""
+        return self.output_dir() / "sdkd-bench"
+
     def refresh(self) -> None:
         """Make the host rescan its model lists (folders need nothing)."""
 
@@ -58,3 +76,14 @@ class FolderHost:
 
     def show_progress(self, event: Event) -> None:
         """Mirror an event in the host's own progress display (plain: nothing)."""
+
+
+def _listed(roots: list[Path], wanted: Callable[[Path], bool]) -> dict[str, Path]:
+    """Display name (path relative to its folder) -> path, for everything `wanted` under `roots` (first root wins)."""
+    found: dict[str, Path] = {}
+    for root in roots:
+        if root.is_dir():
+            for p in sorted(root.rglob("*")):
+                if wanted(p):
+                    found.setdefault(str(p.relative_to(root)), p)
+    return found

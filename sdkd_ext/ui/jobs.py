@@ -1,0 +1,351 @@
+"""The tab's jobs: each turns the widgets' values into one core call, run later with a progress callback.
+
+Output names go through `names.Output` (inside the host's folder, never an input), and core messages come back
+naming the tab's widgets (each job's table maps the CLI flags the core names to the labels) with paths shown
+relative to the folder. gradio is not imported here: the jobs are plain functions the tests call directly.
+A job given a `Live` records there the run folder its loss curve and samples go to and the checkpoint it wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SdkdError
+from ..hosts.base import FolderHost
+from ..names import Output
+from ..progress import ProgressFn
+from ..train import TrainConfig
+from ..variants import VARIANTS
+from .facts import describe_file, estimate_text, parse_vram, table, train_device
+from .run import Live
+
+# Labels of the widgets that name outputs: the tab shows them and its messages name them.
+PRUNE_NAME, PRUNE_OVERWRITE = "Output name", "Overwrite an existing file"
+DISTIL_NAME, DISTIL_OVERWRITE = "Student name", "Overwrite"
+LORA_NAME, LORA_OVERWRITE = "LoRA name", "Overwrite"
+REPORT_NAME = "Report name"
+BENCH_NAME = "Bench name"
+PORT_NAME, PORT_OVERWRITE = "Ported LoRA name", "Overwrite"
+REBASE_NAME, REBASE_OVERWRITE = "Rebased student name", "Overwrite"
+# The CLI flag each tab widget stands for, so a core message naming the flag names the widget instead.
+DISTIL_WIDGETS = {"--variant": "Student", "--data": "Image folder or prompt file", "--prompts": "Image folder or prompt file",
+                  "--self": "Built-in prompts", "--steps": "Steps", "--resolution": "Resolution",
+                  "--vram": "VRAM budget (GB or auto)", "--l-sd": "Task loss weight", "--l-out": "Output KD weight",
+                  "--l-feat": "Feature KD weight", "--resume": "Resume", "--preview-every": "Samples every N steps"}
+LORA_WIDGETS = {"--data": "Image folder (with .txt captions or metadata.jsonl)", "--text-encoder": "Also train the text encoder",
+                "--rank": "Rank", "--alpha": "Alpha", "--steps": "Steps", "--resolution": "Resolution", "--resume": "Resume",
+                "--vram": "VRAM budget (GB or auto)"}
+BENCH_WIDGETS = {"--size": "Size", "--steps": "Steps", "--repeats": "Timed UNet calls", "--t2i-repeats": "Timed images"}
+PORT_WIDGETS = {"--to": "Port to", "--alpha-equals-rank": "Alpha = rank (for a LoRA that states no alpha)"}
+REBASE_WIDGETS = {"--base": "Base (what the checkpoint was made from)", "--student": "Student to rebase",
+                  "--strength": "Strength", "--dtype": "Weights"}
+PUBLIC_STUDENTS = ("Public distilled students of SD1.x are on Hugging Face: Nota's `nota-ai/bk-sdm-base`, `-small`, "
+                   "`-tiny` (and their `-2m` versions) and Segmind's `segmind/small-sd` (a BK-SDM base) and "
+                   "`segmind/tiny-sd` (a BK-SDM tiny). Download one and turn it into a checkpoint this list shows with "
+                   "`sdkd convert FOLDER --out NAME` into your checkpoint folder; its base is SD1.5.")
+
+
+def _output(live: Live | None, path: Path | None) -> None:
+    """Tell the page which checkpoint a job wrote (for "Load it now")."""
+    if live is not None:
+        live.output = path
+
+
+def prune_job(host: FolderHost, checkpoint: str, variant: str, name: str, dtype: str, overwrite: bool,
+              live: Live | None = None) -> Callable[[ProgressFn], str]:
+    """The tab's prune action: teacher from the host's list, student into the host's checkpoint folder."""
+    from ..prune import prune
+
+    out = Output(host.output_dir(), "your checkpoint folder", PRUNE_NAME, PRUNE_OVERWRITE)
+
+    def job(progress: ProgressFn) -> str:
+        teacher = _teacher(host, checkpoint)
+        target = out.path(name, f"{Path(checkpoint).stem}-bk-{variant}", ".safetensors", (teacher,))
+        with out.worded():
+            r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=progress)
+        host.refresh()
+        _output(live, r.checkpoint)
+        return (f"Done: {r.variant} student, {r.unet_params:,} UNet parameters -> {out.shown(r.checkpoint)} "
+                f"(+ {r.yaml.name}) in {r.seconds:.1f}s")
+
+    return job
+
+
+def _teacher(host: FolderHost, checkpoint: str) -> Path:
+    """The file behind a name from the host's checkpoint list."""
+    path = host.checkpoints().get(checkpoint)
+    if path is None:
+        raise SdkdError(f"pick a checkpoint first (got {checkpoint!r}); press refresh if you just added it")
+    return path
+
+
+def _data(kind: str, path: str, count: int):
+    """The training data the tab's fields describe: an image folder, a prompt file, or built-in prompts."""
+    from ..data import FolderData, PromptData, builtin_prompts, read_prompts
+
+    if kind == DATA_KINDS[0]:
+        if not path.strip():
+            raise SdkdError("give the folder of training images (with .txt captions or metadata.jsonl)")
+        return FolderData(Path(path.strip()).expanduser())
+    if kind == DATA_KINDS[1]:
+        return PromptData(tuple(read_prompts(path.strip())), origin=f"prompts {Path(path.strip()).name}")
+    return PromptData(tuple(builtin_prompts(int(count))), origin="built-in prompts")
+
+
+DATA_KINDS = ("image folder", "prompt file (teacher generates)", "built-in prompts (teacher generates)")
+
+
+def distil_output(host: FolderHost) -> Output:
+    """Where Distil writes, and its widgets."""
+    return Output(host.output_dir(), "your checkpoint folder", DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS)
+
+
+def distil_config(steps: int, samples_every: int) -> TrainConfig:
+    """The training settings the Distil fields give (the rest as the CLI's defaults)."""
+    return TrainConfig(steps=int(steps), preview_every=max(0, int(samples_every or 0)))
+
+
+def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path: str, count: int, steps: int,
+                resolution: int, vram: str, l_sd: float, l_out: float, l_feat: float, name: str, resume: bool,
+                overwrite: bool, samples_every: int = 0, live: Live | None = None) -> Callable[[ProgressFn], str]:
+    """The tab's distil action: a student distilled on the GPU, exported into the host's checkpoint folder, with a
+    sample grid (teacher beside student, fixed prompts and seeds) every `samples_every` steps and at the end."""
+    from ..distill import LossWeights, distill, run_folder
+
+    out = distil_output(host)
+
+    def job(progress: ProgressFn) -> str:
+        teacher = _teacher(host, checkpoint)
+        target = out.path(name, f"{Path(checkpoint).stem}-bk-{variant}-kd", ".safetensors", (teacher,))
+        with out.worded():
+            budget = parse_vram(vram, DISTIL_WIDGETS["--vram"])
+            if live is not None:
+                live.run_dir = run_folder(target)
+            r = distill(teacher, variant, target, _data(kind, path, count), distil_config(steps, samples_every),
+                        LossWeights(l_sd, l_out, l_feat), resolution=int(resolution), vram=budget, resume=resume,
+                        overwrite=overwrite, progress=progress)
+        host.refresh()
+        _output(live, r.exported.checkpoint if r.exported else None)
+        where = out.shown(r.exported.checkpoint) if r.exported else "(no student written)"
+        state = f"Cancelled at step {r.train.steps}/{r.train.total} (tick Resume to continue)" if r.train.cancelled else "Done"
+        return (f"{state}: {where}; losses {', '.join(f'{k} {v:.4g}' for k, v in r.train.losses.items())}; "
+                f"run folder {out.shown(r.run_dir)}")
+
+    return job
+
+
+def lora_output(host: FolderHost) -> Output:
+    """Where LoRA training writes, and its widgets."""
+    return Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE, LORA_WIDGETS)
+
+
+def lora_config(steps: int) -> TrainConfig:
+    """The training settings the LoRA fields give (the CLI's LoRA learning rate)."""
+    return TrainConfig(steps=int(steps), lr=1e-4)
+
+
+def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: float, steps: int, resolution: int,
+             text_encoder: bool, name: str, resume: bool, overwrite: bool, vram: str = "",
+             live: Live | None = None) -> Callable[[ProgressFn], str]:
+    """The tab's LoRA action: train on an image folder, write the LoRA into the host's LoRA folder."""
+    from ..distill import run_folder
+    from ..lora.train import LoraSpec, train_lora
+
+    out = lora_output(host)
+
+    def job(progress: ProgressFn) -> str:
+        base = _teacher(host, checkpoint)
+        if not folder.strip():
+            raise SdkdError(f"give the {LORA_WIDGETS['--data']!r}")
+        target = out.path(name, f"{Path(checkpoint).stem}-lora", ".safetensors", (base,))
+        with out.worded():
+            budget = parse_vram(vram, LORA_WIDGETS["--vram"])
+            if live is not None:
+                live.run_dir = run_folder(target)
+            r = train_lora(base, Path(folder.strip()).expanduser(), target,
+                           LoraSpec(int(rank), float(alpha), text_encoder), lora_config(steps),
+                           resolution=int(resolution), vram=budget, resume=resume, overwrite=overwrite, progress=progress)
+        host.refresh()
+        state = f"Cancelled at step {r.train.steps}/{r.train.total} (tick Resume to continue)" if r.train.cancelled else "Done"
+        if r.path is None:
+            return f"{state}: no LoRA written"
+        return f"{state}: {out.shown(r.path)} ({r.modules} modules); use it as <lora:{r.path.stem}:1> in a prompt"
+
+    return job
+
+
+def compare_job(host: FolderHost, teacher: str, students: list[str], prompts: str, seeds: str, size: int,
+                steps: int, name: str) -> Callable[[ProgressFn], tuple[str, str | None]]:
+    """The tab's compare action: same prompts and seeds through each model, a grid and agreement figures."""
+    from ..compare import compare, write_report
+
+    out = Output(host.report_dir(), "the sdkd-compare folder", REPORT_NAME)  # a same-named report is replaced
+
+    def job(progress: ProgressFn) -> tuple[str, str | None]:
+        folder = out.path(name, "report")
+        lines = [p.strip() for p in prompts.splitlines() if p.strip()]
+        if not students:
+            raise SdkdError("pick at least one student to compare with the teacher")
+        result = compare(_teacher(host, teacher), [_teacher(host, s) for s in students], lines,
+                         [int(x) for x in seeds.replace(",", " ").split()] or [0], int(size), int(steps), progress=progress)
+        files = write_report(result, folder, overwrite=True)
+        return f"Report: {out.shown(files['report'])}", str(files["grid"])
+
+    return job
+
+
+
+
+# ---- before a job: what the file is, and whether the run fits ----------------------------------------------------
+
+def file_text(host: FolderHost, checkpoint: str) -> str:
+    """"What this file is" for a name from the host's list: a sentence and a small table."""
+    from ..checkpoint import open_model
+    from ..detect import describe
+
+    path = host.checkpoints().get(checkpoint or "")
+    if path is None:
+        return "Pick a checkpoint to see what it is."
+    try:
+        return describe_file(checkpoint, describe(open_model(path)))
+    except SdkdError as e:
+        return f"Cannot read **{checkpoint}**: {e}"
+
+
+def _sd1_source(host: FolderHost, checkpoint: str, kinds: tuple[str, ...]):
+    """(source, info) of a listed checkpoint of one of `kinds`, refused in words otherwise."""
+    from ..checkpoint import open_model
+    from ..detect import describe
+
+    src = open_model(_teacher(host, checkpoint))
+    info = describe(src)
+    if info.kind not in kinds:
+        raise SdkdError(f"{checkpoint}: {info.reason or 'this is a BK-SDM student; pick its SD1.x teacher'}")
+    return src, info
+
+
+def distil_estimate(host: FolderHost, checkpoint: str, variant: str, steps: int, resolution: int, vram: str,
+                    samples_every: int = 0) -> str:
+    """The planner's estimate for the Distil fields on this machine's GPU (Markdown), or why there is none."""
+    from ..plan import check_resolution, fit, kd_estimator
+
+    out = distil_output(host)
+    try:
+        with out.worded():
+            _, info = _sd1_source(host, checkpoint, ("sd1",))
+            check_resolution(int(resolution))
+            budget = parse_vram(vram, DISTIL_WIDGETS["--vram"])
+            estimator = kd_estimator(variant, int(resolution), info.topology)
+    except SdkdError as e:
+        return f"No estimate yet: {e}"
+    plan = lambda cfg, v, device, say: fit(cfg, v, device, estimator, say, f"{variant} at {int(resolution)} px",  # noqa: E731
+                                           "lower --resolution, pick a smaller --variant, or install bitsandbytes "
+                                           "for 8-bit AdamW")
+    return estimate_text(plan, estimator, distil_config(steps, samples_every), budget, out)
+
+
+def lora_estimate(host: FolderHost, checkpoint: str, rank: int, alpha: float, steps: int, resolution: int,
+                  text_encoder: bool, vram: str) -> str:
+    """The planner's estimate for the LoRA fields on this machine's GPU (Markdown), or why there is none."""
+    from ..lora.names import layout_of_source
+    from ..lora.train import LoraSpec, estimate_lora, plan_lora
+    from ..plan import check_resolution
+
+    out = lora_output(host)
+    spec = LoraSpec(int(rank), float(alpha), bool(text_encoder))
+    try:
+        with out.worded():
+            spec.check()
+            src, info = _sd1_source(host, checkpoint, ("sd1", "student"))
+            check_resolution(int(resolution))
+            budget = parse_vram(vram, LORA_WIDGETS["--vram"])
+            layout = layout_of_source(src, info.topology)
+    except SdkdError as e:
+        return f"No estimate yet: {e}"
+    res = int(resolution)
+    return estimate_text(lambda cfg, v, device, say: plan_lora(cfg, v, layout, spec, res, device, say),
+                         lambda s: estimate_lora(layout, spec, res, s), lora_config(steps), budget, out)
+
+
+# ---- bench, LoRA port, rebase ---------------------------------------------------------------------------------------
+
+def bench_markdown(result) -> str:
+    """A bench result's figures as a Markdown table (teacher first; speed-ups against it)."""
+    rows = [(m.label, m.variant or "?", f"{m.unet_params / 1e6:.1f}M", f"{m.unet_step.median * 1e3:.0f} ms",
+             f"{m.unet_speedup:.2f}x", f"{m.mac_ratio:.2f}x", f"{m.text_to_image.median:.2f} s", f"{m.t2i_speedup:.2f}x",
+             f"{m.memory / 2**20:,.0f} MiB") for m in result.models]
+    s = result.settings
+    return (table(("model", "variant", "UNet params", "UNet step", "speed-up", "MAC ratio", "text-to-image",
+                   "speed-up", "memory"), rows)
+            + f"\n\n{s['device']} {s['dtype']}, {s['size']} px, {s['steps']} steps, guidance {s['guidance']}; medians of "
+              "repeated runs, every model timed in turn.")
+
+
+def bench_job(host: FolderHost, teacher: str, students: list[str], size: int, steps: int, repeats: int,
+              t2i_repeats: int, name: str) -> Callable[[ProgressFn], tuple[str, str, object]]:
+    """The tab's bench action: teacher vs students on this machine's GPU (or CPU); (status, figures, chart)."""
+    from ..bench import bench, chart, write_outputs
+
+    out = Output(host.bench_dir(), "the sdkd-bench folder", BENCH_NAME, widgets=BENCH_WIDGETS)  # a same name is replaced
+
+    def job(progress: ProgressFn) -> tuple[str, str, object]:
+        folder = out.path(name, "bench")
+        if not students:
+            raise SdkdError("pick at least one student to bench against the teacher")
+        with out.worded():
+            result = bench(_teacher(host, teacher), [_teacher(host, s) for s in students], train_device().type,
+                           size=int(size), steps=int(steps), repeats=int(repeats), t2i_repeats=int(t2i_repeats),
+                           progress=progress)
+        js, _ = write_outputs(result, folder, overwrite=True)
+        return f"Bench: {out.shown(js)}", bench_markdown(result), chart(result)
+
+    return job
+
+
+def port_targets(host: FolderHost) -> list[str]:
+    """What a LoRA can be ported to: a variant (SD1.5 widths) or a student in the host's list (its own widths)."""
+    return [*VARIANTS, *host.checkpoints()]
+
+
+def port_job(host: FolderHost, lora: str, to: str, name: str, alpha_equals_rank: bool,
+             overwrite: bool) -> Callable[[ProgressFn], str]:
+    """The tab's LoRA-port action: a teacher LoRA renamed onto a student's blocks, into the host's LoRA folder."""
+    from ..lora.port import port_lora
+
+    out = Output(host.lora_dir(), "your LoRA folder", PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS)
+
+    def job(progress: ProgressFn) -> str:
+        source = host.loras().get(lora or "")
+        if source is None:
+            raise SdkdError(f"pick a LoRA to port (got {lora!r}); press Refresh if you just added it")
+        target = to if to in VARIANTS else str(_teacher(host, to))
+        target_stem = to if to in VARIANTS else Path(to).stem
+        path = out.path(name, f"{source.stem}-for-{target_stem}", ".safetensors", (source,))
+        with out.worded():
+            r = port_lora(source, target, path, overwrite=overwrite, alpha_equals_rank=alpha_equals_rank)
+        host.refresh()
+        dropped = f", {len(r.dropped)} dropped in removed blocks ({', '.join(r.dropped_blocks())})" if r.dropped else ""
+        return f"Done: {out.shown(r.path)} for BK-SDM {r.variant}: {r.kept} modules kept{dropped}"
+
+    return job
+
+
+def rebase_job(host: FolderHost, community: str, base: str, student: str, strength: float, name: str, dtype: str,
+               overwrite: bool, live: Live | None = None) -> Callable[[ProgressFn], str]:
+    """The tab's rebase action: the student plus what the chosen (community) checkpoint changed in its base."""
+    from ..rebase import rebase
+
+    out = Output(host.output_dir(), "your checkpoint folder", REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS)
+
+    def job(progress: ProgressFn) -> str:
+        paths = [_teacher(host, c) for c in (community, base, student)]
+        target = out.path(name, f"{Path(community).stem}-{Path(student).stem}-rebased", ".safetensors", tuple(paths))
+        with out.worded():
+            r, d = rebase(*paths, target, float(strength), dtype, overwrite, progress=progress)
+        host.refresh()
+        _output(live, r.checkpoint)
+        return (f"Done: {r.variant} student {out.shown(r.checkpoint)} (+ {r.yaml.name}), strength {float(strength):g}; "
+                f"difference from the base: {d.summary()}")
+
+    return job

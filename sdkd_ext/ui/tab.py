@@ -1,0 +1,282 @@
+"""The gradio Blocks of the sdkd tab, one builder for A1111 (gradio 3.41), Forge (4.40) and the standalone app (latest).
+
+Only what those versions share is used: `gr.update`, `gr.Progress`, `.click/.change(fn, inputs, outputs)`
+with `queue=False` for Cancel (so it is not queued behind the job it stops), generator handlers for the jobs that
+stream (Distil, LoRA), and PIL images as image outputs (gradio 4+ refuses to serve file paths outside its allowed
+folders). The one keyword they spell differently (the page function run before a click) is chosen in
+`before_click`. Element ids are the ones the host checks drive (see tests/hosts/browser.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SdkdError
+from ..hosts.base import FolderHost
+from ..variants import VARIANTS
+from . import jobs
+from .jobs import (DATA_KINDS, DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS, LORA_NAME, LORA_OVERWRITE,
+                   LORA_WIDGETS, PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS, PRUNE_NAME, PRUNE_OVERWRITE, PUBLIC_STUDENTS,
+                   REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS, REPORT_NAME, BENCH_NAME, BENCH_WIDGETS)
+from .run import JobControl, Live, run_in_host, stream
+
+
+def before_click(js: str | None) -> dict:
+    """gradio's keyword for a page function run before the call: `_js` up to 3.x (A1111), `js` from 4.0 (Forge's
+    4.40 takes both, the latest only `js`)."""
+    if not js:
+        return {}
+    import gradio as gr
+
+    return {"_js" if int(gr.__version__.split(".")[0]) < 4 else "js": js}
+
+
+def listed_name(host: FolderHost, path: Path | None) -> str | None:
+    """The name the host's checkpoint list gives `path`, if it lists it."""
+    if path is None:
+        return None
+    return next((n for n, p in host.checkpoints().items() if p.resolve() == Path(path).resolve()), None)
+
+
+def load_checkpoint(host: FolderHost, name: str | None) -> str:
+    """The "Load it now" action: the finished student becomes the host's checkpoint; errors as a status line."""
+    path = host.checkpoints().get(name or "")
+    if path is None:
+        return "Error: nothing to load yet; run Prune, Distil or Rebase first"
+    try:
+        return host.load_checkpoint(path)
+    except SdkdError as e:
+        return f"Error: {e}"
+
+
+def build_tab(host: FolderHost):
+    """The gradio Blocks of the sdkd tab for `host`: prune, distil, LoRA, compare, bench, LoRA port and rebase."""
+    import gradio as gr
+
+    control = JobControl()
+    page = before_click(host.page_js)
+
+    def names() -> list[str]:
+        return list(host.checkpoints())
+
+    def run(make_job, progress, task, gpu=True):
+        return run_in_host(host, control, make_job, progress, gpu, task)
+
+    current = listed_name(host, host.current_checkpoint())
+    with gr.Blocks(analytics_enabled=False) as tab:
+        task = gr.Textbox(visible=False, elem_id="sdkd_task")  # the page's job id (javascript/sdkd.js), if any
+        written = gr.Textbox(visible=False)  # list name of the checkpoint the last job wrote, for "Load it now"
+        with gr.Row():
+            ckpt = gr.Dropdown(label="Checkpoint (teacher or student)", choices=names(), value=current,
+                               elem_id="sdkd_checkpoint")
+            refresh = gr.Button("Refresh", elem_id="sdkd_refresh")
+        info = gr.Markdown(jobs.file_text(host, current), elem_id="sdkd_info")
+        with gr.Tabs():
+            with gr.Tab("Prune"):
+                gr.Markdown("Cut the UNet down to a BK-SDM student, initialised from the teacher's own blocks. "
+                            "The student appears in your checkpoint list.")
+                with gr.Row():
+                    variant = gr.Radio(label="Student", choices=list(VARIANTS), value="small")
+                    dtype = gr.Radio(label="Weights", choices=["fp16", "bf16", "fp32"], value="fp16")
+                with gr.Row():
+                    name = gr.Textbox(label=PRUNE_NAME, placeholder="blank: <checkpoint>-bk-<variant>")
+                    overwrite = gr.Checkbox(label=PRUNE_OVERWRITE, value=False, elem_id="sdkd_overwrite")
+                go = gr.Button("Prune", variant="primary", elem_id="sdkd_prune")
+            with gr.Tab("Distil"):
+                gr.Markdown("Train the student to imitate the teacher (output and per-block feature distillation). "
+                            "The loss curve and sample grids (teacher row above student row, fixed prompts and seeds) "
+                            "show below while it trains. Cancel keeps a usable student; tick Resume to continue later.")
+                with gr.Row():
+                    d_variant = gr.Radio(label=DISTIL_WIDGETS["--variant"], choices=list(VARIANTS), value="small")
+                    d_kind = gr.Radio(label="Training data", choices=list(DATA_KINDS), value=DATA_KINDS[2])
+                with gr.Row():
+                    d_path = gr.Textbox(label=DISTIL_WIDGETS["--data"])
+                    d_count = gr.Number(label=DISTIL_WIDGETS["--self"], value=500, precision=0)
+                with gr.Row():
+                    d_steps = gr.Number(label=DISTIL_WIDGETS["--steps"], value=1000, precision=0)
+                    d_res = gr.Number(label=DISTIL_WIDGETS["--resolution"], value=512, precision=0)
+                    d_vram = gr.Textbox(label=DISTIL_WIDGETS["--vram"], value="auto")
+                    d_every = gr.Number(label=DISTIL_WIDGETS["--preview-every"], value=100, precision=0)
+                with gr.Row():
+                    l_sd = gr.Number(label=DISTIL_WIDGETS["--l-sd"], value=1.0)
+                    l_out = gr.Number(label=DISTIL_WIDGETS["--l-out"], value=1.0)
+                    l_feat = gr.Number(label=DISTIL_WIDGETS["--l-feat"], value=1.0)
+                with gr.Row():
+                    d_name = gr.Textbox(label=DISTIL_NAME, placeholder="blank: <checkpoint>-bk-<variant>-kd")
+                    d_resume = gr.Checkbox(label=DISTIL_WIDGETS["--resume"], value=False)
+                    d_over = gr.Checkbox(label=DISTIL_OVERWRITE, value=False)
+                d_estimate = gr.Markdown("Pick a teacher to see the memory estimate.", elem_id="sdkd_distil_estimate")
+                d_go = gr.Button("Distil", variant="primary", elem_id="sdkd_distill")
+            with gr.Tab("LoRA"):
+                gr.Markdown("Train a LoRA on the chosen checkpoint (students included); it lands in your LoRA folder "
+                            "with block names that A1111, Forge and ComfyUI apply to the right layers.")
+                with gr.Row():
+                    l_folder = gr.Textbox(label=LORA_WIDGETS["--data"])
+                    l_te = gr.Checkbox(label=LORA_WIDGETS["--text-encoder"], value=False)
+                with gr.Row():
+                    l_rank = gr.Number(label=LORA_WIDGETS["--rank"], value=16, precision=0)
+                    l_alpha = gr.Number(label=LORA_WIDGETS["--alpha"], value=16)
+                    l_steps = gr.Number(label=LORA_WIDGETS["--steps"], value=1000, precision=0)
+                    l_res = gr.Number(label=LORA_WIDGETS["--resolution"], value=512, precision=0)
+                    l_vram = gr.Textbox(label=LORA_WIDGETS["--vram"], value="auto")
+                with gr.Row():
+                    l_name = gr.Textbox(label=LORA_NAME, placeholder="blank: <checkpoint>-lora")
+                    l_resume = gr.Checkbox(label=LORA_WIDGETS["--resume"], value=False)
+                    l_over = gr.Checkbox(label=LORA_OVERWRITE, value=False)
+                l_estimate = gr.Markdown("Pick a checkpoint to see the memory estimate.", elem_id="sdkd_lora_estimate")
+                l_go = gr.Button("Train LoRA", variant="primary", elem_id="sdkd_lora")
+            with gr.Tab("Compare"):
+                gr.Markdown("The same prompts and seeds through the teacher (checkpoint above) and each student: "
+                            "a grid and how closely each student agrees with the teacher.")
+                c_students = gr.Dropdown(label="Students", choices=names(), multiselect=True)
+                c_prompts = gr.Textbox(label="Prompts, one per line", lines=4)
+                with gr.Row():
+                    c_seeds = gr.Textbox(label="Seeds", value="0 1")
+                    c_size = gr.Number(label="Size", value=512, precision=0)
+                    c_steps = gr.Number(label="Steps", value=25, precision=0)
+                    c_name = gr.Textbox(label=REPORT_NAME, value="report",
+                                        placeholder="a folder in sdkd-compare beside your checkpoints")
+                c_go = gr.Button("Compare", variant="primary", elem_id="sdkd_compare")
+                c_grid = gr.Image(label="Grid", type="pil", interactive=False)
+            with gr.Tab("Bench"):
+                gr.Markdown("How much faster each student runs than the teacher (checkpoint above) on this machine's "
+                            "GPU (the CPU without one): one UNet step and a whole image, timed in turn, with memory.")
+                b_students = gr.Dropdown(label="Students", choices=names(), multiselect=True)
+                with gr.Row():
+                    b_size = gr.Number(label=BENCH_WIDGETS["--size"], value=512, precision=0)
+                    b_steps = gr.Number(label=BENCH_WIDGETS["--steps"], value=25, precision=0)
+                    b_repeats = gr.Number(label=BENCH_WIDGETS["--repeats"], value=5, precision=0)
+                    b_t2i = gr.Number(label=BENCH_WIDGETS["--t2i-repeats"], value=3, precision=0)
+                    b_name = gr.Textbox(label=BENCH_NAME, value="bench",
+                                        placeholder="a folder in sdkd-bench beside your checkpoints")
+                b_go = gr.Button("Bench", variant="primary", elem_id="sdkd_bench")
+                with gr.Column(elem_id="sdkd_bench_result"):
+                    b_table = gr.Markdown("")
+                    b_chart = gr.Image(label="Chart", type="pil", interactive=False)
+            with gr.Tab("LoRA port"):
+                gr.Markdown("Move a LoRA made for the full SD1.x model onto a student: modules in blocks the student "
+                            "kept are renamed to their new place, those in removed blocks are dropped.")
+                with gr.Row():
+                    p_lora = gr.Dropdown(label="LoRA", choices=list(host.loras()))
+                    p_to = gr.Dropdown(label=PORT_WIDGETS["--to"], choices=jobs.port_targets(host), value="small")
+                with gr.Row():
+                    p_name = gr.Textbox(label=PORT_NAME, placeholder="blank: <lora>-for-<target>")
+                    p_alpha = gr.Checkbox(label=PORT_WIDGETS["--alpha-equals-rank"], value=False)
+                    p_over = gr.Checkbox(label=PORT_OVERWRITE, value=False)
+                p_go = gr.Button("Port LoRA", variant="primary", elem_id="sdkd_port")
+            with gr.Tab("Rebase"):
+                gr.Markdown("Give a distilled student what the checkpoint above (a community fine-tune or merge) "
+                            "changed in its base: student + strength x (checkpoint - base), block by block. "
+                            + PUBLIC_STUDENTS)
+                with gr.Row():
+                    r_base = gr.Dropdown(label=REBASE_WIDGETS["--base"], choices=names())
+                    r_student = gr.Dropdown(label=REBASE_WIDGETS["--student"], choices=names())
+                with gr.Row():
+                    r_strength = gr.Number(label=REBASE_WIDGETS["--strength"], value=1.0)
+                    r_dtype = gr.Radio(label=REBASE_WIDGETS["--dtype"], choices=["fp16", "bf16", "fp32"], value="fp16")
+                    r_name = gr.Textbox(label=REBASE_NAME, placeholder="blank: <checkpoint>-<student>-rebased")
+                    r_over = gr.Checkbox(label=REBASE_OVERWRITE, value=False)
+                r_go = gr.Button("Rebase", variant="primary", elem_id="sdkd_rebase")
+        with gr.Row():
+            stop = gr.Button("Cancel", elem_id="sdkd_cancel")
+            load = gr.Button("Load it now", visible=False, elem_id="sdkd_load")
+        status = gr.Textbox(label="Status", interactive=False, elem_id="sdkd_status")
+        with gr.Row():
+            loss = gr.Image(label="Loss", type="pil", interactive=False, elem_id="sdkd_loss")
+            samples = gr.Image(label="Samples: teacher (top) and student", type="pil", interactive=False,
+                               elem_id="sdkd_samples")
+
+        checkpoint_lists = [ckpt, c_students, b_students, r_base, r_student]
+        lists = [*checkpoint_lists, p_lora, p_to]
+
+        def refreshed() -> tuple:
+            """New choices for every list (gr.update: the one form gradio 3.41, 4.x and later share)."""
+            return (*(gr.update(choices=names()) for _ in checkpoint_lists), gr.update(choices=list(host.loras())),
+                    gr.update(choices=jobs.port_targets(host)))
+
+        def wrote(live: Live) -> tuple:
+            """The Load button and its state after a job: shown when the job wrote a listed checkpoint."""
+            name = listed_name(host, live.output)
+            return gr.update(visible=name is not None), name or ""
+
+        def streamed(job: Callable, live: Live, progress, t: str, with_samples: bool):
+            """A long job's updates: (status, loss, samples) each frame, then the lists and Load button at the end."""
+            keep = gr.update()
+            for f in stream(host, control, job, live, progress, gpu=True, task=t):
+                images = (f.loss if f.loss is not None else keep,
+                          (f.samples if f.samples is not None else keep) if with_samples else keep)
+                tail = (*wrote(live), *refreshed()) if f.done else (keep, keep, *(keep for _ in lists))
+                yield (f.status, *images, *tail)
+
+        def on_prune(t, c, v, n, d, o, progress=gr.Progress()):
+            live = Live()
+            return (run(jobs.prune_job(host, c, v, n, d, o, live), progress, t, gpu=False), *wrote(live), *refreshed())
+
+        def on_distill(t, c, v, k, p, n, st, r, vr, ev, a, b, f, nm, rs, o, progress=gr.Progress()):
+            keep = gr.update()
+            yield ("planning...", keep, keep, keep, keep, jobs.distil_estimate(host, c, v, st, r, vr, ev),
+                   *(keep for _ in lists))
+            live = Live()
+            job = jobs.distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, ev, live)
+            for frame in streamed(job, live, progress, t, with_samples=True):
+                yield (*frame[:5], keep, *frame[5:])
+
+        def on_lora(t, c, fo, rk, al, st, r, vr, te, nm, rs, o, progress=gr.Progress()):
+            keep = gr.update()
+            yield ("planning...", keep, keep, keep, keep, jobs.lora_estimate(host, c, rk, al, st, r, te, vr),
+                   *(keep for _ in lists))
+            live = Live()
+            job = jobs.lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o, vr, live)
+            for frame in streamed(job, live, progress, t, with_samples=False):
+                yield (*frame[:5], keep, *frame[5:])
+
+        def on_compare(t, c, ss, pr, se, sz, st, nm, progress=gr.Progress()):
+            result = run(jobs.compare_job(host, c, ss or [], pr, se, sz, st, nm), progress, t)
+            if not isinstance(result, tuple):
+                return result, None
+            from PIL import Image
+
+            with Image.open(result[1]) as grid:
+                return result[0], grid.convert("RGB")
+
+        def on_bench(t, c, ss, sz, st, rp, t2i, nm, progress=gr.Progress()):
+            result = run(jobs.bench_job(host, c, ss or [], sz, st, rp, t2i, nm), progress, t)
+            return result if isinstance(result, tuple) else (result, gr.update(), gr.update())
+
+        def on_port(t, lo, to, nm, ar, o, progress=gr.Progress()):
+            return (run(jobs.port_job(host, lo, to, nm, ar, o), progress, t, gpu=False), *refreshed())
+
+        def on_rebase(t, c, ba, stu, sg, nm, d, o, progress=gr.Progress()):
+            live = Live()
+            status_line = run(jobs.rebase_job(host, c, ba, stu, sg, nm, d, o, live), progress, t, gpu=False)
+            return (status_line, *wrote(live), *refreshed())
+
+        def on_checkpoint(c, v, st, r, vr, ev, rk, al, lst, lr, te, lvr):
+            return (jobs.file_text(host, c), jobs.distil_estimate(host, c, v, st, r, vr, ev),
+                    jobs.lora_estimate(host, c, rk, al, lst, lr, te, lvr))
+
+        distil_fields = [d_variant, d_steps, d_res, d_vram, d_every]
+        lora_fields = [l_rank, l_alpha, l_steps, l_res, l_te, l_vram]
+        refresh.click(refreshed, outputs=lists)
+        ckpt.change(on_checkpoint, inputs=[ckpt, *distil_fields, *lora_fields], outputs=[info, d_estimate, l_estimate])
+        d_variant.change(lambda c, *a: jobs.distil_estimate(host, c, *a), inputs=[ckpt, *distil_fields],
+                         outputs=[d_estimate])
+        go.click(on_prune, inputs=[task, ckpt, variant, name, dtype, overwrite], outputs=[status, load, written, *lists],
+                 **page)
+        long_outputs = [status, loss, samples, load, written]
+        d_go.click(on_distill, inputs=[task, ckpt, d_variant, d_kind, d_path, d_count, d_steps, d_res, d_vram, d_every,
+                                       l_sd, l_out, l_feat, d_name, d_resume, d_over],
+                   outputs=[*long_outputs, d_estimate, *lists], **page)
+        l_go.click(on_lora, inputs=[task, ckpt, l_folder, l_rank, l_alpha, l_steps, l_res, l_vram, l_te, l_name,
+                                    l_resume, l_over], outputs=[*long_outputs, l_estimate, *lists], **page)
+        c_go.click(on_compare, inputs=[task, ckpt, c_students, c_prompts, c_seeds, c_size, c_steps, c_name],
+                   outputs=[status, c_grid], **page)
+        b_go.click(on_bench, inputs=[task, ckpt, b_students, b_size, b_steps, b_repeats, b_t2i, b_name],
+                   outputs=[status, b_table, b_chart], **page)
+        p_go.click(on_port, inputs=[task, p_lora, p_to, p_name, p_alpha, p_over], outputs=[status, *lists], **page)
+        r_go.click(on_rebase, inputs=[task, ckpt, r_base, r_student, r_strength, r_name, r_dtype, r_over],
+                   outputs=[status, load, written, *lists], **page)
+        load.click(lambda n: load_checkpoint(host, n), inputs=[written], outputs=[status])
+        stop.click(control.cancel, outputs=[status], queue=False)
+    return tab
