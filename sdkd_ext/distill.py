@@ -14,7 +14,7 @@ import contextlib
 import json
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -56,6 +56,35 @@ class LossWeights:
             if w < 0:
                 raise SdkdError(f"the {name} loss weight must not be negative (got {w})")
         return {name: w for name, w in zip(TERMS, (self.sd, self.out, self.feat)) if w}
+
+
+# Recipes: the settings a `sdkd distill --recipe NAME` run starts from (options given on the command line win), keyed by
+# option name (TrainConfig fields, l_sd/l_out/l_feat, resolution, flip). "sdkd" is this tool's defaults (TrainConfig,
+# LossWeights); "bk-sdm" pins every value of BK-SDM's published run (Nota's scripts/kd_train.sh and model card: batch
+# 64 x accumulation 4 = 256, AdamW lr 5e-5 constant without warm-up, weight decay 1e-2, gradient clipping 1, EMA 0.9999,
+# fp16 mixed precision, gradient checkpointing, 512 px with random flips, loss weights 1/1/1, 50K iterations, seed 1234).
+RECIPES: dict[str, dict[str, object]] = {
+    "sdkd": {},
+    "bk-sdm": {"steps": 50000, "batch": 64, "accum": 4, "lr": 5e-5, "warmup": 0, "weight_decay": 1e-2, "max_grad_norm": 1.0,
+               "ema": True, "ema_decay": 0.9999, "precision": "fp16", "grad_checkpointing": True, "seed": 1234,
+               "l_sd": 1.0, "l_out": 1.0, "l_feat": 1.0, "resolution": 512, "flip": True},
+}
+
+
+def recipe(name: str) -> dict[str, object]:
+    """Every setting of recipe `name`: the defaults (TrainConfig, LossWeights, 512 px, no flips) with its row applied."""
+    cfg, w = TrainConfig(), LossWeights()
+    defaults = {**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}, "l_sd": w.sd, "l_out": w.out, "l_feat": w.feat,
+                "resolution": 512, "flip": False}
+    return {**defaults, **RECIPES[name]}
+
+
+def with_recipe(a: argparse.Namespace) -> argparse.Namespace:
+    """The arguments with every setting not given (None or absent) taken from recipe `a.recipe`."""
+    for name, value in recipe(a.recipe).items():
+        if getattr(a, name, None) is None:
+            setattr(a, name, value)
+    return a
 
 
 class FeatureTap:
@@ -468,9 +497,8 @@ def data_spec(a: argparse.Namespace) -> DataSpec:
 
 def cmd_distill(a: argparse.Namespace) -> int:
     """Run `distill` from the command line and say where everything went."""
-    cfg = TrainConfig(steps=a.steps, batch=a.batch, accum=a.accum, lr=a.lr, warmup=a.warmup, precision=a.precision,
-                      grad_checkpointing=a.grad_checkpointing, optimizer=a.optimizer, ema=a.ema,
-                      checkpoint_every=a.checkpoint_every, preview_every=a.preview_every, seed=a.seed, device=a.device)
+    a = with_recipe(a)
+    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
     vram = None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram)
     shown = None if a.preview_prompts is None else read_prompts(a.preview_prompts)
     with stop_on_ctrl_c(tqdm_progress()) as progress:
@@ -505,16 +533,21 @@ def add_commands(sub) -> None:
     src.add_argument("--self", dest="self_n", type=int, metavar="N", help="data-free: N built-in varied prompts")
     s.add_argument("--init", help="start from this student of --variant (rebased, public or earlier) instead of the pruned teacher")
     s.add_argument("--out", help="output path (default: <teacher>-bk-<variant>-kd.safetensors beside the teacher)")
-    s.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
-    s.add_argument("--batch", type=int, default=1, help="micro-batch per process (default 1)")
-    s.add_argument("--accum", type=int, default=1, help="gradient accumulation steps (global batch = batch x accum x processes)")
-    s.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5, as BK-SDM)")
-    s.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
-    s.add_argument("--resolution", type=int, default=512, help="training image size in pixels (multiple of 64)")
-    s.add_argument("--flip", action="store_true", help="also train on mirror images")
-    s.add_argument("--l-sd", type=float, default=1.0, help="weight of the task loss (default 1)")
-    s.add_argument("--l-out", type=float, default=1.0, help="weight of the output KD loss (default 1)")
-    s.add_argument("--l-feat", type=float, default=1.0, help="weight of the feature KD loss (default 1)")
+    s.add_argument("--recipe", default="sdkd", choices=list(RECIPES),
+                   help="where the defaults of --steps, --batch, --accum, --lr, --warmup, --resolution, --flip, --l-*, "
+                        "--precision, --grad-checkpointing, --ema and --seed come from: sdkd (this tool's, as listed) or "
+                        "bk-sdm (the BK-SDM paper's run: batch 64 x accum 4, lr 5e-5, EMA, fp16, checkpointing, flips, "
+                        "50K steps, seed 1234); options given explicitly win")
+    s.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
+    s.add_argument("--batch", type=int, help="micro-batch per process (default 1)")
+    s.add_argument("--accum", type=int, help="gradient accumulation steps (global batch = batch x accum x processes; default 1)")
+    s.add_argument("--lr", type=float, help="learning rate (default 5e-5, as BK-SDM)")
+    s.add_argument("--warmup", type=int, help="linear warmup steps (default 0)")
+    s.add_argument("--resolution", type=int, help="training image size in pixels (multiple of 64; default 512)")
+    s.add_argument("--flip", action="store_true", default=None, help="also train on mirror images")
+    s.add_argument("--l-sd", type=float, help="weight of the task loss (default 1)")
+    s.add_argument("--l-out", type=float, help="weight of the output KD loss (default 1)")
+    s.add_argument("--l-feat", type=float, help="weight of the feature KD loss (default 1)")
     s.add_argument("--negative", default="", help="data-free: negative prompt for the teacher's samples")
     s.add_argument("--guidance", type=float, default=7.5, help="data-free: CFG scale of the teacher's samples")
     s.add_argument("--sample-steps", type=int, default=25, help="data-free: sampler steps per teacher sample")
@@ -522,16 +555,16 @@ def add_commands(sub) -> None:
     s.add_argument("--preview-every", type=int, default=0, help="steps between preview grids (0: at the end only)")
     s.add_argument("--preview-prompts", help="text file of preview prompts (default: the first 4 captions/prompts)")
     s.add_argument("--no-preview", action="store_true", help="no preview grids")
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="student autocast (auto: bf16 where supported, else fp16 on CUDA; fp32 on CPU)")
-    s.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="student autocast (default auto: bf16 where supported, else fp16 on CUDA; fp32 on CPU)")
+    s.add_argument("--grad-checkpointing", action="store_true", default=None, help="trade compute for activation memory")
     s.add_argument("--optimizer", default="auto", choices=["auto", "adamw", "adamw8bit"],
                    help="auto: 8-bit AdamW when bitsandbytes is installed (CUDA), else AdamW")
-    s.add_argument("--ema", action="store_true", help="keep an EMA of the student and export it")
+    s.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the student and export it")
     s.add_argument("--vram", help="'auto' or GiB: let the memory planner choose batch split, checkpointing and EMA")
     s.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: accelerate's choice (GPU if any)")
     s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder <out>.run/)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, help="default 0")
     s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported weights dtype")
     s.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
                    help="diffusers: also write a diffusers folder beside the .safetensors")

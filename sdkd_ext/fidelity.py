@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
+from .cache import Cache
+from .checkpoint import Source
 from .compare import Comparison, ModelRun, compare, write_report
+from .data import sample_latents
 from .export import atomic_outputs
+from .metrics import latent_mse, psnr
 from .progress import ProgressFn
 from .shapes import ATTRIBUTES, VOCABULARIES, ShapeSpec, accuracy, caption, parse_caption, split_specs
 
@@ -91,3 +97,48 @@ def write(result: Fidelity, out: Path, overwrite: bool = False) -> dict[str, Pat
         outs.temp(paths["fidelity"]).write_text(json.dumps(result.as_dict(), indent=2))
         outs.temp(paths["table"]).write_text(result.table() + "\n")
     return paths
+
+
+class Probe:
+    """Scores a UNet held in memory against the teacher on held-out shapes captions, with no export or reload: the
+    teacher's latents and images are sampled once, each `score` samples the student at the same captions and seeds."""
+
+    def __init__(self, teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor,
+                 specs: list[ShapeSpec], scaling: float, steps: int = STEPS, guidance: float = GUIDANCE, seed: int = 0):
+        self.vae, self.cond, self.uncond, self.specs, self.scaling = vae, cond, uncond, specs, scaling
+        self.steps, self.guidance, self.seeds = steps, guidance, [seed + i for i in range(len(specs))]
+        self.teacher_latents, self.teacher_images = self.render(teacher)
+        self.teacher_accuracy = accuracy(self.teacher_images, specs)
+
+    def render(self, unet: torch.nn.Module) -> tuple[torch.Tensor, list]:
+        """`unet`'s final latents (one batch) and decoded images at the probe's captions and seeds, in eval mode."""
+        from .distill import to_images
+        from .pipeline import scheduler
+
+        was_training = unet.training
+        unet.eval()
+        z = sample_latents(unet, scheduler(), self.cond, self.uncond, self.seeds, SIZE // 8, self.steps, self.guidance)
+        unet.train(was_training)
+        return z.float().cpu(), to_images(self.vae, z.float(), self.scaling, z.device)
+
+    def score(self, unet: torch.nn.Module) -> dict[str, float]:
+        """Mean PSNR (dB) and latent MSE against the teacher, and the mean attribute accuracy, of `unet`."""
+        z, images = self.render(unet)
+        return {"psnr": statistics.fmean(psnr(a, b) for a, b in zip(images, self.teacher_images)),
+                "latent_mse": latent_mse(z, self.teacher_latents), "accuracy": accuracy(images, self.specs)["mean"]}
+
+
+def probe(src: Source, teacher: torch.nn.Module, cache: Cache, n: int = 24, spec_seed: int = 0, seed: int = 0) -> Probe:
+    """A `Probe` of `n` held-out captions (`check_specs`) for the teacher UNet of `src`, caption embeddings cached."""
+    from .cache import TEXT_KIND, component_hash, encode_texts
+    from .configs import sd15
+    from .convert import TEXT
+    from .distill import CPU, place
+    from .pipeline import build_text_encoder, build_vae, tokenizer
+
+    specs = check_specs(n, spec_seed)
+    keys = encode_texts([caption(s) for s in specs] + [""], lambda: place(build_text_encoder(src), CPU, torch.float32),
+                        tokenizer, cache, component_hash(src, TEXT))
+    embed = torch.stack([cache.load(TEXT_KIND, k)["text"].float() for k in keys])
+    vae = place(build_vae(src), CPU, torch.float32).eval()
+    return Probe(teacher, vae, embed[:-1], embed[-1:], specs, float(sd15("vae").get("scaling_factor", 0.18215)), seed=seed)

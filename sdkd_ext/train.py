@@ -412,7 +412,7 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
 
     `run_dir` holds the resumable state, the loss log and previews. A progress callback that raises
     `Cancelled` stops the run after the current step with a checkpoint and an export, and no preview
-    (`on_export` receives the unwrapped model, with EMA weights applied when EMA is on). Returns how it ended."""
+    (`on_export` and `preview` receive the unwrapped model, with EMA weights applied when EMA is on). Returns how it ended."""
     cfg.check()
     if len(data) == 0:
         raise SdkdError("no training samples: every input was skipped")
@@ -528,7 +528,8 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
             if preview is not None and not cancelled and (step == cfg.steps or (cfg.preview_every and step % cfg.preview_every == 0)):
                 if main:
                     (run_dir / PREVIEWS).mkdir(exist_ok=True)
-                    preview(bare, step, run_dir / PREVIEWS / f"step-{step:06d}.png")
+                    with ema.applied(params) if ema is not None else contextlib.nullcontext():  # what an export would hold
+                        preview(bare, step, run_dir / PREVIEWS / f"step-{step:06d}.png")
                     wrapped.train()
                 acc.wait_for_everyone()
             if cancelled:

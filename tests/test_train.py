@@ -106,6 +106,16 @@ def test_cancel_renders_no_preview_and_keeps_the_periodic_ones(tmp_path):
     assert not done.cancelled and shown == [3], "a run that ends normally renders its end-of-run preview"
 
 
+def test_previews_show_the_ema_weights_an_export_would_hold(tmp_path):
+    seen, exported = [], []
+    net = model()
+    run_training(Fit(), net, Points(), TrainConfig(steps=3, ema=True, ema_decay=0.5, **CFG), tmp_path, fingerprint={},
+                 preview=lambda m, step, path: seen.append(m.weight.detach().clone()),
+                 on_export=lambda m, res: exported.append(m.weight.detach().clone()))
+    assert len(seen) == 1 and torch.equal(seen[0], exported[0])
+    assert not torch.equal(seen[0], net.weight), "the trained (non-averaged) weights are back after the preview"
+
+
 def test_resume_refused_when_the_fingerprint_differs_or_nothing_to_resume(tmp_path):
     with pytest.raises(SdkdError, match="nothing to resume"):
         run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={"data": "a"}, resume=True)
