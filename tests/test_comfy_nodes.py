@@ -120,8 +120,8 @@ def host(comfy, monkeypatch, tmp_path, teacher_file, students):
 
 
 def run(host, node_id: str, **inputs) -> tuple[list, dict]:
-    """A node called as ComfyUI 0.3.64's execution.py calls it, with its declared defaults for inputs not given;
-    returns (outputs, ui) as execution.py makes them of the return value."""
+    """A node called as ComfyUI 0.3.64's execution.py calls it (under torch.inference_mode(), as it runs every prompt),
+    with its declared defaults for inputs not given; returns (outputs, ui) as execution.py makes them of the result."""
     cls = host.nodes[node_id]
     declared = cls.INPUT_TYPES()["required"]
     args = {k: spec[1]["default"] for k, spec in declared.items() if len(spec) > 1 and "default" in spec[1]}
@@ -131,7 +131,9 @@ def run(host, node_id: str, **inputs) -> tuple[list, dict]:
     merge = host_function("comfyui", "execution.py", "merge_result_data", ExecutionBlocker=blocker)
     outputs_of = host_function("comfyui", "execution.py", "get_output_from_returns", ExecutionBlocker=blocker,
                                _NodeOutputInternal=type("_NodeOutputInternal", (), {}), merge_result_data=merge)
-    outputs, ui, _ = outputs_of([getattr(cls(), cls.FUNCTION)(**args)], cls)
+    with torch.inference_mode():
+        returned = getattr(cls(), cls.FUNCTION)(**args)
+    outputs, ui, _ = outputs_of([returned], cls)
     return outputs, ui
 
 

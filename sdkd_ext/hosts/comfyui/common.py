@@ -6,13 +6,16 @@ modules import (and are testable) without ComfyUI.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from ...errors import SdkdError
 from ...names import Output
 from ...progress import Cancelled, Event, ProgressFn
 from ...variants import VARIANTS
 
+F = TypeVar("F", bound=Callable)
 DTYPES = ["fp16", "bf16", "fp32"]
 # ComfyUI's folder kind -> how the node's messages name it.
 WHERE = {"checkpoints": "your checkpoints", "loras": "your loras"}
@@ -127,6 +130,20 @@ def chosen(kind: str, picks: dict[str, str]) -> list[Path]:
 def variant_input(default: str = "small") -> tuple:
     """The BK-SDM variant widget."""
     return (list(VARIANTS), {"default": default})
+
+
+def core_job(method: F) -> F:
+    """A node method that runs a core job as the CLI runs it. ComfyUI executes every prompt under
+    `torch.inference_mode()`, where training records no gradients and the tensors made cannot be used by autograd
+    or updated in place later; the job runs with it off (and gradients on, the core's own no_grad applies inside)."""
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        import torch
+
+        with torch.inference_mode(False), torch.enable_grad():
+            return method(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 class Node:

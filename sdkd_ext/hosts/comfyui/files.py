@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import DTYPES, Job, comfy_progress, model_path, names, output, result, variant_input
+from .common import DTYPES, Job, comfy_progress, core_job, model_path, names, output, result, variant_input
 
 
 class SdkdPrune(Job):
@@ -26,6 +26,7 @@ class SdkdPrune(Job):
             "overwrite": ("BOOLEAN", {"default": False}),
         }}
 
+    @core_job
     def prune(self, ckpt_name: str, variant: str, dtype: str, filename: str, overwrite: bool) -> dict:
         """The core prune into the first checkpoints folder (the list refreshes on its own); the student's name is
         shown on the node and output, for a Load Checkpoint node."""
@@ -53,6 +54,7 @@ class SdkdInspect(Job):
         """Node inputs: the checkpoint."""
         return {"required": {"ckpt_name": (names("checkpoints"),)}}
 
+    @core_job
     def inspect(self, ckpt_name: str) -> dict:
         """The core's description as JSON, shown on the node and output as a string."""
         from ...checkpoint import open_model
@@ -90,6 +92,7 @@ class SdkdRebase(Job):
             "overwrite": ("BOOLEAN", {"default": False}),
         }}
 
+    @core_job
     def rebase(self, ckpt_name: str, base_name: str, student_name: str, strength: float, dtype: str, filename: str,
             overwrite: bool) -> dict:
         """The core rebase into the first checkpoints folder; refusals (not derived, wrong student) name the widgets."""
@@ -125,6 +128,7 @@ class SdkdPortLora(Job):
             "overwrite": ("BOOLEAN", {"default": False}),
         }}
 
+    @core_job
     def port(self, lora_name: str, student_name: str, filename: str, overwrite: bool) -> dict:
         """The core port into the first loras folder; a LoRA that needs no port, or a teacher as target, is refused."""
         from ...lora.port import port_lora

@@ -4,8 +4,8 @@ figures) and bench (speed and memory on this machine's device). Both return an I
 from __future__ import annotations
 
 from ...errors import SdkdError
-from .common import (Job, chosen, comfy_progress, free_device, image_tensor, model_path, names, optional_models, result,
-                     wording)
+from .common import (Job, chosen, comfy_progress, core_job, free_device, image_tensor, model_path, names, optional_models,
+                     result, wording)
 
 STUDENT_WIDGETS = ("student_name", "student_2", "student_3")
 
@@ -70,6 +70,7 @@ class SdkdCompare(Job):
             "guidance": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.5}),
         }}
 
+    @core_job
     def compare(self, ckpt_name: str, student_name: str, student_2: str, student_3: str, prompts: str, seeds: str,
             size: int, steps: int, guidance: float) -> dict:
         """The core comparison on ComfyUI's device: the grid as IMAGE, the figures as text."""
@@ -105,6 +106,7 @@ class SdkdBench(Job):
             "repeats": ("INT", {"default": 5, "min": 1, "max": 100}),
         }}
 
+    @core_job
     def bench(self, ckpt_name: str, student_name: str, student_2: str, student_3: str, size: int, steps: int,
             repeats: int) -> dict:
         """The core benchmark (after ComfyUI's own models leave the device): the chart as IMAGE, the table as text."""

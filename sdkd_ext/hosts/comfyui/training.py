@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ...errors import SdkdError
 from ...progress import Cancelled
-from .common import (Job, comfy_progress, free_device, input_path, interrupted, model_path, names, output, result,
-                     variant_input)
+from .common import (Job, comfy_progress, core_job, free_device, input_path, interrupted, model_path, names, output,
+                     result, variant_input)
 
 # Where a distillation's data comes from: the widget value -> how the core is told.
 DATA = ("built-in prompts", "prompt file", "image folder")
@@ -85,6 +85,7 @@ class SdkdDistil(Job):
             "overwrite": ("BOOLEAN", {"default": False}),
         }}
 
+    @core_job
     def distil(self, ckpt_name: str, variant: str, data: str, data_path: str, prompt_count: int, steps: int,
             resolution: int, lr: float, vram: str, l_sd: float, l_out: float, l_feat: float, filename: str,
             resume: bool, overwrite: bool) -> dict:
@@ -132,6 +133,7 @@ class SdkdTrainLora(Job):
             "overwrite": ("BOOLEAN", {"default": False}),
         }}
 
+    @core_job
     def train(self, ckpt_name: str, image_folder: str, rank: int, alpha: float, text_encoder: bool, steps: int,
             resolution: int, lr: float, filename: str, resume: bool, overwrite: bool) -> dict:
         """The core LoRA training into the first loras folder; the LoRA's name is output, for a LoraLoader."""
