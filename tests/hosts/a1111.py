@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import a1111_setup
 from .harness import (ARTIFACTS, LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, build_venv, clear, errors_in,
-                      free_port, log, pip, python_of, run_py, sdkd)
+                      free_port, log, python_of, run_py, sdkd)
 
 HOST = "a1111"
 VARIANTS = ("base", "small", "tiny")
+NO_MIDDLE = ("small", "tiny")  # the students a web UI without sdkd builds a middle block for
 TOL = 1e-3
 # A small model A1111 accepts: the yaml sets UNet/VAE widths (multiples of 32 for ldm's GroupNorm(32)) and the
 # text model comes from the config.json written into the HF cache entry A1111 builds CLIP from.
@@ -37,9 +41,7 @@ def hf_cache(root: Path, text_config: dict) -> Path:
 
 def browser_venv() -> Path:
     """A venv with Playwright's Python client only (it drives Debian's chromium; no browser download)."""
-    def steps(v: Path, cons: Path, log_to: Path) -> None:
-        pip(v, "install", "-q", "playwright", log_to=log_to)
-    return build_venv("browser", steps, "playwright")
+    return build_venv("browser", "playwright\n", torch=False)
 
 
 def freeze(venv: Path) -> dict[str, str]:
@@ -80,109 +82,115 @@ def run_installer(report: Report, host: str, venv: Path, src: Path, ext: Path) -
         r["ok"] = not moved
 
 
-class WebUI:
-    """A1111 on loopback with the test's data dir, HF cache and (optionally) sdkd's extension."""
+@dataclass(frozen=True)
+class LoraLog:
+    """How a web UI's log says a LoRA missed layers (and, where it says so, that it applied); how its list refreshes."""
 
-    def __init__(self, src: Path, venv: Path, data: Path, ckpt: Path, tag: str, cpu_flags: tuple[str, ...] = CPU_FLAGS,
-                 ready: str = "Model loaded in"):
-        self.ready = ready  # the log line after which the web UI serves (A1111 loads the model at start, Forge later)
+    bad: str  # a log line saying some of the LoRA's keys matched no layer
+    applied: str = ""  # with {stem}: the line saying the LoRA was applied ("" where the host logs none)
+    refresh: str = ""  # API route that rescans the LoRA folder ("" where the host finds a new file by itself)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What differs between A1111 and Forge for the same checks."""
+
+    host: str
+    archive: str
+    teacher: Callable[[Path, Path], Path]  # (checkpoint folder, data dir) -> the test's teacher, ready for the host
+    context: int  # the teacher's text context width (for the UNet call)
+    cpu_flags: tuple[str, ...]
+    ready: str  # the log line after which the web UI serves (A1111 loads the model at start, Forge on first use)
+    lora_log: LoraLog
+    noext_refuses: bool  # without sdkd, small/tiny cannot run (Forge) instead of running with an idle middle block
+    tab_jobs: Callable[..., None] | None = None  # more checks of the tab's jobs, with sdkd installed
+
+
+class WebUI:
+    """A1111 or Forge on loopback with the test's data dir, HF cache and (optionally) sdkd's extension."""
+
+    def __init__(self, spec: Spec, src: Path, venv: Path, data: Path, ckpt: Path, tag: str):
+        self.ready = spec.ready
         port = free_port()
+        # gradio 4 (Forge) serves the web UI's own page scripts only from allowed paths: with --data-dir elsewhere
+        # its folder must be allowed, or every page script is refused (403) and the tab's buttons do nothing.
         self.server = Server(
             [python_of(venv), "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
-             "--skip-python-version-check", *cpu_flags, "--server-name", "127.0.0.1", "--port", str(port),
-             "--ckpt", str(ckpt), "--no-download-sd-model", "--api", "--data-dir", str(data), "--loglevel", "DEBUG"],
+             "--skip-python-version-check", *spec.cpu_flags, "--server-name", "127.0.0.1", "--port", str(port),
+             "--ckpt", str(ckpt), "--no-download-sd-model", "--api", "--data-dir", str(data), "--loglevel", "DEBUG",
+             "--gradio-allowed-path", str(src)],
             cwd=src, log=data / f"webui-{tag}.log", port=port,
             env={"HF_HOME": str(data / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
 
     def start(self) -> float:
-        """Start and wait until the model is loaded and the API answers; seconds taken."""
+        """Start and wait until the web UI is up and the API answers; seconds taken."""
         t = time.monotonic()
         self.server.start()
         self.server.wait(lambda s: self.ready in s.text() and isinstance(s.get("/sdapi/v1/sd-models"), list), 600)
         return time.monotonic() - t
 
 
-def run(report: Report) -> None:
-    """All A1111 checks; each prints one PASS/FAIL line."""
+def small_teacher(ckpts: Path, data: Path) -> Path:
+    """A1111's test model: small widths, its yaml beside it, CLIP's config in the offline HF cache."""
     from . import models
 
-    with report.timed(HOST, "setup"):
-        src, venv = a1111_setup.venv()
-        data = SCRATCH / a1111_setup.ARCHIVE / "run"
+    teacher = models.teacher(ckpts / "teacher.safetensors", **SMALL)
+    models.write_yaml(teacher)
+    hf_cache(data / "hf", models.text_config(teacher))
+    return teacher
+
+
+def run_webui(report: Report, spec: Spec) -> None:
+    """All checks of one web UI, with sdkd's extension and then without it; each prints one PASS/FAIL line."""
+    from . import models
+
+    host = spec.host
+    with report.timed(host, "setup"):
+        src, venv = a1111_setup.venv(spec.archive)
+        data = SCRATCH / spec.archive / "run"
         ckpts = data / "models" / "Stable-diffusion"
         loras = data / "models" / "Lora"
         for d in (ckpts, loras, data / "extensions"):
             d.mkdir(parents=True, exist_ok=True)
         clear(list(ckpts.glob("teacher-*")) + list(loras.glob("*")))
-        teacher = models.teacher(ckpts / "teacher.safetensors", **SMALL)
-        models.write_yaml(teacher)
-        hf_cache(data / "hf", models.text_config(teacher))
+        teacher = spec.teacher(ckpts, data)
         lora_data = models.caption_folder(SCRATCH / "lora-data")
         ext = install_extensions(data)
         bvenv = browser_venv()
-    run_installer(report, HOST, venv, src, ext)
+    run_installer(report, host, venv, src, ext)
 
-    ui = WebUI(src, venv, data, teacher, "ext")
+    ui = WebUI(spec, src, venv, data, teacher, "ext")
     try:
-        with report.timed(HOST, "checks-with-extension"):
-            with_extension(report, ui, ckpts, loras, teacher, lora_data, bvenv, models)
+        with report.timed(host, "checks-with-extension"):
+            start_and_prune(report, host, ui, ckpts, teacher, bvenv)
+            teacher_lora = train_teacher_lora(report, host, teacher, loras.parent, lora_data)
+            for v in VARIANTS:
+                if (ckpts / f"teacher-bk-{v}.safetensors").exists():
+                    student_checks(report, spec, ui.server, ckpts, loras, v, teacher_lora, lora_data, models)
+            if spec.tab_jobs is not None:
+                spec.tab_jobs(report, ui.server, ckpts, teacher, bvenv, models)
     finally:
         ui.server.stop()
-        log(f"A1111 log: {ui.server.log}")
+        log(f"{host} log: {ui.server.log}")
     ext.unlink()
-    ui = WebUI(src, venv, data, teacher, "noext")
+    ui = WebUI(spec, src, venv, data, teacher, "noext")
     try:
-        with report.timed(HOST, "checks-without-extension"):
-            with report.check(HOST, "start-without-sdkd") as r:
+        with report.timed(host, "checks-without-extension"):
+            with report.check(host, "start-without-sdkd") as r:
                 r["figure"] = f"ready_in={ui.start():.0f}s"
-            for v in [v for v in VARIANTS if (ckpts / f"teacher-bk-{v}.safetensors").exists()]:
-                load_check(report, ui.server, ckpts, f"teacher-bk-{v}.safetensors", models, f"noext-load-{v}",
-                           idle_ok="middle_block.")
+            for v in NO_MIDDLE:
+                if (ckpts / f"teacher-bk-{v}.safetensors").exists():
+                    load_check(report, ui.server, ckpts, f"teacher-bk-{v}.safetensors", models,
+                               f"noext-{'refused' if spec.noext_refuses else 'load'}-{v}", idle_ok="middle_block.",
+                               host=host, context=spec.context, refused=spec.noext_refuses)
     finally:
         ui.server.stop()
         ext.symlink_to(REPO, target_is_directory=True)
 
 
-def with_extension(report: Report, ui: WebUI, ckpts: Path, loras: Path, teacher: Path, lora_data: Path, bvenv: Path,
-                   models) -> None:
-    """The checks with sdkd installed."""
-    server = ui.server
-    start_and_prune(report, HOST, ui, ckpts, teacher, bvenv)
-
-    teacher_lora = loras.parent / "teacher-lora.safetensors"
-    with report.check(HOST, "teacher-lora-train") as r:
-        teacher_lora.unlink(missing_ok=True)
-        shutil.rmtree(teacher_lora.with_suffix(".run"), ignore_errors=True)
-        sdkd("lora", str(teacher), "--data", str(lora_data), "--out", str(teacher_lora), *LORA_ARGS)
-        r["figure"] = f"file={teacher_lora.name}"
-
-    for v in VARIANTS:
-        name = f"teacher-bk-{v}.safetensors"
-        if not (ckpts / name).exists():
-            continue
-        load_check(report, server, ckpts, name, models, f"load-{v}")
-        plain = loras.parent / f"plain-{v}.png"
-        with report.check(HOST, f"txt2img-{v}") as r:
-            b64_png(txt2img(server, "a flat red square")["images"][0], plain)
-            r["figure"] = f"image={plain.name}"
-        for kind in ("trained", "ported"):
-            lora = loras / f"{v}-{kind}.safetensors"
-            with report.check(HOST, f"lora-{kind}-{v}") as r:
-                if kind == "trained":
-                    sdkd("lora", str(ckpts / name), "--data", str(lora_data), "--out", str(lora), *LORA_ARGS)
-                else:
-                    sdkd("lora-port", str(teacher_lora), "--to", str(ckpts / name), "--out", str(lora))
-                server.post("/sdapi/v1/refresh-loras", {})
-                before = len(server.text())
-                img = b64_png(txt2img(server, f"a flat red square <lora:{lora.stem}:1>")["images"][0],
-                              loras.parent / f"{v}-{kind}.png")
-                bad = [l for l in server.text()[before:].splitlines() if "didn't match keys" in l or "Network" in l and "layer" in l]
-                diff = models.image_diff(plain, img) if plain.exists() else float("nan")
-                r["figure"] = f"unmatched={len(bad)} mean|img-plain|={diff:.3f}"
-                r["ok"] = not bad and diff > 0
-                if bad:
-                    r["figure"] += f" first={bad[0].strip()[:200]!r}"
-    cancel_distil(report, server, ckpts, teacher, bvenv, models)
+def run(report: Report) -> None:
+    """All A1111 checks."""
+    run_webui(report, A1111)
 
 
 def start_and_prune(report: Report, host: str, ui: WebUI, ckpts: Path, teacher: Path, bvenv: Path) -> None:
@@ -213,10 +221,66 @@ def start_and_prune(report: Report, host: str, ui: WebUI, ckpts: Path, teacher: 
         r["ok"] = len(listed) == len(VARIANTS)
 
 
+def train_teacher_lora(report: Report, host: str, teacher: Path, folder: Path, lora_data: Path) -> Path:
+    """A LoRA sdkd trains for the teacher (outside the LoRA folder: it is only the input of `sdkd lora-port`)."""
+    out = folder / "teacher-lora.safetensors"
+    with report.check(host, "teacher-lora-train") as r:
+        out.unlink(missing_ok=True)
+        shutil.rmtree(out.with_suffix(".run"), ignore_errors=True)
+        sdkd("lora", str(teacher), "--data", str(lora_data), "--out", str(out), *LORA_ARGS)
+        r["figure"] = f"file={out.name}"
+    return out
+
+
+def select(server: Server, name: str) -> None:
+    """Make `name` the web UI's checkpoint through the API (A1111 loads it now, Forge when first used)."""
+    title = next(m["title"] for m in server.get("/sdapi/v1/sd-models") if name in m["title"])
+    server.post("/sdapi/v1/options", {"sd_model_checkpoint": title})
+
+
+def student_checks(report: Report, spec: Spec, server: Server, ckpts: Path, loras: Path, v: str, teacher_lora: Path,
+                   lora_data: Path, models) -> None:
+    """One student: txt2img, its weights and UNet call in the host, then txt2img with a LoRA sdkd trained for it and
+    with the teacher's LoRA moved by `sdkd lora-port`: no key may miss its layer and the image must change."""
+    host, name = spec.host, f"teacher-bk-{v}.safetensors"
+    plain = loras.parent / f"plain-{v}.png"
+    with report.check(host, f"txt2img-{v}") as r:
+        plain.unlink(missing_ok=True)
+        select(server, name)
+        b64_png(txt2img(server, "a flat red square")["images"][0], plain)
+        r["figure"] = f"image={plain.name}"
+    load_check(report, server, ckpts, name, models, f"load-{v}", host=host, context=spec.context)
+    rules = spec.lora_log
+    for kind in ("trained", "ported"):
+        lora = loras / f"{v}-{kind}.safetensors"
+        with report.check(host, f"lora-{kind}-{v}") as r:
+            if kind == "trained":
+                sdkd("lora", str(ckpts / name), "--data", str(lora_data), "--out", str(lora), *LORA_ARGS)
+            else:
+                sdkd("lora-port", str(teacher_lora), "--to", str(ckpts / name), "--out", str(lora))
+            if rules.refresh:
+                server.post(rules.refresh, {})
+            before = len(server.text())
+            img = b64_png(txt2img(server, f"a flat red square <lora:{lora.stem}:1>")["images"][0],
+                          loras.parent / f"{v}-{kind}.png")
+            lines = server.text()[before:].splitlines()
+            bad = [l.strip() for l in lines if re.search(rules.bad, l)]
+            applied = [l.strip() for l in lines if rules.applied and re.search(rules.applied.format(stem=re.escape(lora.stem)), l)]
+            diff = models.image_diff(plain, img) if plain.exists() else float("nan")
+            r["figure"] = f"unmatched={len(bad)} mean|img-plain|={diff:.3f}"
+            if rules.applied:
+                r["figure"] += f" applied={applied[0][:160]!r}" if applied else " applied=no"
+            r["ok"] = not bad and diff > 0 and (bool(applied) or not rules.applied)
+            if bad:
+                r["figure"] += f" first={bad[0][:200]!r}"
+
+
 def cancel_distil(report: Report, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
-    """The tab's Distil, stopped by A1111's Interrupt: the job ends and leaves a student that loads."""
+    """The tab's Distil, followed by the page's task id in /internal/progress, stopped by A1111's Interrupt: the job
+    ends and leaves a student that loads."""
     name = "teacher-bk-tiny-cancelled"
     out = ckpts / f"{name}.safetensors"
+    res: dict = {}
     with report.check(HOST, "cancel-distil") as r:
         res = json.loads(run_py(bvenv, str(Path(__file__).parent / "browser.py"), "distil-cancel", server.url, "sdkd",
                                 teacher.name, str(ARTIFACTS / "a1111-sdkd-distil-cancelled.png"), name
@@ -224,6 +288,16 @@ def cancel_distil(report: Report, server: Server, ckpts: Path, teacher: Path, bv
         r["figure"] = (f"progress_at_interrupt={res['progress_at_interrupt']!r} stopped_after={res['stopped_after_s']}s "
                        f"student_written={out.exists()} status={res['status'][:160]!r}")
         r["ok"] = out.exists()
+    with report.check(HOST, "progress-follows-tab-job") as r:
+        if not res:
+            raise RuntimeError("no result from the page (see cancel-distil)")
+        polls = res["task_progress"]
+        active = [p for p in polls if p["active"]]
+        rising = [p["progress"] for p in active if "distil" in (p["textinfo"] or "")]
+        r["figure"] = (f"task={res['task_id'] or 'none'} polls={len(polls)} active={len(active)} "
+                       f"progress={rising[0] if rising else None}->{rising[-1] if rising else None} "
+                       f"textinfo={active[-1]['textinfo'] if active else None!r} completed_after={res['task_completed']}")
+        r["ok"] = bool(res["task_id"]) and len(rising) >= 2 and rising[-1] > rising[0] and res["task_completed"]
     if out.exists():
         server.post("/sdapi/v1/refresh-checkpoints", {})
         load_check(report, server, ckpts, out.name, models, "cancel-distil-student-loads")
@@ -237,27 +311,73 @@ def txt2img(server: Server, prompt: str) -> dict:
 
 
 def load_check(report: Report, server: Server, ckpts: Path, name: str, models, check: str, idle_ok: str = "",
-               host: str = HOST, context: int = SMALL["context"]) -> None:
-    """Load `name` through the API, then compare the host's UNet with the file and sdkd's UNet call, in the server.
+               host: str = HOST, context: int = SMALL["context"], pick: bool = True, refused: bool = False) -> None:
+    """Load `name` through the API (`pick`; else it must be loaded already), then compare the host's UNet with the
+    file and sdkd's UNet call, in the server.
 
-    `idle_ok`: a key prefix the host may build without weights from the file (A1111 without sdkd builds a middle
-    block for small/tiny and leaves it at its init: zeros, norms at one), accepted while the UNet call still matches."""
+    `idle_ok`: a key prefix the host may build without weights from the file (a web UI without sdkd builds a middle
+    block for small/tiny), accepted while the UNet call still matches sdkd's, or, with `refused`, while the call
+    fails with an error (Forge without sdkd: the block has no weights at all) rather than give a wrong result."""
     import safetensors.torch
 
     with report.check(host, check) as r:
-        title = next(m["title"] for m in server.get("/sdapi/v1/sd-models") if name in m["title"])
-        server.post("/sdapi/v1/options", {"sd_model_checkpoint": title})
+        if pick:
+            select(server, name)
         io = ckpts.parent.parent / "probe-io.safetensors"
         safetensors.torch.save_file(models.unet_inputs(context=context), str(io))
         k = server.post("/sdkd_probe/check", {"io": str(io), "prefix": idle_ok})
-        host_out = safetensors.torch.load_file(str(io))
-        diff = float((host_out["out"] - models.sdkd_unet_call(ckpts / name, host_out)).abs().max())
+        diff = float("nan")
+        if not k["call_error"]:
+            host_out = safetensors.torch.load_file(str(io))
+            diff = float((host_out["out"] - models.sdkd_unet_call(ckpts / name, host_out)).abs().max())
+        idle = f" missing:{idle_ok}*={k[f'n_missing:{idle_ok}']} weightless:{idle_ok}*={k[f'n_weightless:{idle_ok}']}"
+        call = f"unet_call_error={k['call_error'][:120]!r}" if k["call_error"] else f"max|diff|={diff:.2e}"
         r["figure"] = (f"loaded={k['checkpoint']} keys={k['model_keys']}/{k['file_keys']} missing={k['n_missing']} "
-                       f"zero_filled={k['n_zero_filled']}" + (f" missing:{idle_ok}*={k[f'n_missing:{idle_ok}']}" if idle_ok else "") +
-                       f" unexpected={k['n_unexpected']} differ={k['n_differ']} "
-                       f"max|diff|={diff:.2e}")
+                       f"zero_filled={k['n_zero_filled']}{idle if idle_ok else ''} unexpected={k['n_unexpected']} "
+                       f"differ={k['n_differ']} {call}")
         complete = k["n_missing"] == k["n_unexpected"] == k["n_differ"] == 0
         idle_only = bool(idle_ok) and k["n_missing"] == k[f"n_missing:{idle_ok}"] and k["n_unexpected"] == k["n_differ"] == 0
-        r["ok"] = k["checkpoint"] == name and diff <= TOL and (complete or idle_only)
+        outcome = bool(k["call_error"]) and k[f"n_weightless:{idle_ok}"] > 0 if refused else diff <= TOL
+        r["ok"] = k["checkpoint"] == name and outcome and (complete or idle_only)
         if not complete:
             r["figure"] += f" e.g.={k['examples']}"
+
+
+def watch_distil(report: Report, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
+    """The tab's Distil in the page: loss curve and sample grid appear and update, Cancel stops it, its student is
+    listed and "Load it now" makes it the web UI's checkpoint (its sd_model_checkpoint setting); three screenshots."""
+    name = "teacher-bk-tiny-watched"
+    out = ckpts / f"{name}.safetensors"
+    res: dict = {}
+    with report.check(HOST, "tab-distil-live") as r:
+        res = json.loads(run_py(bvenv, str(Path(__file__).parent / "browser.py"), "distil-watch", server.url, "sdkd",
+                                teacher.name, str(ARTIFACTS / f"{HOST}-sdkd-distil"), name).strip().splitlines()[-1])
+        r["figure"] = (f"loss_images={res['loss_images']} sample_images={res['sample_images']} "
+                       f"in={res['seconds_to_updates']}s running={res['status_while_running'][:80]!r}")
+        r["ok"] = res["loss_images"] >= 2 and res["sample_images"] >= 2
+    with report.check(HOST, "tab-cancel") as r:
+        if not res:
+            raise RuntimeError("no result from the page (see tab-distil-live)")
+        r["figure"] = f"student_written={out.exists()} status={res['status'][:120]!r}"
+        r["ok"] = res["status"].startswith("Cancelled at step") and out.exists()
+    with report.check(HOST, "tab-load-it-now") as r:
+        if not res:
+            raise RuntimeError("no result from the page (see tab-distil-live)")
+        titles = [m["title"] for m in server.get("/sdapi/v1/sd-models")]
+        selected = server.get("/sdapi/v1/options").get("sd_model_checkpoint", "")
+        r["figure"] = (f"listed={any(out.name in t for t in titles)} button_shown={res['load_visible']} "
+                       f"sd_model_checkpoint={selected!r} status={res['load_status'][:100]!r}")
+        r["ok"] = any(out.name in t for t in titles) and out.name in selected and res["load_status"].startswith("Loaded")
+    if out.exists():
+        load_check(report, server, ckpts, out.name, models, "tab-loaded-student-complete", pick=False)
+
+
+def a1111_tab_jobs(report: Report, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
+    """A1111's own checks of the tab's long jobs: a watched Distil with Cancel and Load it now, a Distil interrupted
+    from the web UI."""
+    watch_distil(report, server, ckpts, teacher, bvenv, models)
+    cancel_distil(report, server, ckpts, teacher, bvenv, models)
+
+
+A1111 = Spec(HOST, a1111_setup.ARCHIVE, small_teacher, SMALL["context"], CPU_FLAGS, "Model loaded in",
+             LoraLog(bad=r"didn't match keys|Network .*layer", refresh="/sdapi/v1/refresh-loras"), False, a1111_tab_jobs)

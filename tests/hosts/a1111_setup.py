@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .harness import TORCH, TORCHVISION, build_venv, pip, unpack
+from .harness import build_venv, unpack
 
 ARCHIVE = "a1111-v1.10.1"
 FORGE = "forge-dfdcbab"
@@ -25,15 +25,6 @@ def requirements(src: Path) -> str:
 
 
 def venv(archive: str = ARCHIVE) -> tuple[Path, Path]:
-    """(webui tree, venv), built once per scratch folder."""
+    """(webui tree, venv), built once per scratch folder; k-diffusion imports `clip`, which no requirement lists."""
     src = unpack(archive)
-    reqs = requirements(src)
-
-    def steps(v: Path, cons: Path, log: Path) -> None:
-        req_file = cons.parent / "requirements.txt"
-        req_file.write_text(reqs)
-        pip(v, "install", "-q", "-c", str(cons), TORCH, TORCHVISION, log_to=log)
-        pip(v, "install", "-q", "-c", str(cons), "-r", str(req_file), log_to=log)
-        pip(v, "install", "-q", "--no-deps", "clip-anytorch", log_to=log)  # k-diffusion imports `clip`
-
-    return src, build_venv(archive, steps, reqs + "clip-anytorch")
+    return src, build_venv(archive, requirements(src), ("--no-deps", "clip-anytorch"))

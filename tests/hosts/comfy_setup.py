@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .harness import TORCH, TORCHVISION, build_venv, pip, unpack
+from .harness import build_venv, unpack
 
 ARCHIVE = "comfyui-0.3.64"
 # What README.md tells ComfyUI users to install beside the cloned custom node.
@@ -22,13 +22,4 @@ def requirements(src: Path) -> str:
 def venv() -> tuple[Path, Path]:
     """(source tree, venv), built once per scratch folder."""
     src = unpack(ARCHIVE)
-    reqs = requirements(src)
-
-    def steps(v: Path, cons: Path, log: Path) -> None:
-        req_file = cons.parent / "requirements.txt"
-        req_file.write_text(reqs)
-        pip(v, "install", "-q", "-c", str(cons), TORCH, TORCHVISION, log_to=log)
-        pip(v, "install", "-q", "-c", str(cons), "-r", str(req_file), log_to=log)
-        pip(v, "install", "-q", "-c", str(cons), *USER_INSTALL, log_to=log)
-
-    return src, build_venv(ARCHIVE, steps, reqs + " ".join(USER_INSTALL))
+    return src, build_venv(ARCHIVE, requirements(src), tuple(USER_INSTALL))

@@ -97,18 +97,25 @@ def patch_torchvision(venv: Path) -> None:
     meta.write_text(guarded)
 
 
-def build_venv(name: str, steps: Callable[[Path, Path, Path], None], key: str) -> Path:
-    """The host's venv, built by `steps(venv, constraints, log)` once; rebuilt only when `key` changes."""
+def build_venv(name: str, requirements: str, extra: tuple[str, ...] = (), torch: bool = True) -> Path:
+    """The venv `name` under the scratch folder, built once (rebuilt only when what it installs changes): our CPU
+    torch and torchvision first (`torch`), then `requirements` (a requirements file's text), then `pip install
+    *extra` (what a host's users add beside it); torch and torchvision stay held by a constraint at every step."""
     folder = SCRATCH / name
     venv = folder / "venv"
     stamp = venv / ".sdkd-built"
-    digest = hashlib.sha256(key.encode()).hexdigest()
+    first = (TORCH, TORCHVISION) if torch else ()
+    digest = hashlib.sha256(json.dumps([first, requirements, extra]).encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return venv
     shutil.rmtree(venv, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True)
-    steps(venv, constraints(folder), folder / "pip.log")
+    cons, log_to, req_file = constraints(folder), folder / "pip.log", folder / "requirements.txt"
+    req_file.write_text(requirements)
+    for args in (first, ("-r", str(req_file)), extra):
+        if args:
+            pip(venv, "install", "-q", "-c", str(cons), *args, log_to=log_to)
     patch_torchvision(venv)
     stamp.write_text(digest)
     return venv

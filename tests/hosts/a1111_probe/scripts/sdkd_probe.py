@@ -1,5 +1,6 @@
 """The host checks' own A1111/Forge extension (installed only in the test's web UI): from inside the server, compare the
-loaded model's UNet with its file and run one UNet call. POST /sdkd_probe/check {"io": path} -> key counts."""
+loaded model's UNet with its file and run one UNet call. POST /sdkd_probe/check {"io": path} -> key counts
+(and the call's error, if it raised)."""
 
 import os
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import safetensors.torch
 
-from modules import script_callbacks, shared
+from modules import script_callbacks, sd_models, shared
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probe_keys import key_report, unet_call  # noqa: E402  (copied beside this extension by the harness)
@@ -18,14 +19,24 @@ def add_routes(demo, app) -> None:
 
     @app.post("/sdkd_probe/check")
     def check(body: dict) -> dict:
+        reload = getattr(sd_models, "forge_model_reload", None)  # Forge loads the chosen model only when first used
+        if reload is not None:
+            reload()
         model = shared.sd_model
         forge = getattr(model, "forge_objects", None)  # Forge keeps the UNet in its own patcher
         unet = forge.unet.model.diffusion_model if forge is not None else model.model.diffusion_model
         path = model.sd_checkpoint_info.filename
-        report = key_report(unet.state_dict(), safetensors.torch.load_file(path), body.get("prefix", ""))
+        prefix = body.get("prefix", "")
+        report = key_report(unet.state_dict(), safetensors.torch.load_file(path), prefix)
+        if prefix:  # layers whose weight is None (Forge's layers keep it as a plain attribute until loaded)
+            report[f"n_weightless:{prefix}"] = sum(f"{name}.".startswith(prefix) and "weight" in {**vars(m), **m._parameters}
+                                                   and m.weight is None for name, m in unet.named_modules())
         io = safetensors.torch.load_file(body["io"])
-        safetensors.torch.save_file({**io, "out": unet_call(unet, io)}, body["io"])
-        return {**report, "checkpoint": os.path.basename(path)}
+        try:
+            safetensors.torch.save_file({**io, "out": unet_call(unet, io)}, body["io"])
+        except Exception as e:  # the host's UNet cannot run this file (Forge without sdkd: weightless middle block)
+            return {**report, "checkpoint": os.path.basename(path), "call_error": f"{type(e).__name__}: {e}"}
+        return {**report, "checkpoint": os.path.basename(path), "call_error": ""}
 
 
 script_callbacks.on_app_started(add_routes)
