@@ -355,3 +355,25 @@ def test_quiet_drops_only_the_known_harmless_messages():
             lg.removeHandler(handler)
     assert [r.getMessage()[:60] for r in records] == [
         "There are modules in UNet2DConditionModel that should be kep", "something else"]
+
+
+def test_an_estimate_traced_beside_a_training_job_leaves_its_attention_alone():
+    """The tab computes estimates while a job trains: the planner's stand-in attention is for its own thread only."""
+    import torch.nn.functional as F
+
+    from sdkd_ext.plan import _fused_attention
+
+    grads = []
+
+    def train_step():
+        q = torch.randn(1, 2, 4, 8, requires_grad=True)
+        F.scaled_dot_product_attention(q, q, q).sum().backward()  # the stand-in has no backward
+        grads.append(q.grad)
+
+    with _fused_attention():
+        worker = threading.Thread(target=train_step)
+        worker.start()
+        worker.join()
+        traced = F.scaled_dot_product_attention(*(torch.empty(1, 2, 4, 8, device="meta", requires_grad=True),) * 3)
+    assert len(grads) == 1 and grads[0].abs().sum() > 0
+    assert traced.device.type == "meta" and traced.grad_fn is not None and "FlashLike" in type(traced.grad_fn).__name__

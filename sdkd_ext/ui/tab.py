@@ -265,11 +265,12 @@ def build_tab(host: FolderHost):
         go.click(on_prune, inputs=[task, ckpt, variant, name, dtype, overwrite], outputs=[status, load, written, *lists],
                  **page)
         long_outputs = [status, loss, samples, load, written]
+        live_view = {"show_progress": "minimal", **page}  # "full" would cover the curve and samples while they update
         d_go.click(on_distill, inputs=[task, ckpt, d_variant, d_kind, d_path, d_count, d_steps, d_res, d_vram, d_every,
                                        l_sd, l_out, l_feat, d_name, d_resume, d_over],
-                   outputs=[*long_outputs, d_estimate, *lists], **page)
+                   outputs=[*long_outputs, d_estimate, *lists], **live_view)
         l_go.click(on_lora, inputs=[task, ckpt, l_folder, l_rank, l_alpha, l_steps, l_res, l_vram, l_te, l_name,
-                                    l_resume, l_over], outputs=[*long_outputs, l_estimate, *lists], **page)
+                                    l_resume, l_over], outputs=[*long_outputs, l_estimate, *lists], **live_view)
         c_go.click(on_compare, inputs=[task, ckpt, c_students, c_prompts, c_seeds, c_size, c_steps, c_name],
                    outputs=[status, c_grid], **page)
         b_go.click(on_bench, inputs=[task, ckpt, b_students, b_size, b_steps, b_repeats, b_t2i, b_name],
