@@ -109,7 +109,13 @@ def host(comfy, monkeypatch, tmp_path, teacher_file, students):
     (dirs["checkpoints"] / "teacher.safetensors").write_bytes(teacher_file.read_bytes())
     (dirs["checkpoints"] / "teacher-tiny.safetensors").write_bytes(students["tiny"].checkpoint.read_bytes())
     updates: list[tuple[int, int]] = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: updates.append((value, total)))
+
+    def page_hook(value, total, preview, node_id=None):
+        """What ComfyUI's main.py hooks into every progress bar: raise its interrupt if set, else report the step."""
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        updates.append((value, total))
+
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", page_hook)
     comfy.model_management.interrupt_current_processing(False)
     spec = importlib.util.spec_from_file_location("sdkd_node", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
     package = importlib.util.module_from_spec(spec)
@@ -225,13 +231,13 @@ def test_nodes_refuse_bad_input_in_their_own_terms_and_write_nothing(host):
 
 
 def interrupt_at(comfy, host, step: int) -> None:
-    """Press ComfyUI's interrupt (what POST /interrupt does) when the progress bar reaches `step` of training."""
-    record = comfy.utils.PROGRESS_BAR_HOOK
+    """Press ComfyUI's interrupt (what POST /interrupt does) as the progress bar reaches `step` of training."""
+    page_hook = comfy.utils.PROGRESS_BAR_HOOK
 
     def hook(value, total, preview, node_id=None):
-        record(value, total, preview)
         if total == host.steps and value == step:
             comfy.model_management.interrupt_current_processing(True)
+        page_hook(value, total, preview)
 
     comfy.utils.PROGRESS_BAR_HOOK = hook
 

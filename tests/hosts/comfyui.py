@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import comfy_setup
 from .harness import (LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, clear, errors_in, free_port, log, python_of,
-                      sdkd)
+                      run_py, sdkd)
 
 HOST = "comfyui"
 VARIANTS = ("base", "small", "tiny")
@@ -294,22 +294,46 @@ def written(entry: dict, dirs: dict[str, Path]) -> list[str]:
     return missing
 
 
+def page_prompts(report: Report, server: Server, info: dict) -> dict[str, dict]:
+    """Every example workflow loaded in ComfyUI's own page (headless Chromium): the API prompt the page makes of it,
+    checked against `api_prompt` (which the unit tests use); {} if the page could not be driven."""
+    from .a1111 import browser_venv
+
+    made: dict[str, dict] = {}
+    with report.check(HOST, "workflows-load-in-page") as r:
+        made = json.loads(run_py(browser_venv(), str(Path(__file__).parent / "comfy_page.py"), server.url, *ORDER
+                                 ).strip().splitlines()[-1])
+        differ = {}
+        for n in ORDER:
+            page = {k: (v["class_type"], v["inputs"]) for k, v in made.get(n, {}).items()}  # the page adds a _meta title
+            ours = {k: (v["class_type"], v["inputs"]) for k, v in
+                    api_prompt(server.get(f"/api/workflow_templates/sdkd/{n}.json"), info).items()}
+            if page != ours:
+                differ[n] = next((k, page.get(k), ours.get(k)) for k in sorted({*page, *ours}) if page.get(k) != ours.get(k))
+        r["figure"] = f"loaded={sum(bool(made.get(n)) for n in ORDER)}/{len(ORDER)} differ_from_converter={list(differ) or 'none'}"
+        r["ok"] = not differ
+        if differ:
+            r["figure"] += f" first={str(next(iter(differ.values())))[:400]}"
+    return made
+
+
 def workflow_checks(report: Report, server: Server, dirs: dict[str, Path], info: dict) -> None:
-    """The template browser's list names every example workflow; each, as the server serves it, runs on its
-    defaults (with this run's model names, shrunk) and its outputs exist."""
+    """The template browser's list names every example workflow; each, as the page queues it (or, without a page,
+    as `api_prompt` converts it), runs on its defaults (with this run's model names, shrunk) and its outputs exist."""
     shipped = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     with report.check(HOST, "workflow-templates") as r:
         listed = sorted(server.get("/workflow_templates").get("sdkd", []))
         r["figure"] = f"listed={len(listed)}/{len(shipped)}"
         r["ok"] = listed == shipped and set(ORDER) == set(shipped)
+    made = page_prompts(report, server, info)
     for name in ORDER:
         with report.check(HOST, f"workflow-{name}") as r:
-            flow = server.get(f"/api/workflow_templates/sdkd/{name}.json")
-            entry = run_prompt(server, adapted(api_prompt(flow, info), RENAMED[name], SHRUNK))
+            prompt = made.get(name) or api_prompt(server.get(f"/api/workflow_templates/sdkd/{name}.json"), info)
+            entry = run_prompt(server, adapted(prompt, RENAMED[name], SHRUNK))
             err = error_of(entry)
             outputs = sum(len(ui.get("text", [])) + len(ui.get("images", [])) for ui in entry["outputs"].values())
             missing = written(entry, dirs) if not err else []
-            r["figure"] = f"outputs={outputs} missing={missing or 'none'}"
+            r["figure"] = f"from={'page' if name in made else 'converter'} outputs={outputs} missing={missing or 'none'}"
             r["ok"] = not err and outputs > 0 and not missing
             if err:
                 r["figure"] += f" error={err[:300]!r}"
@@ -321,18 +345,25 @@ def cancel_distil(report: Report, server: Server, dirs: dict[str, Path], info: d
     name = "teacher-bk-tiny-cancelled"
     out = dirs["ckpt"] / f"{name}.safetensors"
     flow = json.loads((WORKFLOWS / "sdkd_distil.json").read_text())
-    settings = {"SdkdDistil": {**SHRUNK["SdkdDistil"], "variant": "tiny", "steps": 200, "filename": name}}
+    # Training images, not prompts: the teacher then draws nothing before the first step (the cheapest start).
+    settings = {"SdkdDistil": {**SHRUNK["SdkdDistil"], "variant": "tiny", "steps": 200, "filename": name,
+                               "data": "image folder", "data_path": "sdkd-lora"}}
     with report.check(HOST, "cancel-distil") as r:
         prompt = adapted(api_prompt(flow, info), {"v1-5-pruned-emaonly": "teacher"}, settings)
         pid = server.post("/prompt", {"prompt": prompt, "client_id": "sdkd-ci"})["prompt_id"]
         t = time.monotonic()
         log = out.with_suffix(".run") / "loss.csv"
-        while not (log.is_file() and len(log.read_text().splitlines()) > 1) and time.monotonic() - t < 600:
+        while not (log.is_file() and len(log.read_text().splitlines()) > 1) and not server.get(f"/history/{pid}"):
+            if time.monotonic() - t > 600:
+                raise RuntimeError("distil wrote no training step in 600 s")
             time.sleep(0.5)
+        trained = time.monotonic() - t
         server.post("/interrupt", {})
         entry = run_entry(server, pid, 600)
-        text = " ".join(t for ui in entry["outputs"].values() for t in ui.get("text", []))
-        r["figure"] = f"text={text[:120]!r} student_written={out.exists()} after={time.monotonic() - t:.1f}s"
+        text = " ".join(line for ui in entry["outputs"].values() for line in ui.get("text", []))
+        r["figure"] = (f"text={text[:160]!r} student_written={out.exists()} first_step_after={trained:.1f}s "
+                       f"stopped_after={time.monotonic() - t - trained:.1f}s" + (f" error={error_of(entry)[:300]!r}"
+                                                                                 if error_of(entry) else ""))
         r["ok"] = not error_of(entry) and "interrupted at step" in text and out.exists()
     if out.exists():
         load_check(report, server, dirs, out.name, models, "cancel-distil-student-loads")

@@ -12,7 +12,9 @@ app.registerExtension({
             onNodeCreated?.apply(this, []);
             const box = ComfyWidgets["STRING"](this, "sdkd_result", ["STRING", { multiline: true }], app).widget;
             box.element.readOnly = true;
-            box.serialize = false;  // a display, not an input: not saved in workflows or sent to the server
+            // A display, not an input: left out of saved workflows (serialize) and of the queued prompt (options.serialize).
+            box.serialize = false;
+            (box.options ??= {}).serialize = false;
         };
         const onExecuted = nodeType.prototype.onExecuted;
         nodeType.prototype.onExecuted = function (message) {

@@ -23,23 +23,30 @@ NONE = "(none)"  # the first choice of an optional model list
 
 
 def comfy_progress(graceful: bool = False) -> ProgressFn:
-    """A progress callback drawing ComfyUI's progress bar. ComfyUI's interrupt raises its own exception here, or with
-    `graceful` sdkd's `Cancelled` (a training job then exports what it has; the interrupt stays set, so the rest
-    of the graph stops too)."""
+    """A progress callback drawing ComfyUI's progress bar, whose page hook raises ComfyUI's interrupt. With `graceful`
+    the interrupt becomes sdkd's `Cancelled` (a training job then exports what it has; the interrupt is set again, so
+    the rest of the graph stops too) and later events draw nothing while the job winds down."""
     import comfy.model_management
     import comfy.utils
 
     bars: dict[str, object] = {}
+    stopping: list[Event] = []
 
     def show(e: Event) -> None:
+        if stopping:
+            return
         bar = bars.get(e.stage)
         if bar is None:
             bar = bars[e.stage] = comfy.utils.ProgressBar(e.total)
-        bar.update_absolute(e.step, e.total)
-        if not graceful:
+        try:
+            bar.update_absolute(e.step, e.total)
             comfy.model_management.throw_exception_if_processing_interrupted()
-        elif comfy.model_management.processing_interrupted():
-            raise Cancelled(f"interrupted at {e.stage} step {e.step}/{e.total}")
+        except comfy.model_management.InterruptProcessingException:
+            if not graceful:
+                raise
+            stopping.append(e)
+            comfy.model_management.interrupt_current_processing(True)
+            raise Cancelled(f"interrupted at {e.stage} step {e.step}/{e.total}") from None
 
     return show
 
