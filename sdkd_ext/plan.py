@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import threading
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable, Iterator
@@ -121,17 +122,29 @@ class _FlashLikeAttention(torch.autograd.Function):
         raise NotImplementedError
 
 
+_TRACING = threading.local()  # set in the thread that traces: other threads (a job training beside the tab) keep SDPA
+_TRACE_LOCK = threading.Lock()  # one trace at a time, so the patch is undone in the order it was made
+
+
 @contextlib.contextmanager
 def _fused_attention() -> Iterator[None]:
-    """Within the block, `F.scaled_dot_product_attention` (what diffusers calls) saves what fused kernels save."""
+    """Within the block and in this thread only, `F.scaled_dot_product_attention` (what diffusers calls) saves what
+    fused kernels save; every other thread still gets the real function."""
     import torch.nn.functional as F
 
-    original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = lambda q, k, v, *args, **kwargs: _FlashLikeAttention.apply(q, k, v)
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = original
+    with _TRACE_LOCK:
+        original = F.scaled_dot_product_attention
+
+        def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            if getattr(_TRACING, "on", False):
+                return _FlashLikeAttention.apply(q, k, v)
+            return original(q, k, v, *args, **kwargs)
+
+        F.scaled_dot_product_attention, _TRACING.on = sdpa, True
+        try:
+            yield
+        finally:
+            F.scaled_dot_product_attention, _TRACING.on = original, False
 
 
 @lru_cache(maxsize=32)
