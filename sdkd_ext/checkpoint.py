@@ -17,6 +17,7 @@ import torch
 
 from .convert import EMA, EMA_UNET, NOT_WEIGHTS, TEXT, UNET, VAE, PrefixMap, ema_twin, unet_map, vae_map
 from .errors import SdkdError
+from .portable import MIDDLE, has_identity_middle
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -89,10 +90,11 @@ class RenamedSource:
     def __init__(self, base: Source, names: dict[str, str],
                  transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
                  metadata: dict[str, str] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
-                 has_ema: bool = False):
+                 has_ema: bool = False, portable: bool = False):
         self._base, self._names, self._transform = base, names, transform  # new name -> base name
         self._shapes = shapes or {}
         self.has_ema = has_ema  # the underlying file carries EMA weights (`has_ema_weights`)
+        self.portable = portable  # the file's identity middle block is hidden (`portable.has_identity_middle`)
         self.metadata = base.metadata if metadata is None else metadata
 
     def keys(self) -> list[str]:
@@ -216,8 +218,8 @@ def has_ema_weights(keys: Iterable[str]) -> bool:
 
 
 def normalise(src: Source, ema: bool = False) -> Source:
-    """LDM names as sdkd uses them: old text-encoder names fixed, EMA weights swapped in if asked, EMA copies and
-    non-weight buffers (`NOT_WEIGHTS`) hidden."""
+    """LDM names as sdkd uses them: old text-encoder names fixed, EMA weights swapped in if asked, EMA copies,
+    non-weight buffers (`NOT_WEIGHTS`) and a portable student's identity middle block hidden."""
     keys = src.keys()
     present = set(keys)
     has_ema = has_ema_weights(keys)
@@ -244,7 +246,10 @@ def normalise(src: Source, ema: bool = False) -> Source:
     if without_twin:  # a half-EMA UNet is neither model: refuse rather than mix them silently
         raise SdkdError(f"--ema was given but the EMA copy is incomplete: {len(without_twin)} UNet weights have none "
                         f"(e.g. {without_twin[0]}); drop --ema to use the regular weights")
-    return RenamedSource(src, names, has_ema=has_ema)
+    portable = has_identity_middle(RenamedSource(src, names))
+    if portable:
+        names = {k: v for k, v in names.items() if not k.startswith(MIDDLE)}
+    return RenamedSource(src, names, has_ema=has_ema, portable=portable)
 
 
 SHIPPED_DIR = Path(__file__).parent / "models"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import SdkdError
+from .portable import add_portable_option
 from .variants import VARIANTS
 
 VARIANT_NAMES = [n for v in VARIANTS.values() for n in (v.name, *v.aliases)]
@@ -37,7 +38,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
             print(f"  UNet: {info.unet_params:,} parameters, {info.dtype}, {t.levels} levels x {t.layers_per_block} "
                   f"resnets, {'with' if t.mid_block else 'no'} middle block, base width {t.model_channels}")
         print(f"  VAE: {'yes' if info.has_vae else 'no'}; text encoder: {'yes' if info.has_text_encoder else 'no'}; "
-              f"EMA weights: {'yes' if info.has_ema else 'no'}")
+              f"EMA weights: {'yes' if info.has_ema else 'no'}" + ("; portable: yes" if info.portable else ""))
         for k, v in sorted((info.metadata or {}).items()):
             if k.startswith("sdkd_") and k != "sdkd_topology":
                 print(f"  {k}: {v}")
@@ -52,7 +53,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from .progress import tqdm_progress
     from .prune import prune
 
-    r = prune(a.file, a.variant, a.out, a.dtype, a.ema, a.overwrite, a.format == "diffusers", tqdm_progress())
+    r = prune(a.file, a.variant, a.out, a.dtype, a.ema, a.overwrite, a.format == "diffusers", tqdm_progress(),
+              a.portable)
     print(f"{r.variant}: {r.unet_params:,} UNet parameters -> {r.checkpoint} (+ {r.yaml.name})"
           + (f" and {r.diffusers}/" if r.diffusers else "") + f" in {r.seconds:.1f}s")
     return 0
@@ -118,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
                    help="diffusers: also write a diffusers folder beside the .safetensors")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_portable_option(s)
     s.set_defaults(fn=cmd_prune)
 
     s = sub.add_parser("generate", help="generate an image from an SD1.x checkpoint or sdkd student")

@@ -31,6 +31,7 @@ class ModelInfo:
     has_vae: bool = False
     has_text_encoder: bool = False
     has_ema: bool = False
+    portable: bool = False  # a small/tiny file carrying an identity middle block for hosts without sdkd
     inpainting: bool = False
     metadata: dict[str, str] | None = None
 
@@ -137,7 +138,7 @@ def describe(src: Source) -> ModelInfo:
         kind="unknown", metadata=dict(src.metadata),
         has_vae=any(k.startswith(VAE) for k in keys),
         has_text_encoder=any(k.startswith(TEXT) for k in keys),
-        has_ema=getattr(src, "has_ema", False),
+        has_ema=getattr(src, "has_ema", False), portable=getattr(src, "portable", False),
     )
     ukeys = [k for k in keys if k.startswith(UNET)]
     if ukeys:

@@ -14,11 +14,12 @@ import torch
 
 from . import __version__
 from .checkpoint import SHIPPED_DIR, Source, open_model, resolve
-from .configs import NO_MIDDLE_BLOCK_METADATA, ldm_yaml
+from .configs import NO_MIDDLE_BLOCK_LINES, PORTABLE_LINES, ldm_yaml, note_metadata
 from .convert import TEXT, UNET, VAE, student_key, student_renamer
 from .detect import ModelInfo, describe, require_teacher, vae_shape
 from .errors import SdkdError
 from .export import Outputs, atomic_outputs, parse_dtype, plan_from, sha256_file, write_safetensors
+from .portable import identity_middle, identity_params
 from .progress import ProgressFn
 from .variants import Topology, get_variant
 
@@ -78,12 +79,16 @@ def teacher_metadata(path: Path) -> Callable[[], dict[str, str]]:
 
 def export_model(src: Source, names: dict[str, str], topology: Topology, out: Path, variant: str,
                  dtype: str = "fp16", extra: dict[str, str] | Callable[[], dict[str, str]] | None = None,
-                 overwrite: bool = False,
-                 diffusers: bool = False, progress: ProgressFn | None = None) -> Exported:
+                 overwrite: bool = False, diffusers: bool = False, progress: ProgressFn | None = None,
+                 portable: bool = False) -> Exported:
     """Write `<out>.safetensors` (LDM names, metadata) and `<out>.yaml`, optionally a diffusers folder, atomically.
 
-    `extra` metadata may be a callable, evaluated only once the tensor data is written (see `teacher_metadata`)."""
+    `extra` metadata may be a callable, evaluated only once the tensor data is written (see `teacher_metadata`);
+    `portable` adds an identity middle block to a student without one (see `sdkd_ext.portable`)."""
     start = time.perf_counter()
+    if portable and topology.mid_block:
+        raise SdkdError(f"--portable is for students without a middle block (small, tiny); a {variant} model has one "
+                        "and loads in every host as it is: drop --portable")
     target = parse_dtype(dtype)
     ckpt = checkpoint_path(out)
     yaml_path = ckpt.with_suffix(".yaml")
@@ -93,18 +98,23 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
 
     plan = plan_from(src, names, cast)
     params = sum(math.prod(shape) for name, shape, _, _ in plan if name.startswith(UNET))
+    if portable:
+        plan += [(k, shape, target, (lambda s=shape, f=fill: torch.full(s, f)))
+                 for k, (shape, fill) in identity_middle(topology).items()]
     vae = vae_shape(src)
+    notes = PORTABLE_LINES if portable else NO_MIDDLE_BLOCK_LINES
     metadata = {
         "sdkd_format": FORMAT_VERSION, "sdkd_version": __version__, "sdkd_variant": variant,
         "sdkd_unet_params": str(params), "sdkd_topology": json.dumps(asdict(topology)),
         "modelspec.architecture": "stable-diffusion-v1",
         **(vae.metadata() if vae else {}),
-        **({} if topology.mid_block else {"sdkd_note": NO_MIDDLE_BLOCK_METADATA}),
+        **({} if topology.mid_block else {"sdkd_note": note_metadata(notes)}),
+        **({"sdkd_portable": f"identity middle block, {identity_params(topology)} parameters"} if portable else {}),
     }
     folder = ckpt.with_suffix("") if diffusers else None
     with atomic_outputs(overwrite) as outs:
         tmp_yaml = outs.temp(yaml_path)
-        tmp_yaml.write_text(ldm_yaml(topology, vae))
+        tmp_yaml.write_text(ldm_yaml(topology, vae, portable))
         tmp_ckpt = outs.temp(ckpt)
         write_safetensors(tmp_ckpt, plan, lambda: {**metadata, **(extra() if callable(extra) else extra or {})}, progress)
         if folder is not None:
@@ -116,7 +126,8 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
 
 
 def prune(teacher: str | Path, variant: str, out: str | Path | None = None, dtype: str = "fp16", ema: bool = False,
-          overwrite: bool = False, diffusers: bool = False, progress: ProgressFn | None = None) -> Exported:
+          overwrite: bool = False, diffusers: bool = False, progress: ProgressFn | None = None,
+          portable: bool = False) -> Exported:
     """Copy the teacher's kept blocks into a BK-SDM student and export it (teacher file untouched)."""
     path = resolve(teacher)
     v = get_variant(variant)
@@ -131,4 +142,4 @@ def prune(teacher: str | Path, variant: str, out: str | Path | None = None, dtyp
     provenance = teacher_metadata(path)
     extra = lambda: {**provenance(), "sdkd_ema": str(ema).lower()}  # noqa: E731
     return export_model(src, student_names(src, info, v.name), v.student(info.topology), out_path, v.name,
-                        dtype, extra, overwrite, diffusers, progress)
+                        dtype, extra, overwrite, diffusers, progress, portable)

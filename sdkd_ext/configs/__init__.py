@@ -111,11 +111,28 @@ NO_MIDDLE_BLOCK_LINES = (
     "- Forge needs the sdkd extension: without it the block it builds has no weights.",
     "- ComfyUI and diffusers read the shape off the weights and need nothing.",
 )
-NO_MIDDLE_BLOCK_NOTE = "".join(f"# {line}\n" for line in NO_MIDDLE_BLOCK_LINES)
-NO_MIDDLE_BLOCK_METADATA = " ".join(line.strip() for line in NO_MIDDLE_BLOCK_LINES)
+# The same for a portable file (`sdkd prune --portable`): it carries an identity middle ResBlock.
+PORTABLE_LINES = (
+    "This model has no middle block (BK-SDM small/tiny); it carries an identity middle ResBlock (last conv zero)",
+    "so that hosts without sdkd load every weight and compute the student exactly:",
+    "- A1111 and Forge with the sdkd extension remove the block on load (it costs nothing there).",
+    "- Without it, Forge and ComfyUI build a ResBlock middle block from the file; A1111 loads it and fills the",
+    "  rest of its yaml middle block with zeros (an identity too); the idle block runs every step.",
+)
 
 
-def ldm_yaml(t: Topology, vae: VaeShape | None = None) -> str:
+def note(lines: tuple[str, ...]) -> str:
+    """Host notes as yaml comment lines."""
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def note_metadata(lines: tuple[str, ...]) -> str:
+    """Host notes as one metadata line (`sdkd_note`, what metadata viewers show)."""
+    return " ".join(line.strip() for line in lines)
+
+
+
+def ldm_yaml(t: Topology, vae: VaeShape | None = None, portable: bool = False) -> str:
     """The A1111/ldm inference yaml that builds a model of topology `t` (inpainting when 9 input channels); for a
     model without a middle block it says, in comments, what each host does with it."""
     vae = vae or VaeShape()
@@ -130,8 +147,8 @@ def ldm_yaml(t: Topology, vae: VaeShape | None = None) -> str:
         transformer_depth=t.transformer_depth, context_dim=t.context_dim,
         vae_ch=vae.ch, vae_ch_mult=_yaml_list(vae.ch_mult), vae_res_blocks=vae.layers,
     )
-    note = "" if t.mid_block else NO_MIDDLE_BLOCK_NOTE
-    return (SD15_DIR / "v1-inference.yaml").read_text().format(note=note, **fields)
+    comment = "" if t.mid_block else note(PORTABLE_LINES if portable else NO_MIDDLE_BLOCK_LINES)
+    return (SD15_DIR / "v1-inference.yaml").read_text().format(note=comment, **fields)
 
 
 def _yaml_list(items) -> str:

@@ -19,24 +19,28 @@ import torch
 from ..checkpoint import open_file
 from ..convert import UNET
 from ..errors import SdkdError
-
-MIDDLE = UNET + "middle_block."
+from ..portable import MIDDLE, has_identity_middle
 
 
 def file_lacks_middle_block(path: str | Path | None) -> bool:
-    """True when the checkpoint file has UNet weights but none for a middle block (BK-SDM small/tiny and the like).
+    """True when the checkpoint file has UNet weights but none for a middle block (BK-SDM small/tiny and the like),
+    or only a portable student's identity one (`sdkd_ext.portable`: read off its keys and its one zero conv).
 
-    Runs at every model load, so it reads key names only: a safetensors header, or a zip-format `.ckpt` memory-mapped;
-    a legacy (non-zip) pickle would have to be read whole, and no sdkd student is one."""
+    Runs at every model load, so it reads key names (and only a ResBlock-only middle block's last conv): a safetensors
+    header, or a zip-format `.ckpt` memory-mapped; a legacy (non-zip) pickle would have to be read whole, and no sdkd
+    student is one."""
     if not path or not Path(path).is_file():
         return False
     if Path(path).suffix != ".safetensors" and not zipfile.is_zipfile(path):
         return False
     try:
-        keys = open_file(Path(path)).keys()
+        src = open_file(Path(path))
+        keys = src.keys()
     except SdkdError:  # not a file sdkd can list: the host loaded it its own way, leave its model alone
         return False
-    return any(k.startswith(UNET) for k in keys) and not any(k.startswith(MIDDLE) for k in keys)
+    if not any(k.startswith(UNET) for k in keys):
+        return False
+    return not any(k.startswith(MIDDLE) for k in keys) or has_identity_middle(src)
 
 
 def remove_middle_block(unet: torch.nn.Module) -> bool:
