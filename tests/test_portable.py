@@ -1,7 +1,7 @@
 """Portable students (`--portable`): an identity middle block that hosts without sdkd load whole, and sdkd ignores.
 
-The hosts' own UNet code runs here: ldm's UNetModel as A1111 loads a file (strict=False), and Forge's
-huggingface_guess detection plus its backend UNet, read from the Forge archive.
+The hosts' own UNet code runs here: ldm's UNetModel as A1111 loads a file (strict=False), Forge's huggingface_guess
+detection plus its backend UNet read from the Forge archive, and ComfyUI's model_detection and openaimodel.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sdkd_ext.pipeline import build_unet
 from sdkd_ext.portable import IDENTITY, MIDDLE, identity_params
 from sdkd_ext.prune import prune
 from sdkd_ext.variants import SD15, get_variant
+from test_comfy_nodes import comfy, loaded_teacher  # noqa: F401 (fixture)
 from test_host_items import loaded
 from test_hosts import ldm_as_a1111_loads_it
 
@@ -143,3 +144,18 @@ def test_forge_without_the_extension_loads_every_weight_and_equals_the_student(p
     unet = forge_unet(monkeypatch, load_file(str(r.checkpoint)), info.topology.num_heads)
     want = call(build_unet(src, info), ldm=False)
     assert (call(unet) - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["small", "tiny"])
+def test_comfyui_loads_every_weight_and_equals_the_student(portable, comfy, variant):
+    r = portable[variant]
+    unet = loaded_teacher(comfy, r.checkpoint).model.diffusion_model  # comfy.model_detection's config, SD15's class
+    file = {k[len(UNET):]: w for k, w in load_file(str(r.checkpoint)).items() if k.startswith(UNET)}
+    mine = unet.state_dict()
+    assert set(mine) == set(file) and all(torch.equal(mine[k], file[k]) for k in file)
+    src = open_model(r.checkpoint)
+    g = torch.Generator().manual_seed(1)
+    x, t, ctx = torch.randn(1, 4, 16, 16, generator=g), torch.tensor([500.0]), torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        got = unet(x, t, context=ctx)
+    assert (got - call(build_unet(src, describe(src)), ldm=False)).abs().max() < 1e-5
