@@ -108,7 +108,8 @@ NO_MIDDLE_BLOCK_LINES = (
     "This model has no middle block (BK-SDM small/tiny). No ldm config can leave that block out:",
     "- A1111 with the sdkd extension removes it on load; without it, A1111 fills the block with zeros",
     "  (an identity: images are right, but the idle block, 97M parameters at SD1.5 size, runs every step).",
-    "- Forge needs the sdkd extension: without it the block it builds has no weights.",
+    "- Forge needs the sdkd extension (or a file made with `sdkd prune --portable`): without it the block it builds",
+    "  has no weights.",
     "- ComfyUI and diffusers read the shape off the weights and need nothing.",
 )
 # The same for a portable file (`sdkd prune --portable`): it carries an identity middle ResBlock.
