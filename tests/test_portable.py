@@ -159,3 +159,10 @@ def test_comfyui_loads_every_weight_and_equals_the_student(portable, comfy, vari
     with torch.no_grad():
         got = unet(x, t, context=ctx)
     assert (got - call(build_unet(src, describe(src)), ldm=False)).abs().max() < 1e-5
+
+
+def test_lora_port_targets_a_portable_student_as_the_plain_one(portable, students):
+    from sdkd_ext.lora.port import target_layouts
+
+    got, want = target_layouts(str(portable["small"].checkpoint)), target_layouts(str(students["small"].checkpoint))
+    assert got[0] == want[0] == "small" and got[2].shapes == want[2].shapes and got[1].shapes == want[1].shapes
