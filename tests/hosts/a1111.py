@@ -330,10 +330,11 @@ def load_check(report: Report, server: Server, ckpts: Path, name: str, models, c
         if not k["call_error"]:
             host_out = safetensors.torch.load_file(str(io))
             diff = float((host_out["out"] - models.sdkd_unet_call(ckpts / name, host_out)).abs().max())
-        idle = f" missing:{idle_ok}*={k[f'n_missing:{idle_ok}']} weightless:{idle_ok}*={k[f'n_weightless:{idle_ok}']}"
+        idle = (f" missing:{idle_ok}*={k[f'n_missing:{idle_ok}']} weightless:{idle_ok}*={k[f'n_weightless:{idle_ok}']}"
+                if idle_ok else "")
         call = f"unet_call_error={k['call_error'][:120]!r}" if k["call_error"] else f"max|diff|={diff:.2e}"
         r["figure"] = (f"loaded={k['checkpoint']} keys={k['model_keys']}/{k['file_keys']} missing={k['n_missing']} "
-                       f"zero_filled={k['n_zero_filled']}{idle if idle_ok else ''} unexpected={k['n_unexpected']} "
+                       f"zero_filled={k['n_zero_filled']}{idle} unexpected={k['n_unexpected']} "
                        f"differ={k['n_differ']} {call}")
         complete = k["n_missing"] == k["n_unexpected"] == k["n_differ"] == 0
         idle_only = bool(idle_ok) and k["n_missing"] == k[f"n_missing:{idle_ok}"] and k["n_unexpected"] == k["n_differ"] == 0
