@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING
 
 from .convert import UNET
+from .errors import SdkdError
 from .variants import Topology
 
 if TYPE_CHECKING:  # checkpoint.normalise imports this module
@@ -36,6 +37,13 @@ def identity_middle(t: Topology) -> dict[str, tuple[tuple[int, ...], float]]:
     """LDM key -> (shape, fill) of an identity middle ResBlock for topology `t` (norms one, everything else zero)."""
     width, emb = t.widths()[-1], 4 * t.model_channels  # ldm's time embedding is 4x the base width
     return {IDENTITY + name: (shape(width, emb), fill) for name, shape, fill in _PARTS}
+
+
+def refuse_middle_block(t: Topology, variant: str) -> None:
+    """Refuse `--portable` for a model that has a middle block of its own (base, a teacher): nothing to stand in for."""
+    if t.mid_block:
+        raise SdkdError(f"--portable is for students without a middle block (small, tiny); a {variant} model has one "
+                        "and loads in every host as it is: drop --portable")
 
 
 def identity_params(t: Topology) -> int:

@@ -19,7 +19,7 @@ from .convert import TEXT, UNET, VAE, student_key, student_renamer
 from .detect import ModelInfo, describe, require_teacher, vae_shape
 from .errors import SdkdError
 from .export import Outputs, atomic_outputs, parse_dtype, plan_from, sha256_file, write_safetensors
-from .portable import identity_middle, identity_params
+from .portable import identity_middle, identity_params, refuse_middle_block
 from .progress import ProgressFn
 from .variants import Topology, get_variant
 
@@ -86,9 +86,8 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
     `extra` metadata may be a callable, evaluated only once the tensor data is written (see `teacher_metadata`);
     `portable` adds an identity middle block to a student without one (see `sdkd_ext.portable`)."""
     start = time.perf_counter()
-    if portable and topology.mid_block:
-        raise SdkdError(f"--portable is for students without a middle block (small, tiny); a {variant} model has one "
-                        "and loads in every host as it is: drop --portable")
+    if portable:
+        refuse_middle_block(topology, variant)
     target = parse_dtype(dtype)
     ckpt = checkpoint_path(out)
     yaml_path = ckpt.with_suffix(".yaml")
