@@ -185,7 +185,8 @@ def test_comfyui_nodes(monkeypatch, teacher_file, tmp_path):
 
     comfy = types.ModuleType("comfy")
     comfy.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
-    comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=check)
+    comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=check,
+                                              InterruptProcessingException=Interrupted)
     for name, mod in {"folder_paths": folder_paths, "comfy": comfy, "comfy.utils": comfy.utils,
                       "comfy.model_management": comfy.model_management}.items():
         monkeypatch.setitem(sys.modules, name, mod)
