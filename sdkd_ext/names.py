@@ -79,6 +79,10 @@ class Output:
         """The file a name typed into `name_widget` (blank: `default`) stands for, inside `folder`; never an input."""
         return path_in_folder((name or "").strip() or default, self.folder, self.name_widget, suffix, inputs)
 
+    def listed(self, path: Path) -> str:
+        """A file written inside the folder as the host's model list names it (relative, '/'-separated)."""
+        return path.relative_to(self.folder).as_posix()
+
     def shown(self, path: Path) -> str:
         """`path` as the UI shows it: relative to the folder, which is named in words."""
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib.util
 import os
 import sys
 import tarfile
@@ -57,3 +58,20 @@ def host_module(host: str, path: str, name: str, monkeypatch) -> types.ModuleTyp
     monkeypatch.setitem(sys.modules, name, module)
     exec(compile(host_source(host, path), module.__file__, "exec"), module.__dict__)
     return module
+
+
+def module_from_file(name: str, path: Path) -> types.ModuleType:
+    """A script (a benchmark, install.py) imported as module `name`, so tests call its functions."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def custom_node_package(monkeypatch) -> types.ModuleType:
+    """The checkout imported as ComfyUI imports a custom node folder: a package whose __init__ registers the nodes."""
+    spec = importlib.util.spec_from_file_location("sdkd_node", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    package = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "sdkd_node", package)
+    spec.loader.exec_module(package)
+    return package

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import json
 import sys
 import tarfile
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from host_code import ARCHIVES, HOSTS, ROOT, host_function
+from host_code import ARCHIVES, HOSTS, ROOT, custom_node_package, host_function
 from sdkd_ext.checkpoint import open_model
 from sdkd_ext.convert import UNET
 from sdkd_ext.detect import describe
@@ -117,10 +116,7 @@ def host(comfy, monkeypatch, tmp_path, teacher_file, students):
 
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", page_hook)
     comfy.model_management.interrupt_current_processing(False)
-    spec = importlib.util.spec_from_file_location("sdkd_node", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    package = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "sdkd_node", package)
-    spec.loader.exec_module(package)
+    package = custom_node_package(monkeypatch)
     yield types.SimpleNamespace(nodes=package.NODE_CLASS_MAPPINGS, dirs=dirs, updates=updates, package=package)
     comfy.model_management.interrupt_current_processing(False)
 

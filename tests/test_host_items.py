@@ -8,7 +8,6 @@ terms; 9: the tab refreshes its lists and feeds A1111's progress API, ComfyUI no
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import threading
 import types
@@ -18,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from host_code import host_function, host_module
+from host_code import custom_node_package, host_function, host_module
 from sdkd_ext.hosts import a1111
 from sdkd_ext.hosts.base import FolderHost
 from sdkd_ext.names import UnsafeName, path_in_folder
@@ -220,10 +219,7 @@ def comfy(monkeypatch, teacher_file, tmp_path):
     for name, mod in {"folder_paths": folder_paths, "comfy": comfy_mod, "comfy.utils": comfy_mod.utils,
                       "comfy.model_management": comfy_mod.model_management}.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    spec = importlib.util.spec_from_file_location("sdkd_node", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    package = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "sdkd_node", package)
-    spec.loader.exec_module(package)
+    package = custom_node_package(monkeypatch)
     return package, ckpts
 
 

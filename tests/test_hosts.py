@@ -1,14 +1,13 @@
 """Host adapters: the real-model middle-block fix, and the thin glue (hosts mocked, core real)."""
 
-import importlib.util
 import sys
 import threading
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
+from host_code import ROOT, custom_node_package, module_from_file
 from sdkd_ext.checkpoint import open_model
 from sdkd_ext.convert import UNET
 from sdkd_ext.detect import describe
@@ -18,7 +17,6 @@ from sdkd_ext.pipeline import build_unet
 from sdkd_ext.progress import Cancelled, Event
 from sdkd_ext.ui import JobControl, prune_job, run_in_host
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def ldm_as_a1111_loads_it(r):
@@ -191,10 +189,7 @@ def test_comfyui_nodes(monkeypatch, teacher_file, tmp_path):
                       "comfy.model_management": comfy.model_management}.items():
         monkeypatch.setitem(sys.modules, name, mod)
 
-    spec = importlib.util.spec_from_file_location("sdkd_node", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    package = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "sdkd_node", package)
-    spec.loader.exec_module(package)
+    package = custom_node_package(monkeypatch)
     node = package.NODE_CLASS_MAPPINGS["SdkdPrune"]
     assert node.INPUT_TYPES()["required"]["ckpt_name"][0] == ["t.safetensors"]
     (name,) = node().prune("t.safetensors", "tiny", "fp16", "", False)["result"]
@@ -213,6 +208,5 @@ def test_install_hook_adds_only_missing(monkeypatch):
     launch.is_installed = lambda name: name == "diffusers"
     launch.run_pip = lambda args, desc: calls.append(args)
     monkeypatch.setitem(sys.modules, "launch", launch)
-    spec = importlib.util.spec_from_file_location("sdkd_install", ROOT / "install.py")
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    module_from_file("sdkd_install", ROOT / "install.py")
     assert calls == ["install peft==0.13.2"]

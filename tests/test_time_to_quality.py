@@ -1,6 +1,5 @@
 """benchmarks/time_to_quality.py: scores along a real run, training CPU time without the scoring, stop at the target."""
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -15,15 +14,14 @@ from sdkd_ext.fidelity import probe
 from sdkd_ext.shapes import sample_specs, write_folder
 
 from distill_helpers import one_thread  # noqa: F401 (fixture)
+from host_code import module_from_file
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_quality.py"
 
 
 @pytest.mark.slow
 def test_curve_scores_every_n_steps_leaves_scoring_out_of_cpu_and_stops_at_target(tmp_path):
-    spec = importlib.util.spec_from_file_location("time_to_quality", BENCH)
-    ttq = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ttq)
+    ttq = module_from_file("time_to_quality", BENCH)
     src = open_model("demo")
     info = describe(src)
     teacher = teacher_model(src, info, CPU)

@@ -37,7 +37,7 @@ class SdkdPrune(Job):
         with out.worded():
             target = out.path(filename, f"{Path(ckpt_name).stem}-bk-{variant}", ".safetensors", (teacher,))
             r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=comfy_progress())
-        name = r.checkpoint.relative_to(out.folder).as_posix()
+        name = out.listed(r.checkpoint)
         return result(f"{r.variant} student, {r.unet_params:,} UNet parameters: {name} in your checkpoints "
                       f"(+ {r.yaml.name}) in {r.seconds:.1f}s", name)
 
@@ -106,7 +106,7 @@ class SdkdRebase(Job):
                               tuple(paths.values()))
             r, d = rebase(paths["ckpt_name"], paths["base_name"], paths["student_name"], target, strength, dtype,
                           overwrite, progress=comfy_progress())
-        name = r.checkpoint.relative_to(out.folder).as_posix()
+        name = out.listed(r.checkpoint)
         return result(f"{r.variant} student of {ckpt_name}: difference from {base_name} {d.summary()}; strength "
                       f"{strength:g} -> {name} in your checkpoints (+ {r.yaml.name})", name)
 
@@ -139,7 +139,7 @@ class SdkdPortLora(Job):
         with out.worded():
             target = out.path(filename, f"{Path(lora_name).stem}-{Path(student_name).stem}", ".safetensors", (lora,))
             r = port_lora(lora, str(student), target, overwrite)
-        name = r.path.relative_to(out.folder).as_posix()
+        name = out.listed(r.path)
         dropped = f"; {len(r.dropped)} modules in blocks the student removed were left out" if r.dropped else ""
         return result(f"{lora_name} for the BK-SDM {r.variant} student: {r.kept} modules -> {name} in your loras"
                       f"{dropped}", name)

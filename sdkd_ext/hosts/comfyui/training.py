@@ -102,7 +102,7 @@ class SdkdDistil(Job):
                 teacher, variant, target, spec, TrainConfig(steps=int(steps), lr=float(lr)),
                 LossWeights(l_sd, l_out, l_feat), resolution=int(resolution), vram=(vram or "").strip() or None,
                 resume=resume, overwrite=overwrite, progress=progress))
-        name = r.exported.checkpoint.relative_to(out.folder).as_posix()
+        name = out.listed(r.exported.checkpoint)
         return result(f"{r.exported.variant} student, {stopped(r.train)} on {r.samples} samples "
                       f"({losses(r.train)}): {name} in your checkpoints; loss log and previews in "
                       f"{out.shown(r.run_dir)}", name)
@@ -152,6 +152,6 @@ class SdkdTrainLora(Job):
                 base, folder, target, LoraSpec(int(rank), float(alpha), text_encoder),
                 TrainConfig(steps=int(steps), lr=float(lr)), resolution=int(resolution), resume=resume,
                 overwrite=overwrite, progress=progress))
-        name = r.path.relative_to(out.folder).as_posix()
+        name = out.listed(r.path)
         return result(f"LoRA for {ckpt_name}, {r.modules} modules, {stopped(r.train)} on {r.samples} images "
                       f"({losses(r.train)}): {name} in your loras", name)
