@@ -176,4 +176,6 @@ def test_teacher_sampling_matches_diffusers_pipeline(models, teacher_file):
     with torch.no_grad():
         ref = pipe(prompt_embeds=cond, negative_prompt_embeds=neg.expand(2, -1, -1), num_inference_steps=4,
                    guidance_scale=5.0, height=64, width=64, latents=seeded_randn(seeds, (4, 8, 8)), output_type="latent").images
-    assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4)  # latents reach |20|: float32 rounding, not a difference
+    # latents reach |20| and float32 rounding grows with them (and with the thread count), so the bound is relative
+    # to the whole latent; a real difference in CFG, negative prompt or schedule is orders of magnitude above it
+    assert ((ours - ref).norm() / ref.norm()).item() < 2e-5  # measured 2e-6
