@@ -31,6 +31,7 @@ from .errors import SdkdError
 from .export import Outputs, atomic_outputs
 from .pipeline import build_text_encoder, build_unet, build_vae, scheduler, tokenizer
 from .plan import check_resolution, fit, kd_estimator
+from .portable import add_portable_option, refuse_middle_block
 from .progress import Cancelled, ProgressFn, report, tqdm_progress
 from .prune import Exported, checkpoint_path, default_out, export_model, student_names, teacher_metadata
 from .train import (TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, image_grid, make_accelerator,
@@ -256,8 +257,9 @@ def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
 
 
 def export_student(unet: torch.nn.Module, src: Source, topology: Topology, out: Path, variant: str, dtype: str,
-                   extra: Callable[[], dict[str, str]], diffusers: bool) -> Exported:
-    """Export the trained UNet with the teacher's VAE and text encoder through the core exporter (as `sdkd prune`)."""
+                   extra: Callable[[], dict[str, str]], diffusers: bool, portable: bool = False) -> Exported:
+    """Export the trained UNet with the teacher's VAE and text encoder through the core exporter (as `sdkd prune`;
+    `portable` as there)."""
     state = unet.state_dict()
     pmap = unet_map(topology)
     names = {}
@@ -270,7 +272,7 @@ def export_student(unet: torch.nn.Module, src: Source, topology: Topology, out: 
     rest = RenamedSource(src, {k: k for k in src.keys() if not k.startswith(UNET)})
     full = ChainSource([trained, rest])
     return export_model(full, {k: k for k in full.keys()}, topology, out, variant, dtype, extra, overwrite=True,
-                        diffusers=diffusers)
+                        diffusers=diffusers, portable=portable)
 
 
 def to_images(vae: torch.nn.Module, latents: torch.Tensor, scaling: float, device: torch.device) -> list:
@@ -337,10 +339,12 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
             weights: LossWeights = LossWeights(), *, resolution: int = 512, dtype: str = "fp16", overwrite: bool = False,
             resume: bool = False, cache_dir: str | Path | None = None, vram: float | str | None = None,
             preview_prompts: list[str] | None = None, diffusers: bool = False, init: str | Path | None = None,
-            progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> DistillResult:
+            portable: bool = False, progress: ProgressFn | None = None,
+            log: Callable[[str], None] | None = None) -> DistillResult:
     """Distil `teacher` into a BK-SDM `variant` on `data` and export the student like `sdkd prune` does.
 
-    `init` starts from that student's weights (a rebased, public or earlier student) instead of the pruned teacher.
+    `init` starts from that student's weights (a rebased, public or earlier student) instead of the pruned teacher;
+    `portable` writes the identity middle block `sdkd prune --portable` writes (refused before any work for base).
 
     `vram` ("auto" or GiB) lets the memory planner pick micro-batch/accumulation, gradient
     checkpointing and EMA to fit. A progress callback raising `Cancelled` during training leaves an
@@ -360,6 +364,8 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
         raise SdkdError(f"{path.name}: an inpainting teacher can be pruned but not distilled (its UNet needs masks); "
                         "distil the normal checkpoint it was made from")
     v = get_variant(variant)
+    if portable:
+        refuse_middle_block(v.student(info.topology), v.name)
     out_path = checkpoint_path(out) if out else default_out(path, f"{v.name}-kd")
     if out_path.resolve() == path.resolve():
         raise SdkdError(f"--out {out_path} is the teacher itself; sdkd never overwrites its input")
@@ -404,7 +410,7 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
         }
 
     def on_export(model: torch.nn.Module, result: TrainResult) -> Exported:
-        return export_student(model, src, s_topology, out_path, v.name, dtype, extra(result), diffusers)
+        return export_student(model, src, s_topology, out_path, v.name, dtype, extra(result), diffusers, portable)
 
     result = run_training(objective, student, dataset, cfg, run_dir, fingerprint=fingerprint, accelerator=acc, resume=resume,
                           overwrite=overwrite, progress=progress, on_export=on_export, preview=preview, stage="distill")
@@ -506,7 +512,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
             r = distill(a.teacher, a.variant, a.out, data_spec(a), cfg, LossWeights(a.l_sd, a.l_out, a.l_feat),
                         resolution=a.resolution, dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, cache_dir=a.cache_dir,
                         vram=vram, preview_prompts=[] if a.no_preview else shown, diffusers=a.format == "diffusers",
-                        init=a.init, progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
+                        init=a.init, portable=a.portable, progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
         except Cancelled:
             print("sdkd: cancelled before training started (the cache written so far is kept)", file=sys.stderr)
             return 130
@@ -568,6 +574,7 @@ def add_commands(sub) -> None:
     s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported weights dtype")
     s.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
                    help="diffusers: also write a diffusers folder beside the .safetensors")
+    add_portable_option(s)
     s.add_argument("--resume", action="store_true", help="continue the run in <out>.run/ from its last checkpoint")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs and start the run over")
     s.set_defaults(fn=cmd_distill)

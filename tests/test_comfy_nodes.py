@@ -188,6 +188,8 @@ def test_file_nodes_write_into_their_folders_and_say_so(host, teacher_file):
     assert host.updates and host.updates[-1][0] == host.updates[-1][1]  # ComfyUI's bar reached its end
     (info,), ui = run(host, "SdkdInspect", ckpt_name=name[0])
     assert json.loads(info[0])["variant"] == "small" and ui["text"] == info
+    (name,), _ = run(host, "SdkdPrune", ckpt_name="teacher.safetensors", variant="tiny", filename="tp", portable=True)
+    assert describe(open_model(ckpts / name[0])).portable
 
     # Rebase with the teacher as community and base: a zero difference, so the student comes back unchanged.
     (rebased,), ui = run(host, "SdkdRebase", ckpt_name="teacher.safetensors", base_name="teacher.safetensors",
@@ -210,6 +212,8 @@ def test_nodes_refuse_bad_input_in_their_own_terms_and_write_nothing(host):
         "choose another filename or turn on 'overwrite'": ("SdkdPrune", dict(ckpt_name="teacher.safetensors",
                                                                             filename="teacher-tiny")),
         "filename '../x'": ("SdkdPrune", dict(ckpt_name="teacher.safetensors", filename="../x")),
+        "'portable' is for students without a middle block": ("SdkdDistil", dict(ckpt_name="teacher.safetensors",
+                                                                                   variant="base", portable=True)),
         "ckpt_name 'gone.safetensors' is not in your checkpoints": ("SdkdDistil", dict(ckpt_name="gone.safetensors")),
         "'resolution'": ("SdkdDistil", dict(ckpt_name="teacher.safetensors", resolution=100)),
         "data_path: give a folder": ("SdkdDistil", dict(ckpt_name="teacher.safetensors", data="prompt file")),

@@ -175,6 +175,21 @@ def test_tab_speaks_in_its_widgets_terms(models):
         assert "--" not in message and str(models.output_dir()) not in message
 
 
+def test_tab_portable_checkbox(models):
+    """Prune's Portable box writes the identity middle block; for base it is refused naming the box, not the flag."""
+    from sdkd_ext.checkpoint import open_model
+    from sdkd_ext.detect import describe
+    from sdkd_ext.ui.jobs import PORTABLE
+
+    control = JobControl()
+    base = run_in_host(models, control, prune_job(models, "teacher.safetensors", "base", "pb", "fp16", False, None, True))
+    assert base.startswith(f"Error: {PORTABLE!r} is for students without a middle block"), base
+    assert not (models.output_dir() / "pb.safetensors").exists()
+    done = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "pt", "fp16", False, None, True))
+    assert done.startswith("Done:"), done
+    assert describe(open_model(models.output_dir() / "pt.safetensors")).portable
+
+
 
 def test_tab_words_core_messages_with_its_widgets(models, tmp_path):
     """Messages the core words for the CLI (flags, absolute paths) reach the tab naming its widgets instead."""

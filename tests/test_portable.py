@@ -18,7 +18,10 @@ from safetensors.torch import load_file
 from host_code import host_module
 from sdkd_ext.checkpoint import open_model
 from sdkd_ext.convert import UNET
+from sdkd_ext.cli import main
+from sdkd_ext.data import PromptData
 from sdkd_ext.detect import describe
+from sdkd_ext.distill import distill
 from sdkd_ext.errors import SdkdError
 from sdkd_ext.hosts import a1111
 from sdkd_ext.pipeline import build_unet
@@ -82,7 +85,26 @@ def test_inspect_says_portable(portable):
 def test_base_refuses_portable(teacher_file, tmp_path):
     with pytest.raises(SdkdError, match="--portable is for students without a middle block"):
         prune(teacher_file, "base", tmp_path / "b", portable=True)
+    with pytest.raises(SdkdError, match="--portable is for students without a middle block"):
+        distill(teacher_file, "base", tmp_path / "d", PromptData(("a red box",)), portable=True)
     assert not list(tmp_path.iterdir())
+
+
+DISTIL = ["--self", "2", "--sample-steps", "2", "--steps", "2", "--resolution", "64", "--device", "cpu",
+          "--no-preview", "--dtype", "fp32"]
+
+
+def test_distill_portable_writes_the_block_and_the_trained_student(teacher_file, tmp_path):
+    """`sdkd distill --portable`: the exported file carries the identity block; sdkd reads it as the trained student
+    (the same UNet as the plain export of the same run)."""
+    for name, extra in (("plain", []), ("port", ["--portable"])):
+        assert main(["distill", str(teacher_file), "--variant", "tiny", "--out", str(tmp_path / name), *DISTIL, *extra]) == 0
+    sd = load_file(str(tmp_path / "port.safetensors"))
+    assert {k for k in sd if k.startswith(MIDDLE)} == {k for k in sd if k.startswith(IDENTITY)} != set()
+    info = describe(open_model(tmp_path / "port.safetensors"))
+    assert (info.variant, info.portable) == ("tiny", True)
+    got, want = (build_unet(open_model(tmp_path / f"{n}.safetensors"), info).state_dict() for n in ("port", "plain"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
 
 
 @pytest.mark.parametrize("variant", ["small", "tiny"])

@@ -22,6 +22,7 @@ from .run import Live
 
 # Labels of the widgets that name outputs: the tab shows them and its messages name them.
 PRUNE_NAME, PRUNE_OVERWRITE = "Output name", "Overwrite an existing file"
+PORTABLE = "Portable (loads whole in web UIs without sdkd; small and tiny)"
 DISTIL_NAME, DISTIL_OVERWRITE = "Student name", "Overwrite"
 LORA_NAME, LORA_OVERWRITE = "LoRA name", "Overwrite"
 REPORT_NAME = "Report name"
@@ -32,7 +33,8 @@ REBASE_NAME, REBASE_OVERWRITE = "Rebased student name", "Overwrite"
 DISTIL_WIDGETS = {"--variant": "Student", "--data": "Image folder or prompt file", "--prompts": "Image folder or prompt file",
                   "--self": "Built-in prompts", "--steps": "Steps", "--resolution": "Resolution",
                   "--vram": "VRAM budget (GB or auto)", "--l-sd": "Task loss weight", "--l-out": "Output KD weight",
-                  "--l-feat": "Feature KD weight", "--resume": "Resume", "--preview-every": "Samples every N steps"}
+                  "--l-feat": "Feature KD weight", "--resume": "Resume", "--preview-every": "Samples every N steps",
+                  "--portable": PORTABLE}
 LORA_WIDGETS = {"--data": "Image folder (with .txt captions or metadata.jsonl)", "--text-encoder": "Also train the text encoder",
                 "--rank": "Rank", "--alpha": "Alpha", "--steps": "Steps", "--resolution": "Resolution", "--resume": "Resume",
                 "--vram": "VRAM budget (GB or auto)"}
@@ -53,17 +55,18 @@ def _output(live: Live | None, path: Path | None) -> None:
 
 
 def prune_job(host: FolderHost, checkpoint: str, variant: str, name: str, dtype: str, overwrite: bool,
-              live: Live | None = None) -> Callable[[ProgressFn], str]:
-    """The tab's prune action: teacher from the host's list, student into the host's checkpoint folder."""
+              live: Live | None = None, portable: bool = False) -> Callable[[ProgressFn], str]:
+    """The tab's prune action: teacher from the host's list, student into the host's checkpoint folder (`portable`:
+    with the identity middle block, see `sdkd_ext.portable`)."""
     from ..prune import prune
 
-    out = Output(host.output_dir(), "your checkpoint folder", PRUNE_NAME, PRUNE_OVERWRITE)
+    out = Output(host.output_dir(), "your checkpoint folder", PRUNE_NAME, PRUNE_OVERWRITE, {"--portable": PORTABLE})
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
         target = out.path(name, f"{Path(checkpoint).stem}-bk-{variant}", ".safetensors", (teacher,))
         with out.worded():
-            r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=progress)
+            r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=progress, portable=portable)
         host.refresh()
         _output(live, r.checkpoint)
         return (f"Done: {r.variant} student, {r.unet_params:,} UNet parameters -> {out.shown(r.checkpoint)} "
@@ -108,7 +111,8 @@ def distil_config(steps: int, samples_every: int) -> TrainConfig:
 
 def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path: str, count: int, steps: int,
                 resolution: int, vram: str, l_sd: float, l_out: float, l_feat: float, name: str, resume: bool,
-                overwrite: bool, samples_every: int = 0, live: Live | None = None) -> Callable[[ProgressFn], str]:
+                overwrite: bool, samples_every: int = 0, live: Live | None = None,
+                portable: bool = False) -> Callable[[ProgressFn], str]:
     """The tab's distil action: a student distilled on the GPU, exported into the host's checkpoint folder, with a
     sample grid (teacher beside student, fixed prompts and seeds) every `samples_every` steps and at the end."""
     from ..distill import LossWeights, distill, run_folder
@@ -124,7 +128,7 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
                 live.run_dir = run_folder(target)
             r = distill(teacher, variant, target, _data(kind, path, count), distil_config(steps, samples_every),
                         LossWeights(l_sd, l_out, l_feat), resolution=int(resolution), vram=budget, resume=resume,
-                        overwrite=overwrite, progress=progress)
+                        overwrite=overwrite, portable=portable, progress=progress)
         host.refresh()
         _output(live, r.exported.checkpoint if r.exported else None)
         where = out.shown(r.exported.checkpoint) if r.exported else "(no student written)"

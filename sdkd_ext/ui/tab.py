@@ -17,7 +17,8 @@ from ..hosts.base import FolderHost
 from ..variants import VARIANTS
 from . import jobs
 from .jobs import (DATA_KINDS, DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS, LORA_NAME, LORA_OVERWRITE,
-                   LORA_WIDGETS, PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS, PRUNE_NAME, PRUNE_OVERWRITE, PUBLIC_STUDENTS,
+                   LORA_WIDGETS, PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS, PORTABLE, PRUNE_NAME, PRUNE_OVERWRITE,
+                   PUBLIC_STUDENTS,
                    REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS, REPORT_NAME, BENCH_NAME, BENCH_WIDGETS)
 from .run import JobControl, Live, run_in_host, stream
 
@@ -82,6 +83,7 @@ def build_tab(host: FolderHost):
                 with gr.Row():
                     name = gr.Textbox(label=PRUNE_NAME, placeholder="blank: <checkpoint>-bk-<variant>")
                     overwrite = gr.Checkbox(label=PRUNE_OVERWRITE, value=False, elem_id="sdkd_overwrite")
+                    portable = gr.Checkbox(label=PORTABLE, value=False)
                 go = gr.Button("Prune", variant="primary", elem_id="sdkd_prune")
             with gr.Tab("Distil"):
                 gr.Markdown("Train the student to imitate the teacher (output and per-block feature distillation). "
@@ -106,6 +108,7 @@ def build_tab(host: FolderHost):
                     d_name = gr.Textbox(label=DISTIL_NAME, placeholder="blank: <checkpoint>-bk-<variant>-kd")
                     d_resume = gr.Checkbox(label=DISTIL_WIDGETS["--resume"], value=False)
                     d_over = gr.Checkbox(label=DISTIL_OVERWRITE, value=False)
+                    d_portable = gr.Checkbox(label=PORTABLE, value=False)
                 d_estimate = gr.Markdown("Pick a teacher to see the memory estimate.", elem_id="sdkd_distil_estimate")
                 d_go = gr.Button("Distil", variant="primary", elem_id="sdkd_distill")
             with gr.Tab("LoRA"):
@@ -209,16 +212,17 @@ def build_tab(host: FolderHost):
                 tail = (*wrote(live), *refreshed()) if f.done else (keep, keep, *(keep for _ in lists))
                 yield (f.status, *images, *tail)
 
-        def on_prune(t, c, v, n, d, o, progress=gr.Progress()):
+        def on_prune(t, c, v, n, d, o, pt, progress=gr.Progress()):
             live = Live()
-            return (run(jobs.prune_job(host, c, v, n, d, o, live), progress, t, gpu=False), *wrote(live), *refreshed())
+            return (run(jobs.prune_job(host, c, v, n, d, o, live, pt), progress, t, gpu=False), *wrote(live),
+                    *refreshed())
 
-        def on_distill(t, c, v, k, p, n, st, r, vr, ev, a, b, f, nm, rs, o, progress=gr.Progress()):
+        def on_distill(t, c, v, k, p, n, st, r, vr, ev, a, b, f, nm, rs, o, pt, progress=gr.Progress()):
             keep = gr.update()
             yield ("planning...", keep, keep, keep, keep, jobs.distil_estimate(host, c, v, st, r, vr, ev),
                    *(keep for _ in lists))
             live = Live()
-            job = jobs.distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, ev, live)
+            job = jobs.distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, ev, live, pt)
             for frame in streamed(job, live, progress, t, with_samples=True):
                 yield (*frame[:5], keep, *frame[5:])
 
@@ -262,12 +266,12 @@ def build_tab(host: FolderHost):
         ckpt.change(on_checkpoint, inputs=[ckpt, *distil_fields, *lora_fields], outputs=[info, d_estimate, l_estimate])
         d_variant.change(lambda c, *a: jobs.distil_estimate(host, c, *a), inputs=[ckpt, *distil_fields],
                          outputs=[d_estimate])
-        go.click(on_prune, inputs=[task, ckpt, variant, name, dtype, overwrite], outputs=[status, load, written, *lists],
+        go.click(on_prune, inputs=[task, ckpt, variant, name, dtype, overwrite, portable], outputs=[status, load, written, *lists],
                  **page)
         long_outputs = [status, loss, samples, load, written]
         live_view = {"show_progress": "minimal", **page}  # "full" would cover the curve and samples while they update
         d_go.click(on_distill, inputs=[task, ckpt, d_variant, d_kind, d_path, d_count, d_steps, d_res, d_vram, d_every,
-                                       l_sd, l_out, l_feat, d_name, d_resume, d_over],
+                                       l_sd, l_out, l_feat, d_name, d_resume, d_over, d_portable],
                    outputs=[*long_outputs, d_estimate, *lists], **live_view)
         l_go.click(on_lora, inputs=[task, ckpt, l_folder, l_rank, l_alpha, l_steps, l_res, l_vram, l_te, l_name,
                                     l_resume, l_over], outputs=[*long_outputs, l_estimate, *lists], **live_view)

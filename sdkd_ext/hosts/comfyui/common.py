@@ -139,6 +139,12 @@ def variant_input(default: str = "small") -> tuple:
     return (list(VARIANTS), {"default": default})
 
 
+def portable_input() -> tuple:
+    """The widget for `--portable` (prune, distil): the student also loads whole in web UIs without sdkd."""
+    return ("BOOLEAN", {"default": False, "tooltip": "small/tiny: add an identity middle block so Forge and A1111 "
+                                                     "without sdkd load every weight (+31M parameters at SD1.5 size)"})
+
+
 def core_job(method: F) -> F:
     """A node method that runs a core job as the CLI runs it. ComfyUI executes every prompt under
     `torch.inference_mode()`, where training records no gradients and the tensors made cannot be used by autograd

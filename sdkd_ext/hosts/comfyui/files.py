@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import DTYPES, Job, comfy_progress, core_job, model_path, names, output, result, variant_input
+from .common import (DTYPES, Job, comfy_progress, core_job, model_path, names, output, portable_input, result,
+                     variant_input)
 
 
 class SdkdPrune(Job):
@@ -24,19 +25,20 @@ class SdkdPrune(Job):
             "dtype": (DTYPES, {"default": "fp16"}),
             "filename": ("STRING", {"default": ""}),
             "overwrite": ("BOOLEAN", {"default": False}),
+            "portable": portable_input(),
         }}
 
     @core_job
-    def prune(self, ckpt_name: str, variant: str, dtype: str, filename: str, overwrite: bool) -> dict:
+    def prune(self, ckpt_name: str, variant: str, dtype: str, filename: str, overwrite: bool, portable: bool) -> dict:
         """The core prune into the first checkpoints folder (the list refreshes on its own); the student's name is
         shown on the node and output, for a Load Checkpoint node."""
         from ...prune import prune
 
-        out = output("checkpoints")
+        out = output("checkpoints", widgets={"--portable": "portable"})
         teacher = model_path("checkpoints", ckpt_name, "ckpt_name")
         with out.worded():
             target = out.path(filename, f"{Path(ckpt_name).stem}-bk-{variant}", ".safetensors", (teacher,))
-            r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=comfy_progress())
+            r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=comfy_progress(), portable=portable)
         name = out.listed(r.checkpoint)
         return result(f"{r.variant} student, {r.unet_params:,} UNet parameters: {name} in your checkpoints "
                       f"(+ {r.yaml.name}) in {r.seconds:.1f}s", name)

@@ -8,14 +8,14 @@ from pathlib import Path
 from ...errors import SdkdError
 from ...progress import Cancelled
 from .common import (Job, comfy_progress, core_job, free_device, input_path, interrupted, model_path, names, output,
-                     result, variant_input)
+                     portable_input, result, variant_input)
 
 # Where a distillation's data comes from: the widget value -> how the core is told.
 DATA = ("built-in prompts", "prompt file", "image folder")
 # The CLI flags the core's messages name -> the node widgets that set them.
 DISTIL_WIDGETS = {"--variant": "variant", "--data": "data_path", "--prompts": "data_path", "--self": "prompt_count",
                   "--steps": "steps", "--resolution": "resolution", "--vram": "vram", "--l-sd": "l_sd",
-                  "--l-out": "l_out", "--l-feat": "l_feat", "--resume": "resume", "--lr": "lr"}
+                  "--l-out": "l_out", "--l-feat": "l_feat", "--resume": "resume", "--lr": "lr", "--portable": "portable"}
 LORA_WIDGETS = {"--data": "image_folder", "--text-encoder": "text_encoder", "--rank": "rank", "--alpha": "alpha",
                 "--steps": "steps", "--resolution": "resolution", "--resume": "resume", "--lr": "lr"}
 
@@ -83,12 +83,13 @@ class SdkdDistil(Job):
             "filename": ("STRING", {"default": ""}),
             "resume": ("BOOLEAN", {"default": False}),
             "overwrite": ("BOOLEAN", {"default": False}),
+            "portable": portable_input(),
         }}
 
     @core_job
     def distil(self, ckpt_name: str, variant: str, data: str, data_path: str, prompt_count: int, steps: int,
             resolution: int, lr: float, vram: str, l_sd: float, l_out: float, l_feat: float, filename: str,
-            resume: bool, overwrite: bool) -> dict:
+            resume: bool, overwrite: bool, portable: bool) -> dict:
         """The core distillation into the first checkpoints folder; the student's name is output."""
         from ...distill import LossWeights, distill
         from ...train import TrainConfig
@@ -101,7 +102,7 @@ class SdkdDistil(Job):
             r = training(lambda progress: distill(
                 teacher, variant, target, spec, TrainConfig(steps=int(steps), lr=float(lr)),
                 LossWeights(l_sd, l_out, l_feat), resolution=int(resolution), vram=(vram or "").strip() or None,
-                resume=resume, overwrite=overwrite, progress=progress))
+                resume=resume, overwrite=overwrite, portable=portable, progress=progress))
         name = out.listed(r.exported.checkpoint)
         return result(f"{r.exported.variant} student, {stopped(r.train)} on {r.samples} samples "
                       f"({losses(r.train)}): {name} in your checkpoints; loss log and previews in "
