@@ -293,12 +293,13 @@ def to_images(vae: torch.nn.Module, latents: torch.Tensor, scaling: float, devic
 
 def make_preview(teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor,
                  seeds: list[int], latent: int, guidance: float, steps: int, amp: torch.dtype | None,
-                 scaling: float) -> Callable[[torch.nn.Module, int, Path], None]:
-    """A preview function: teacher (row 1, sampled once) and student (row 2) images at the same prompts and seeds."""
-    device = next(teacher.parameters()).device
+                 scaling: float, labels: tuple[str, str] = ("teacher", "student")) -> Callable[[torch.nn.Module, int, Path], None]:
+    """A preview function: teacher (row 1, sampled once) and student (row 2) images at the same prompts and seeds,
+    each row labelled (`labels`; the student's with its step)."""
     teacher_row: list = []
 
     def preview(student: torch.nn.Module, step: int, path: Path) -> None:
+        device = next(teacher.parameters()).device  # read here: a LoRA's base moves to the device once training starts
         if not teacher_row:
             teacher_row.extend(to_images(vae, sample_latents(teacher, scheduler(), cond, uncond, seeds, latent, steps, guidance),
                                          scaling, device))
@@ -307,7 +308,7 @@ def make_preview(teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Ten
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             z = sample_latents(student, scheduler(), cond, uncond, seeds, latent, steps, guidance)
         student.train(was_training)
-        grid = image_grid([teacher_row, to_images(vae, z.float(), scaling, device)], ["teacher", f"student {step}"])
+        grid = image_grid([teacher_row, to_images(vae, z.float(), scaling, device)], [labels[0], f"{labels[1]} {step}"])
         with atomic_outputs(overwrite=True) as outs:
             grid.save(outs.temp(path), format="PNG")
 

@@ -261,7 +261,7 @@ def test_comfyui_prune_stays_in_the_checkpoints_folder(comfy, tmp_path):
     node = package.NODE_CLASS_MAPPINGS["SdkdPrune"]()
     for name in ("../../../x", "/tmp/x", "sub/x", "..", "t"):
         with pytest.raises(SdkdError, match="filename"):
-            node.prune("t.safetensors", "tiny", "fp16", name, True)
+            node.prune("t.safetensors", "tiny", "fp16", name, True, False)
     assert files_under(tmp_path) == before
 
 
@@ -269,11 +269,11 @@ def test_comfyui_nodes_return_a_ui_result_in_their_own_terms(comfy):
     package, ckpts = comfy
     SdkdError = node_error(package)
     prune_node = package.NODE_CLASS_MAPPINGS["SdkdPrune"]
-    outputs, ui = comfy_outputs(prune_node, prune_node().prune("t.safetensors", "tiny", "fp16", "", False))
+    outputs, ui = comfy_outputs(prune_node, prune_node().prune("t.safetensors", "tiny", "fp16", "", False, False))
     assert outputs == [["t-bk-tiny.safetensors"]] and (ckpts / "t-bk-tiny.safetensors").is_file()
     assert "t-bk-tiny.safetensors in your checkpoints" in ui["text"][0] and str(ckpts) not in ui["text"][0]
     with pytest.raises(SdkdError) as e:
-        prune_node().prune("t.safetensors", "tiny", "fp16", "", False)
+        prune_node().prune("t.safetensors", "tiny", "fp16", "", False, False)
     assert "choose another filename or turn on 'overwrite'" in str(e.value) and "--" not in str(e.value)
     inspect_node = package.NODE_CLASS_MAPPINGS["SdkdInspect"]
     outputs, ui = comfy_outputs(inspect_node, inspect_node().inspect("t-bk-tiny.safetensors"))
@@ -309,7 +309,7 @@ def test_prune_in_the_tab_refreshes_both_checkpoint_lists(models):
     fn, outputs = click_handler(tab, "sdkd_prune")
     ids = [getattr(o, "elem_id", None) for o in outputs]
     assert ids[:2] == ["sdkd_status", "sdkd_load"] and ids[3] == "sdkd_checkpoint"
-    status, load, written, *lists = fn("", "teacher.safetensors", "tiny", "", "fp16", False, progress=None)
+    status, load, written, *lists = fn("", "teacher.safetensors", "tiny", "", "fp16", False, False, progress=None)
     assert status.startswith("Done:"), status
     assert load["visible"] is True and written == "teacher-bk-tiny.safetensors"  # "Load it now" offers the student
     checkpoint_lists = [u for u, o in zip(lists, outputs[3:]) if o.label != "LoRA"]  # all but the LoRA list
@@ -389,5 +389,5 @@ def test_tab_sends_a1111_a_task_id(models, monkeypatch):
     monkeypatch.setattr(type(models), "page_js", "sdkd_submit")
     fn, _, js = click_handler(build_tab(models), "sdkd_prune", with_js=True)
     assert "sdkd_submit" in js
-    fn("task(abc)", "teacher.safetensors", "tiny", "", "fp16", False, progress=None)
+    fn("task(abc)", "teacher.safetensors", "tiny", "", "fp16", False, False, progress=None)
     assert seen == ["task(abc)"]

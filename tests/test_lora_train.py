@@ -120,3 +120,29 @@ def test_memory_plan_for_sd15_lora():
     cfg = plan_lora(TrainConfig(batch=2, precision="fp16", optimizer="adamw"), vram, layout, spec, 512,
                     torch.device("cuda"), said.append)
     assert cfg.grad_checkpointing and cfg.batch * cfg.accum == 2 and "memory plan" in said[0]
+
+
+def test_sample_grids_show_the_base_without_and_the_model_with_the_lora(students, images, tmp_path, capsys):
+    """`--preview-every`: a grid every N steps and at the end; row 1 is exactly what the base model alone samples
+    (the adapters switched off, text encoder included), row 2 the model with the LoRA, which differs."""
+    from sdkd_ext.data import derive_seed, sample_latents
+    from sdkd_ext.distill import to_images
+    from sdkd_ext.pipeline import scheduler
+
+    base, out = students["tiny"].checkpoint, tmp_path / "seen.safetensors"
+    assert main(["lora", str(base), "--data", str(images), "--out", str(out), "--steps", "4", "--text-encoder",
+                 "--preview-every", "2", *ARGS, "--lr", "3e-2"]) == 0
+    assert "loss log and sample grids in" in capsys.readouterr().out
+    grids = sorted((tmp_path / "seen.run" / "previews").iterdir())
+    assert [g.name for g in grids] == ["step-000002.png", "step-000004.png"]
+    grid = np.asarray(Image.open(grids[-1]).convert("RGB")).astype(int)
+    assert grid.shape == (2 * 64, 90 + 4 * 64, 3)  # 4 captions of 64 px after the labels
+    pipe = load_pipeline(base).pipe
+    captions = [f"a picture number {i}" for i in range(4)]  # the folder's first captions, in order
+    with torch.no_grad():
+        cond, uncond = (pipe.encode_prompt(p, "cpu", 1, False)[0] for p in (captions, [""]))
+        z = sample_latents(pipe.unet, scheduler(), cond, uncond, [derive_seed(0, "preview", i) for i in range(4)], 8, 25, 7.5)
+    own = np.concatenate([np.asarray(im).astype(int) for im in to_images(pipe.vae, z, 0.18215, torch.device("cpu"))], 1)
+    without, with_lora = grid[:64, 90:], grid[64:, 90:]
+    assert np.abs(without - own).max() <= 2  # uint8 rounding of the same fp32 sampling
+    assert np.abs(with_lora - without).mean() > 2  # measured 8 (and 47 max for row 1 with the adapters left on)

@@ -126,7 +126,7 @@ def test_distil_streams_progress_curve_and_samples_and_cancel_keeps_a_student_th
                                     "sdkd_checkpoint")}
     frames, curves, grids = [], [], []
     for f in fn("", "teacher.safetensors", "tiny", BUILTIN, "", 2, 100000, 64, "auto", 1, 1, 1, 1, "live", False,
-                False, progress=None):  # a sample grid every step, and far more steps than it will run
+                False, False, progress=None):  # a sample grid every step, and far more steps than it will run
         frames.append(f)
         curves += [f[at["sdkd_loss"]]] if not isinstance(f[at["sdkd_loss"]], dict) else []
         grids += [f[at["sdkd_samples"]]] if not isinstance(f[at["sdkd_samples"]], dict) else []
@@ -157,7 +157,7 @@ def test_load_refuses_nothing_to_load(host):
     assert load_checkpoint(host, "") == "Error: nothing to load yet; run Prune, Distil or Rebase first"
 
 
-def test_lora_streams_its_loss_curve(host, tab, tmp_path):
+def test_lora_streams_its_loss_curve_and_sample_grids(host, tab, tmp_path):
     from PIL import Image
 
     for i, colour in enumerate(("red", "blue")):
@@ -165,10 +165,12 @@ def test_lora_streams_its_loss_curve(host, tab, tmp_path):
         (tmp_path / f"{i}.txt").write_text(f"a {colour} square")
     fn, outputs = click_handler(tab, "sdkd_lora")
     ids = [getattr(o, "elem_id", None) for o in outputs]
-    frames = frames_of(fn, "", "student-tiny.safetensors", str(tmp_path), 4, 4, 3, 64, "", False, "style", False, False)
+    frames = frames_of(fn, "", "student-tiny.safetensors", str(tmp_path), 4, 4, 3, 64, "", False, "style", False, False, 1)
     assert "Settings it will use" in frames[0][ids.index("sdkd_lora_estimate")]
     assert frames[-1][0].startswith("Done: style.safetensors in your LoRA folder") and "<lora:style:1>" in frames[-1][0]
     assert any(not isinstance(f[ids.index("sdkd_loss")], dict) for f in frames[1:])
+    grids = [f[ids.index("sdkd_samples")] for f in frames[1:] if not isinstance(f[ids.index("sdkd_samples")], dict)]
+    assert grids and grids[-1].size == (90 + 2 * 64, 2 * 64)  # without the LoRA above with it, one per caption
     assert "style.safetensors" in host.loras()
 
 

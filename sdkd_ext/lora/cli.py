@@ -8,6 +8,7 @@ import sys
 
 def cmd_train(a: argparse.Namespace) -> int:
     """Train a LoRA and say where it went."""
+    from ..data import read_prompts
     from ..distill import stop_on_ctrl_c
     from .train import LoraSpec, train_lora
     from ..progress import Cancelled, tqdm_progress
@@ -15,13 +16,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = TrainConfig(steps=a.steps, batch=a.batch, accum=a.accum, lr=a.lr, precision=a.precision,
                       grad_checkpointing=a.grad_checkpointing, optimizer=a.optimizer,
-                      checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device)
+                      checkpoint_every=a.checkpoint_every, preview_every=a.preview_every, seed=a.seed, device=a.device)
     vram = None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram)
     with stop_on_ctrl_c(tqdm_progress()) as progress:
         try:
             r = train_lora(a.base, a.data, a.out, LoraSpec(a.rank, a.alpha, a.text_encoder), cfg, resolution=a.resolution,
                            flip=a.flip, dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, cache_dir=a.cache_dir,
-                           vram=vram, progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
+                           vram=vram, preview_prompts=read_prompts(a.preview_prompts) if a.preview_prompts else None,
+                           progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
         except Cancelled:
             print("sdkd: cancelled before training started (the cache written so far is kept)", file=sys.stderr)
             return 130
@@ -30,7 +32,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     t = r.train
     status = f"cancelled at step {t.steps}/{t.total} (continue with --resume)" if t.cancelled else f"{t.steps} steps"
     print(f"LoRA ({r.modules} modules): {status} on {r.samples} images in {t.seconds:.0f}s, "
-          f"loss {t.losses.get('loss', float('nan')):.4g} -> {r.path}; loss log in {r.run_dir}/")
+          f"loss {t.losses.get('loss', float('nan')):.4g} -> {r.path}; loss log"
+          f"{' and sample grids' if a.preview_every else ''} in {r.run_dir}/")
     return 0
 
 
@@ -67,6 +70,10 @@ def add_commands(sub) -> None:
     s.add_argument("--vram", help="'auto' or GiB: let the memory planner choose batch split and checkpointing")
     s.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: accelerate's choice (GPU if any)")
     s.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
+    s.add_argument("--preview-every", type=int, default=0,
+                   help="steps between sample grids (the model without, then with the LoRA; also at the end) in "
+                        "<out>.run/previews/ (default 0: none)")
+    s.add_argument("--preview-prompts", help="text file of sample-grid prompts (default: the first 4 captions)")
     s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported LoRA weights dtype")

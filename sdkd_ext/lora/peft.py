@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 from ..errors import SdkdError
@@ -26,6 +29,19 @@ def lora_layers(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
     from peft.tuners.lora import LoraLayer
 
     return {n: m for n, m in module.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
+
+
+@contextmanager
+def adapters_off(module: torch.nn.Module) -> Iterator[None]:
+    """`module` computes without its LoRA adapters inside the block (the base model's output), with them after."""
+    layers = list(lora_layers(module).values())
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)  # also makes the adapters trainable again (peft's enable_adapters(False) froze them)
 
 
 def lora_from_peft(layout: Layout, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> Lora:

@@ -20,15 +20,15 @@ from ..cache import Cache, CachedDataset, component_hash, text_key
 from ..checkpoint import open_model
 from ..configs import VaeShape, sd15
 from ..convert import TEXT, UNET
-from ..data import FolderData, derive_seed, scan_folder
+from ..data import FolderData, PromptData, derive_seed, scan_folder
 from ..detect import describe
-from ..distill import prepare_data, run_folder
+from ..distill import CPU, PREVIEW_PROMPTS, frozen_dtype, make_preview, place, prepare_data, run_folder
 from ..errors import SdkdError
 from ..export import Outputs, parse_dtype
 from .file import Lora, kohya_metadata, write_kohya
 from .names import Layout, layout_of_source
-from .peft import TE_TARGETS, UNET_TARGETS, add_lora, lora_from_peft
-from ..pipeline import build_text_encoder, build_unet, tokenizer
+from .peft import TE_TARGETS, UNET_TARGETS, adapters_off, add_lora, lora_from_peft
+from ..pipeline import build_text_encoder, build_unet, build_vae, tokenizer
 from ..plan import Estimate, Settings, cache_phase, check_resolution, fit, training_parts
 from ..progress import ProgressFn
 from ..prune import checkpoint_path, teacher_metadata
@@ -99,12 +99,45 @@ class TokenDataset:
         return {"latents": self.data.get(index, seed)["latents"], "ids": self.ids[self.data.items[index][1]]}
 
 
+def token_ids(texts: list[str]) -> torch.Tensor:
+    """CLIP token ids of `texts`, padded to the 77-token context."""
+    tok = tokenizer()
+    return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
 def caption_ids(folder: Path, te_hash: str) -> dict[str, torch.Tensor]:
     """Token ids of every caption in `folder`, by the caption's text-cache key."""
-    tok = tokenizer()
     captions = list(dict.fromkeys(ex.caption for ex in scan_folder(folder).examples))
-    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-    return {text_key(c, te_hash): i for c, i in zip(captions, ids)}
+    return {text_key(c, te_hash): i for c, i in zip(captions, token_ids(captions))}
+
+
+class Sampled(torch.nn.Module):
+    """The LoRA model as the preview sampler calls a UNet: with its adapters or without them (the base model), and
+    with a trained text encoder the context made by it from token `ids` (uncond rows, then prompts) instead."""
+
+    def __init__(self, net: LoraNet, adapters: bool, ids: torch.Tensor | None = None):
+        super().__init__()
+        self.net, self.adapters, self.ids = net, adapters, ids
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
+        if not self.adapters:
+            with adapters_off(self.net):
+                return self.net.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+        if self.ids is not None and self.net.text_encoder is not None:
+            encoder_hidden_states = self.net.text_encoder(self.ids.to(sample.device))[0].to(encoder_hidden_states.dtype)
+        return self.net.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+
+
+def lora_preview(net: LoraNet, src, shown: list[str], cond: torch.Tensor, uncond: torch.Tensor, latent: int, seed: int,
+                 device: torch.device, amp: torch.dtype | None, scaling: float) -> Callable[[torch.nn.Module, int, Path], None]:
+    """A preview function for a LoRA run: the base model without the LoRA (row 1, sampled once) above the model with
+    it (row 2) at the same prompts (`shown`, embedded as `cond`) and seeds, as distillation's previews are drawn."""
+    sampling = PromptData(())
+    ids = torch.cat([token_ids([""]).expand(len(shown), -1), token_ids(shown)]) if net.text_encoder is not None else None
+    vae = place(build_vae(src), CPU, frozen_dtype(device))
+    draw = make_preview(Sampled(net, False), vae, cond, uncond, [derive_seed(seed, "preview", i) for i in range(len(shown))],
+                        latent, sampling.guidance, sampling.sample_steps, amp, scaling, ("without LoRA", "LoRA"))
+    return lambda model, step, path: draw(Sampled(model, True, ids), step, path)
 
 
 def adapted(module: torch.nn.Module, spec: LoraSpec, targets: tuple[str, ...], dtype: torch.dtype,
@@ -163,9 +196,12 @@ class LoraResult:
 def train_lora(base: str | Path, data: str | Path, out: str | Path, spec: LoraSpec = LoraSpec(),
                cfg: TrainConfig | None = None, *, resolution: int = 512, flip: bool = False, dtype: str = "fp16",
                overwrite: bool = False, resume: bool = False, cache_dir: str | Path | None = None,
-               vram: float | str | None = None, progress: ProgressFn | None = None,
-               log: Callable[[str], None] | None = None) -> LoraResult:
+               vram: float | str | None = None, preview_prompts: list[str] | None = None,
+               progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> LoraResult:
     """Train a LoRA for `base` (teacher or student) on a captioned image folder; export a kohya LoRA for its topology.
+
+    With `cfg.preview_every` set, a sample grid (without / with the LoRA, `preview_prompts` or the first captions) is
+    drawn every that many steps and at the end, into the run folder's previews, as distillation draws its own.
 
     A progress callback raising `Cancelled` stops after the current step with an exported LoRA and a
     resumable run (`resume=True`)."""
@@ -198,9 +234,12 @@ def train_lora(base: str | Path, data: str | Path, out: str | Path, spec: LoraSp
     cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / "cache")
     folder = FolderData(Path(data).expanduser(), flip=flip)
     scaling = float(sd15("vae").get("scaling_factor", 0.18215))
+    shown = (list(preview_prompts) if preview_prompts is not None else
+             list(dict.fromkeys(ex.caption for ex in scan_folder(folder.folder).examples))[:PREVIEW_PROMPTS]
+             ) if cfg.preview_every and acc.is_main_process else []
     with acc.main_process_first():
-        dataset, _, _ = prepare_data(folder, src, cache, None, resolution, resolution // 8, scaling, cfg.seed, [], device,
-                                     say, progress if acc.is_main_process else None, provenance)
+        dataset, previews, uncond = prepare_data(folder, src, cache, None, resolution, resolution // 8, scaling, cfg.seed,
+                                                 shown, device, say, progress if acc.is_main_process else None, provenance)
     unet = adapted(build_unet(src, info), spec, UNET_TARGETS, base_dtype, derive_seed(cfg.seed, "lora-unet"))
     text_encoder = (adapted(build_text_encoder(src), spec, TE_TARGETS, base_dtype, derive_seed(cfg.seed, "lora-te"))
                     if spec.text_encoder else None)
@@ -218,9 +257,12 @@ def train_lora(base: str | Path, data: str | Path, out: str | Path, spec: LoraSp
         write_kohya(lora, out_path, kohya_metadata(lora, info.variant, extra), overwrite=True, dtype=parse_dtype(dtype))
         return lora
 
-    result = run_training(DenoisingObjective(), LoraNet(unet, text_encoder), train_data, cfg, run_dir,
-                          fingerprint=fingerprint, accelerator=acc, resume=resume, overwrite=overwrite,
-                          progress=progress, on_export=on_export, stage="lora")
+    net = LoraNet(unet, text_encoder)
+    preview = (lora_preview(net, src, shown, previews, uncond, resolution // 8, cfg.seed, device,
+                            autocast_dtype(cfg.precision, device), scaling) if previews is not None else None)
+    result = run_training(DenoisingObjective(), net, train_data, cfg, run_dir, fingerprint=fingerprint, accelerator=acc,
+                          resume=resume, overwrite=overwrite, progress=progress, on_export=on_export, preview=preview,
+                          stage="lora")
     exported = result.exported
     return LoraResult(out_path if exported is not None else None, result, run_dir, len(dataset),
                       len(exported.modules) if exported is not None else 0)

@@ -37,7 +37,7 @@ DISTIL_WIDGETS = {"--variant": "Student", "--data": "Image folder or prompt file
                   "--portable": PORTABLE}
 LORA_WIDGETS = {"--data": "Image folder (with .txt captions or metadata.jsonl)", "--text-encoder": "Also train the text encoder",
                 "--rank": "Rank", "--alpha": "Alpha", "--steps": "Steps", "--resolution": "Resolution", "--resume": "Resume",
-                "--vram": "VRAM budget (GB or auto)"}
+                "--vram": "VRAM budget (GB or auto)", "--preview-every": "Samples every N steps"}
 BENCH_WIDGETS = {"--size": "Size", "--steps": "Steps", "--repeats": "Timed UNet calls", "--t2i-repeats": "Timed images"}
 PORT_WIDGETS = {"--to": "Port to", "--alpha-equals-rank": "Alpha = rank (for a LoRA that states no alpha)"}
 REBASE_WIDGETS = {"--base": "Base (what the checkpoint was made from)", "--student": "Student to rebase",
@@ -144,15 +144,16 @@ def lora_output(host: FolderHost) -> Output:
     return Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE, LORA_WIDGETS)
 
 
-def lora_config(steps: int) -> TrainConfig:
+def lora_config(steps: int, samples_every: int = 0) -> TrainConfig:
     """The training settings the LoRA fields give (the CLI's LoRA learning rate)."""
-    return TrainConfig(steps=int(steps), lr=1e-4)
+    return TrainConfig(steps=int(steps), lr=1e-4, preview_every=max(0, int(samples_every or 0)))
 
 
 def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: float, steps: int, resolution: int,
-             text_encoder: bool, name: str, resume: bool, overwrite: bool, vram: str = "",
+             text_encoder: bool, name: str, resume: bool, overwrite: bool, vram: str = "", samples_every: int = 0,
              live: Live | None = None) -> Callable[[ProgressFn], str]:
-    """The tab's LoRA action: train on an image folder, write the LoRA into the host's LoRA folder."""
+    """The tab's LoRA action: train on an image folder, write the LoRA into the host's LoRA folder, with a sample
+    grid (the model without, then with the LoRA) every `samples_every` steps and at the end."""
     from ..distill import run_folder
     from ..lora.train import LoraSpec, train_lora
 
@@ -168,7 +169,7 @@ def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: f
             if live is not None:
                 live.run_dir = run_folder(target)
             r = train_lora(base, Path(folder.strip()).expanduser(), target,
-                           LoraSpec(int(rank), float(alpha), text_encoder), lora_config(steps),
+                           LoraSpec(int(rank), float(alpha), text_encoder), lora_config(steps, samples_every),
                            resolution=int(resolution), vram=budget, resume=resume, overwrite=overwrite, progress=progress)
         host.refresh()
         state = f"Cancelled at step {r.train.steps}/{r.train.total} (tick Resume to continue)" if r.train.cancelled else "Done"

@@ -123,6 +123,7 @@ def build_tab(host: FolderHost):
                     l_steps = gr.Number(label=LORA_WIDGETS["--steps"], value=1000, precision=0)
                     l_res = gr.Number(label=LORA_WIDGETS["--resolution"], value=512, precision=0)
                     l_vram = gr.Textbox(label=LORA_WIDGETS["--vram"], value="auto")
+                    l_every = gr.Number(label=LORA_WIDGETS["--preview-every"], value=100, precision=0)
                 with gr.Row():
                     l_name = gr.Textbox(label=LORA_NAME, placeholder="blank: <checkpoint>-lora")
                     l_resume = gr.Checkbox(label=LORA_WIDGETS["--resume"], value=False)
@@ -187,8 +188,8 @@ def build_tab(host: FolderHost):
         status = gr.Textbox(label="Status", interactive=False, elem_id="sdkd_status")
         with gr.Row():
             loss = gr.Image(label="Loss", type="pil", interactive=False, elem_id="sdkd_loss")
-            samples = gr.Image(label="Samples: teacher (top) and student", type="pil", interactive=False,
-                               elem_id="sdkd_samples")
+            samples = gr.Image(label="Samples: teacher (top) and student; for a LoRA, without it (top) and with it",
+                               type="pil", interactive=False, elem_id="sdkd_samples")
 
         checkpoint_lists = [ckpt, c_students, b_students, r_base, r_student]
         lists = [*checkpoint_lists, p_lora, p_to]
@@ -203,12 +204,12 @@ def build_tab(host: FolderHost):
             name = listed_name(host, live.output)
             return gr.update(visible=name is not None), name or ""
 
-        def streamed(job: Callable, live: Live, progress, t: str, with_samples: bool):
+        def streamed(job: Callable, live: Live, progress, t: str):
             """A long job's updates: (status, loss, samples) each frame, then the lists and Load button at the end."""
             keep = gr.update()
             for f in stream(host, control, job, live, progress, gpu=True, task=t):
                 images = (f.loss if f.loss is not None else keep,
-                          (f.samples if f.samples is not None else keep) if with_samples else keep)
+                          f.samples if f.samples is not None else keep)
                 tail = (*wrote(live), *refreshed()) if f.done else (keep, keep, *(keep for _ in lists))
                 yield (f.status, *images, *tail)
 
@@ -223,16 +224,16 @@ def build_tab(host: FolderHost):
                    *(keep for _ in lists))
             live = Live()
             job = jobs.distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, ev, live, pt)
-            for frame in streamed(job, live, progress, t, with_samples=True):
+            for frame in streamed(job, live, progress, t):
                 yield (*frame[:5], keep, *frame[5:])
 
-        def on_lora(t, c, fo, rk, al, st, r, vr, te, nm, rs, o, progress=gr.Progress()):
+        def on_lora(t, c, fo, rk, al, st, r, vr, te, nm, rs, o, ev, progress=gr.Progress()):
             keep = gr.update()
             yield ("planning...", keep, keep, keep, keep, jobs.lora_estimate(host, c, rk, al, st, r, te, vr),
                    *(keep for _ in lists))
             live = Live()
-            job = jobs.lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o, vr, live)
-            for frame in streamed(job, live, progress, t, with_samples=False):
+            job = jobs.lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o, vr, ev, live)
+            for frame in streamed(job, live, progress, t):
                 yield (*frame[:5], keep, *frame[5:])
 
         def on_compare(t, c, ss, pr, se, sz, st, nm, progress=gr.Progress()):
@@ -274,7 +275,7 @@ def build_tab(host: FolderHost):
                                        l_sd, l_out, l_feat, d_name, d_resume, d_over, d_portable],
                    outputs=[*long_outputs, d_estimate, *lists], **live_view)
         l_go.click(on_lora, inputs=[task, ckpt, l_folder, l_rank, l_alpha, l_steps, l_res, l_vram, l_te, l_name,
-                                    l_resume, l_over], outputs=[*long_outputs, l_estimate, *lists], **live_view)
+                                    l_resume, l_over, l_every], outputs=[*long_outputs, l_estimate, *lists], **live_view)
         c_go.click(on_compare, inputs=[task, ckpt, c_students, c_prompts, c_seeds, c_size, c_steps, c_name],
                    outputs=[status, c_grid], **page)
         b_go.click(on_bench, inputs=[task, ckpt, b_students, b_size, b_steps, b_repeats, b_t2i, b_name],

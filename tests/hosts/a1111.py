@@ -103,6 +103,7 @@ class Spec:
     ready: str  # the log line after which the web UI serves (A1111 loads the model at start, Forge on first use)
     lora_log: LoraLog
     noext_refuses: bool  # without sdkd, small/tiny cannot run (Forge) instead of running with an idle middle block
+    portable_idle: str  # without sdkd, the key prefix a portable student may leave at the host's init ("": none)
     tab_jobs: Callable[..., None] | None = None  # more checks of the tab's jobs, with sdkd installed
 
 
@@ -172,6 +173,9 @@ def run_webui(report: Report, spec: Spec) -> None:
     finally:
         ui.server.stop()
         log(f"{host} log: {ui.server.log}")
+    portable = {v: ckpts / f"teacher-bk-{v}-portable.safetensors" for v in NO_MIDDLE}
+    for v, out in portable.items():  # what a user without the extension is given: `sdkd prune --portable`
+        sdkd("prune", str(teacher), "--variant", v, "--portable", "--dtype", "fp32", "--out", str(out))
     ext.unlink()
     ui = WebUI(spec, src, venv, data, teacher, "noext")
     try:
@@ -183,6 +187,9 @@ def run_webui(report: Report, spec: Spec) -> None:
                     load_check(report, ui.server, ckpts, f"teacher-bk-{v}.safetensors", models,
                                f"noext-{'refused' if spec.noext_refuses else 'load'}-{v}", idle_ok="middle_block.",
                                host=host, context=spec.context, refused=spec.noext_refuses)
+            for v, out in portable.items():
+                load_check(report, ui.server, ckpts, out.name, models, f"noext-portable-{v}", idle_ok=spec.portable_idle,
+                           host=host, context=spec.context)
     finally:
         ui.server.stop()
         ext.symlink_to(REPO, target_is_directory=True)
@@ -381,4 +388,5 @@ def a1111_tab_jobs(report: Report, server: Server, ckpts: Path, teacher: Path, b
 
 
 A1111 = Spec(HOST, a1111_setup.ARCHIVE, small_teacher, SMALL["context"], CPU_FLAGS, "Model loaded in",
-             LoraLog(bad=r"didn't match keys|Network .*layer", refresh="/sdapi/v1/refresh-loras"), False, a1111_tab_jobs)
+             LoraLog(bad=r"didn't match keys|Network .*layer", refresh="/sdapi/v1/refresh-loras"), False,
+             "middle_block.", a1111_tab_jobs)

@@ -25,7 +25,8 @@ def full_teacher(ckpts: Path, data: Path) -> Path:
 # the first UNet call raises (TypeError in linear()), so the extension is required there.
 FORGE = Spec("forge", a1111_setup.FORGE, full_teacher, 768, ("--always-cpu",), "Startup time:",
              LoraLog(bad=r"\[LORA\].*(unmatched keys|[Mm]ismatch)|lora key not loaded|skipped [1-9]",
-                     applied=r"\[LORA\] Loaded .*{stem}\.safetensors for \w+-UNet with [1-9]"), noext_refuses=True)
+                     applied=r"\[LORA\] Loaded .*{stem}\.safetensors for \w+-UNet with [1-9]"), noext_refuses=True,
+             portable_idle="")
 
 
 def run(report: Report) -> None:
