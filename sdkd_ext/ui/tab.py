@@ -270,7 +270,9 @@ def build_tab(host: FolderHost):
         go.click(on_prune, inputs=[task, ckpt, variant, name, dtype, overwrite, portable], outputs=[status, load, written, *lists],
                  **page)
         long_outputs = [status, loss, samples, load, written]
-        live_view = {"show_progress": "minimal", **page}  # "full" would cover the curve and samples while they update
+        # "full" and "minimal" draw a progress overlay on every output (gradio 3.41: the curve and samples under bars);
+        # the status line, the host's own progress bar and the streamed images already show how the run goes
+        live_view = {"show_progress": "hidden", **page}
         d_go.click(on_distill, inputs=[task, ckpt, d_variant, d_kind, d_path, d_count, d_steps, d_res, d_vram, d_every,
                                        l_sd, l_out, l_feat, d_name, d_resume, d_over, d_portable],
                    outputs=[*long_outputs, d_estimate, *lists], **live_view)
