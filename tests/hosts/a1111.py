@@ -104,7 +104,7 @@ class Spec:
     lora_log: LoraLog
     noext_refuses: bool  # without sdkd, small/tiny cannot run (Forge) instead of running with an idle middle block
     portable_idle: str  # without sdkd, the key prefix a portable student may leave at the host's init ("": none)
-    tab_jobs: Callable[..., None] | None = None  # more checks of the tab's jobs, with sdkd installed
+    tab_jobs: Callable[..., None] | None = None  # more checks of the tab's jobs, with sdkd installed (given this spec)
 
 
 class WebUI:
@@ -169,7 +169,7 @@ def run_webui(report: Report, spec: Spec) -> None:
                 if (ckpts / f"teacher-bk-{v}.safetensors").exists():
                     student_checks(report, spec, ui.server, ckpts, loras, v, teacher_lora, lora_data, models)
             if spec.tab_jobs is not None:
-                spec.tab_jobs(report, ui.server, ckpts, teacher, bvenv, models)
+                spec.tab_jobs(report, spec, ui.server, ckpts, teacher, bvenv, models)
     finally:
         ui.server.stop()
         log(f"{host} log: {ui.server.log}")
@@ -282,20 +282,20 @@ def student_checks(report: Report, spec: Spec, server: Server, ckpts: Path, lora
                 r["figure"] += f" first={bad[0][:200]!r}"
 
 
-def cancel_distil(report: Report, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
-    """The tab's Distil, followed by the page's task id in /internal/progress, stopped by A1111's Interrupt: the job
-    ends and leaves a student that loads."""
-    name = "teacher-bk-tiny-cancelled"
+def cancel_distil(report: Report, spec: Spec, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
+    """The tab's Distil, followed by the page's task id in /internal/progress, stopped by the web UI's Interrupt: the
+    job ends and leaves a student that loads."""
+    host, name = spec.host, "teacher-bk-tiny-cancelled"
     out = ckpts / f"{name}.safetensors"
     res: dict = {}
-    with report.check(HOST, "cancel-distil") as r:
+    with report.check(host, "cancel-distil") as r:
         res = json.loads(run_py(bvenv, str(Path(__file__).parent / "browser.py"), "distil-cancel", server.url, "sdkd",
-                                teacher.name, str(ARTIFACTS / "a1111-sdkd-distil-cancelled.png"), name
+                                teacher.name, str(ARTIFACTS / f"{host}-sdkd-distil-cancelled.png"), name
                                 ).strip().splitlines()[-1])
         r["figure"] = (f"progress_at_interrupt={res['progress_at_interrupt']!r} stopped_after={res['stopped_after_s']}s "
                        f"student_written={out.exists()} status={res['status'][:160]!r}")
         r["ok"] = out.exists()
-    with report.check(HOST, "progress-follows-tab-job") as r:
+    with report.check(host, "progress-follows-tab-job") as r:
         if not res:
             raise RuntimeError("no result from the page (see cancel-distil)")
         polls = res["task_progress"]
@@ -307,7 +307,7 @@ def cancel_distil(report: Report, server: Server, ckpts: Path, teacher: Path, bv
         r["ok"] = bool(res["task_id"]) and len(rising) >= 2 and rising[-1] > rising[0] and res["task_completed"]
     if out.exists():
         server.post("/sdapi/v1/refresh-checkpoints", {})
-        load_check(report, server, ckpts, out.name, models, "cancel-distil-student-loads")
+        load_check(report, server, ckpts, out.name, models, "cancel-distil-student-loads", host=host, context=spec.context)
 
 
 def txt2img(server: Server, prompt: str) -> dict:
@@ -351,24 +351,24 @@ def load_check(report: Report, server: Server, ckpts: Path, name: str, models, c
             r["figure"] += f" e.g.={k['examples']}"
 
 
-def watch_distil(report: Report, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
+def watch_distil(report: Report, spec: Spec, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
     """The tab's Distil in the page: loss curve and sample grid appear and update, Cancel stops it, its student is
     listed and "Load it now" makes it the web UI's checkpoint (its sd_model_checkpoint setting); three screenshots."""
-    name = "teacher-bk-tiny-watched"
+    host, name = spec.host, "teacher-bk-tiny-watched"
     out = ckpts / f"{name}.safetensors"
     res: dict = {}
-    with report.check(HOST, "tab-distil-live") as r:
+    with report.check(host, "tab-distil-live") as r:
         res = json.loads(run_py(bvenv, str(Path(__file__).parent / "browser.py"), "distil-watch", server.url, "sdkd",
-                                teacher.name, str(ARTIFACTS / f"{HOST}-sdkd-distil"), name).strip().splitlines()[-1])
+                                teacher.name, str(ARTIFACTS / f"{host}-sdkd-distil"), name).strip().splitlines()[-1])
         r["figure"] = (f"loss_images={res['loss_images']} sample_images={res['sample_images']} "
                        f"in={res['seconds_to_updates']}s running={res['status_while_running'][:80]!r}")
         r["ok"] = res["loss_images"] >= 2 and res["sample_images"] >= 2
-    with report.check(HOST, "tab-cancel") as r:
+    with report.check(host, "tab-cancel") as r:
         if not res:
             raise RuntimeError("no result from the page (see tab-distil-live)")
         r["figure"] = f"student_written={out.exists()} status={res['status'][:120]!r}"
         r["ok"] = res["status"].startswith("Cancelled at step") and out.exists()
-    with report.check(HOST, "tab-load-it-now") as r:
+    with report.check(host, "tab-load-it-now") as r:
         if not res:
             raise RuntimeError("no result from the page (see tab-distil-live)")
         titles = [m["title"] for m in server.get("/sdapi/v1/sd-models")]
@@ -377,14 +377,15 @@ def watch_distil(report: Report, server: Server, ckpts: Path, teacher: Path, bve
                        f"sd_model_checkpoint={selected!r} status={res['load_status'][:100]!r}")
         r["ok"] = any(out.name in t for t in titles) and out.name in selected and res["load_status"].startswith("Loaded")
     if out.exists():
-        load_check(report, server, ckpts, out.name, models, "tab-loaded-student-complete", pick=False)
+        load_check(report, server, ckpts, out.name, models, "tab-loaded-student-complete", host=host,
+                   context=spec.context, pick=False)
 
 
-def a1111_tab_jobs(report: Report, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
+def a1111_tab_jobs(report: Report, spec: Spec, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:
     """A1111's own checks of the tab's long jobs: a watched Distil with Cancel and Load it now, a Distil interrupted
     from the web UI."""
-    watch_distil(report, server, ckpts, teacher, bvenv, models)
-    cancel_distil(report, server, ckpts, teacher, bvenv, models)
+    watch_distil(report, spec, server, ckpts, teacher, bvenv, models)
+    cancel_distil(report, spec, server, ckpts, teacher, bvenv, models)
 
 
 A1111 = Spec(HOST, a1111_setup.ARCHIVE, small_teacher, SMALL["context"], CPU_FLAGS, "Model loaded in",

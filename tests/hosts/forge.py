@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import a1111_setup
-from .a1111 import LoraLog, Spec, run_webui
+from .a1111 import LoraLog, Spec, cancel_distil, run_webui
 from .harness import Report
 
 
@@ -26,7 +26,7 @@ def full_teacher(ckpts: Path, data: Path) -> Path:
 FORGE = Spec("forge", a1111_setup.FORGE, full_teacher, 768, ("--always-cpu",), "Startup time:",
              LoraLog(bad=r"\[LORA\].*(unmatched keys|[Mm]ismatch)|lora key not loaded|skipped [1-9]",
                      applied=r"\[LORA\] Loaded .*{stem}\.safetensors for \w+-UNet with [1-9]"), noext_refuses=True,
-             portable_idle="")
+             portable_idle="", tab_jobs=cancel_distil)
 
 
 def run(report: Report) -> None:
