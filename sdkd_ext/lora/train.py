@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cache import Cache, CachedDataset, component_hash, text_key
-from ..checkpoint import open_model
+from ..checkpoint import Source, open_model
 from ..configs import VaeShape, sd15
 from ..convert import TEXT, UNET
 from ..data import FolderData, PromptData, derive_seed, scan_folder
@@ -128,7 +128,7 @@ class Sampled(torch.nn.Module):
         return self.net.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
 
 
-def lora_preview(net: LoraNet, src, shown: list[str], cond: torch.Tensor, uncond: torch.Tensor, latent: int, seed: int,
+def lora_preview(net: LoraNet, src: Source, shown: list[str], cond: torch.Tensor, uncond: torch.Tensor, latent: int, seed: int,
                  device: torch.device, amp: torch.dtype | None, scaling: float) -> Callable[[torch.nn.Module, int, Path], None]:
     """A preview function for a LoRA run: the base model without the LoRA (row 1, sampled once) above the model with
     it (row 2) at the same prompts (`shown`, embedded as `cond`) and seeds, as distillation's previews are drawn."""
