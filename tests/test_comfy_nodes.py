@@ -125,7 +125,7 @@ def run(host, node_id: str, **inputs) -> tuple[list, dict]:
     """A node called as ComfyUI 0.3.64's execution.py calls it (under torch.inference_mode(), as it runs every prompt),
     with its declared defaults for inputs not given; returns (outputs, ui) as execution.py makes them of the result."""
     cls = host.nodes[node_id]
-    declared = cls.INPUT_TYPES()["required"]
+    declared = {**cls.INPUT_TYPES()["required"], **cls.INPUT_TYPES().get("optional", {})}
     args = {k: spec[1]["default"] for k, spec in declared.items() if len(spec) > 1 and "default" in spec[1]}
     args.update(inputs)
     assert set(args) == set(declared), f"{node_id}: inputs {sorted(set(declared) - set(args))} not given"
@@ -304,7 +304,8 @@ def test_example_workflows_use_declared_nodes_and_widgets(host):
         prompt = api_prompt({**flow, "nodes": sdkd}, info)
         for n in sdkd:
             used.add(n["type"])
-            required = info[n["type"]]["input"]["required"]
+            declared = info[n["type"]]["input"]
+            required = {**declared["required"], **declared.get("optional", {})}
             inputs = prompt[str(n["id"])]["inputs"]
             assert set(inputs) == set(required), (f.name, n["type"])
             for name, (kind, *_) in required.items():

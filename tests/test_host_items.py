@@ -261,7 +261,7 @@ def test_comfyui_prune_stays_in_the_checkpoints_folder(comfy, tmp_path):
     node = package.NODE_CLASS_MAPPINGS["SdkdPrune"]()
     for name in ("../../../x", "/tmp/x", "sub/x", "..", "t"):
         with pytest.raises(SdkdError, match="filename"):
-            node.prune("t.safetensors", "tiny", "fp16", name, True, False)
+            node.prune("t.safetensors", "tiny", "fp16", name, True)
     assert files_under(tmp_path) == before
 
 
@@ -269,11 +269,11 @@ def test_comfyui_nodes_return_a_ui_result_in_their_own_terms(comfy):
     package, ckpts = comfy
     SdkdError = node_error(package)
     prune_node = package.NODE_CLASS_MAPPINGS["SdkdPrune"]
-    outputs, ui = comfy_outputs(prune_node, prune_node().prune("t.safetensors", "tiny", "fp16", "", False, False))
+    outputs, ui = comfy_outputs(prune_node, prune_node().prune("t.safetensors", "tiny", "fp16", "", False))
     assert outputs == [["t-bk-tiny.safetensors"]] and (ckpts / "t-bk-tiny.safetensors").is_file()
     assert "t-bk-tiny.safetensors in your checkpoints" in ui["text"][0] and str(ckpts) not in ui["text"][0]
     with pytest.raises(SdkdError) as e:
-        prune_node().prune("t.safetensors", "tiny", "fp16", "", False, False)
+        prune_node().prune("t.safetensors", "tiny", "fp16", "", False)
     assert "choose another filename or turn on 'overwrite'" in str(e.value) and "--" not in str(e.value)
     inspect_node = package.NODE_CLASS_MAPPINGS["SdkdInspect"]
     outputs, ui = comfy_outputs(inspect_node, inspect_node().inspect("t-bk-tiny.safetensors"))

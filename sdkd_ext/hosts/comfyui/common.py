@@ -140,7 +140,8 @@ def variant_input(default: str = "small") -> tuple:
 
 
 def portable_input() -> tuple:
-    """The widget for `--portable` (prune, distil): the student also loads whole in web UIs without sdkd."""
+    """The widget for `--portable` (prune, distil): the student also loads whole in web UIs without sdkd. An optional
+    input, so API prompts written before it existed still run (as False)."""
     return ("BOOLEAN", {"default": False, "tooltip": "small/tiny: add an identity middle block so Forge and A1111 "
                                                      "without sdkd load every weight (+31M parameters at SD1.5 size)"})
 

@@ -25,11 +25,11 @@ class SdkdPrune(Job):
             "dtype": (DTYPES, {"default": "fp16"}),
             "filename": ("STRING", {"default": ""}),
             "overwrite": ("BOOLEAN", {"default": False}),
-            "portable": portable_input(),
-        }}
+        }, "optional": {"portable": portable_input()}}
 
     @core_job
-    def prune(self, ckpt_name: str, variant: str, dtype: str, filename: str, overwrite: bool, portable: bool) -> dict:
+    def prune(self, ckpt_name: str, variant: str, dtype: str, filename: str, overwrite: bool,
+              portable: bool = False) -> dict:
         """The core prune into the first checkpoints folder (the list refreshes on its own); the student's name is
         shown on the node and output, for a Load Checkpoint node."""
         from ...prune import prune

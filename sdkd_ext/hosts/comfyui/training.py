@@ -83,13 +83,12 @@ class SdkdDistil(Job):
             "filename": ("STRING", {"default": ""}),
             "resume": ("BOOLEAN", {"default": False}),
             "overwrite": ("BOOLEAN", {"default": False}),
-            "portable": portable_input(),
-        }}
+        }, "optional": {"portable": portable_input()}}
 
     @core_job
     def distil(self, ckpt_name: str, variant: str, data: str, data_path: str, prompt_count: int, steps: int,
             resolution: int, lr: float, vram: str, l_sd: float, l_out: float, l_feat: float, filename: str,
-            resume: bool, overwrite: bool, portable: bool) -> dict:
+            resume: bool, overwrite: bool, portable: bool = False) -> dict:
         """The core distillation into the first checkpoints folder; the student's name is output."""
         from ...distill import LossWeights, distill
         from ...train import TrainConfig
