@@ -418,6 +418,11 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
     return DistillResult(result.exported, result, run_dir, len(dataset), notes)
 
 
+def preview_texts(texts: list[str], given: list[str] | None) -> list[str]:
+    """The prompts of the preview grids: those `given`, else the first distinct captions/prompts."""
+    return list(given) if given is not None else list(dict.fromkeys(texts))[:PREVIEW_PROMPTS]
+
+
 def prepare_data(data: DataSpec, src: Source, cache: Cache, teacher: torch.nn.Module, resolution: int, latent: int,
                  scaling: float, seed: int, preview_prompts: list[str] | None, device: torch.device,
                  say: Callable[[str], None], progress: ProgressFn | None,
@@ -435,7 +440,7 @@ def prepare_data(data: DataSpec, src: Source, cache: Cache, teacher: torch.nn.Mo
         negative = ""
     else:
         texts, negative = list(data.prompts), data.negative
-    shown = list(preview_prompts) if preview_prompts is not None else list(dict.fromkeys(texts))[:PREVIEW_PROMPTS]
+    shown = preview_texts(texts, preview_prompts)
     half = frozen_dtype(device)
     keys = encode_texts(texts + shown + [negative], lambda: place(build_text_encoder(src), device, half), tokenizer, cache,
                         te_hash, progress=progress)[:len(texts)]

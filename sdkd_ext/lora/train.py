@@ -22,7 +22,7 @@ from ..configs import VaeShape, sd15
 from ..convert import TEXT, UNET
 from ..data import FolderData, PromptData, derive_seed, scan_folder
 from ..detect import describe
-from ..distill import CPU, PREVIEW_PROMPTS, frozen_dtype, make_preview, place, prepare_data, run_folder
+from ..distill import CPU, frozen_dtype, make_preview, place, prepare_data, preview_texts, run_folder
 from ..errors import SdkdError
 from ..export import Outputs, parse_dtype
 from .file import Lora, kohya_metadata, write_kohya
@@ -112,19 +112,23 @@ def caption_ids(folder: Path, te_hash: str) -> dict[str, torch.Tensor]:
 
 
 class Sampled(torch.nn.Module):
-    """The LoRA model as the preview sampler calls a UNet: with its adapters or without them (the base model), and
-    with a trained text encoder the context made by it from token `ids` (uncond rows, then prompts) instead."""
+    """The LoRA model as the preview sampler calls a UNet, for one grid: with its adapters or without them (the base
+    model), and with a trained text encoder the context made by it from token `ids` (uncond rows, then prompts),
+    once for all the sampler's steps."""
 
     def __init__(self, net: LoraNet, adapters: bool, ids: torch.Tensor | None = None):
         super().__init__()
         self.net, self.adapters, self.ids = net, adapters, ids
+        self.context: torch.Tensor | None = None
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
         if not self.adapters:
             with adapters_off(self.net):
                 return self.net.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
         if self.ids is not None and self.net.text_encoder is not None:
-            encoder_hidden_states = self.net.text_encoder(self.ids.to(sample.device))[0].to(encoder_hidden_states.dtype)
+            if self.context is None:
+                self.context = self.net.text_encoder(self.ids.to(sample.device))[0].to(encoder_hidden_states.dtype)
+            encoder_hidden_states = self.context
         return self.net.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
 
 
@@ -234,9 +238,8 @@ def train_lora(base: str | Path, data: str | Path, out: str | Path, spec: LoraSp
     cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / "cache")
     folder = FolderData(Path(data).expanduser(), flip=flip)
     scaling = float(sd15("vae").get("scaling_factor", 0.18215))
-    shown = (list(preview_prompts) if preview_prompts is not None else
-             list(dict.fromkeys(ex.caption for ex in scan_folder(folder.folder).examples))[:PREVIEW_PROMPTS]
-             ) if cfg.preview_every and acc.is_main_process else []
+    wanted = cfg.preview_every and acc.is_main_process
+    shown = preview_texts([ex.caption for ex in scan_folder(folder.folder).examples], preview_prompts) if wanted else []
     with acc.main_process_first():
         dataset, previews, uncond = prepare_data(folder, src, cache, None, resolution, resolution // 8, scaling, cfg.seed,
                                                  shown, device, say, progress if acc.is_main_process else None, provenance)

@@ -18,8 +18,7 @@ from ..variants import VARIANTS
 from . import jobs
 from .jobs import (DATA_KINDS, DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS, LORA_NAME, LORA_OVERWRITE,
                    LORA_WIDGETS, PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS, PORTABLE, PRUNE_NAME, PRUNE_OVERWRITE,
-                   PUBLIC_STUDENTS,
-                   REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS, REPORT_NAME, BENCH_NAME, BENCH_WIDGETS)
+                   PUBLIC_STUDENTS, REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS, REPORT_NAME, BENCH_NAME, BENCH_WIDGETS)
 from .run import JobControl, Live, run_in_host, stream
 
 
@@ -267,8 +266,8 @@ def build_tab(host: FolderHost):
         ckpt.change(on_checkpoint, inputs=[ckpt, *distil_fields, *lora_fields], outputs=[info, d_estimate, l_estimate])
         d_variant.change(lambda c, *a: jobs.distil_estimate(host, c, *a), inputs=[ckpt, *distil_fields],
                          outputs=[d_estimate])
-        go.click(on_prune, inputs=[task, ckpt, variant, name, dtype, overwrite, portable], outputs=[status, load, written, *lists],
-                 **page)
+        go.click(on_prune, inputs=[task, ckpt, variant, name, dtype, overwrite, portable],
+                 outputs=[status, load, written, *lists], **page)
         long_outputs = [status, loss, samples, load, written]
         # "full" and "minimal" draw a progress overlay on every output (gradio 3.41: the curve and samples under bars);
         # the status line, the host's own progress bar and the streamed images already show how the run goes

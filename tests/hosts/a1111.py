@@ -103,7 +103,7 @@ class Spec:
     ready: str  # the log line after which the web UI serves (A1111 loads the model at start, Forge on first use)
     lora_log: LoraLog
     noext_refuses: bool  # without sdkd, small/tiny cannot run (Forge) instead of running with an idle middle block
-    portable_idle: str  # without sdkd, the key prefix a portable student may leave at the host's init ("": none)
+    portable_idle: str  # without sdkd, the key prefixes ("|"-joined) a portable student may leave at init ("": none)
     tab_jobs: Callable[..., None] | None = None  # more checks of the tab's jobs, with sdkd installed (given this spec)
 
 
@@ -390,4 +390,4 @@ def a1111_tab_jobs(report: Report, spec: Spec, server: Server, ckpts: Path, teac
 
 A1111 = Spec(HOST, a1111_setup.ARCHIVE, small_teacher, SMALL["context"], CPU_FLAGS, "Model loaded in",
              LoraLog(bad=r"didn't match keys|Network .*layer", refresh="/sdapi/v1/refresh-loras"), False,
-             "middle_block.", a1111_tab_jobs)
+             "middle_block.1.|middle_block.2.", a1111_tab_jobs)  # its yaml's attention and last ResBlock

@@ -11,7 +11,7 @@ import safetensors.torch
 from modules import script_callbacks, sd_models, shared
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from probe_keys import key_report, unet_call  # noqa: E402  (copied beside this extension by the harness)
+from probe_keys import key_report, starts, unet_call  # noqa: E402  (copied beside this extension by the harness)
 
 
 def add_routes(demo, app) -> None:
@@ -29,7 +29,7 @@ def add_routes(demo, app) -> None:
         prefix = body.get("prefix", "")
         report = key_report(unet.state_dict(), safetensors.torch.load_file(path), prefix)
         if prefix:  # layers whose weight is None (Forge's layers keep it as a plain attribute until loaded)
-            report[f"n_weightless:{prefix}"] = sum(f"{name}.".startswith(prefix) and "weight" in {**vars(m), **m._parameters}
+            report[f"n_weightless:{prefix}"] = sum(f"{name}.".startswith(starts(prefix)) and "weight" in {**vars(m), **m._parameters}
                                                    and m.weight is None for name, m in unet.named_modules())
         io = safetensors.torch.load_file(body["io"])
         try:
