@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import a1111_setup
-from .harness import (ARTIFACTS, LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, build_venv, clear, errors_in,
-                      free_port, log, python_of, run_py, sdkd)
+from .harness import (ARTIFACTS, LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, build_venv, clear, discard,
+                      disk_space, disk_watch, errors_in, free_port, log, python_of, run_py, sdkd)
 
 HOST = "a1111"
 VARIANTS = ("base", "small", "tiny")
@@ -105,6 +105,7 @@ class Spec:
     noext_refuses: bool  # without sdkd, small/tiny cannot run (Forge) instead of running with an idle middle block
     portable_idle: str  # without sdkd, the key prefixes ("|"-joined) a portable student may leave at init ("": none)
     tab_jobs: Callable[..., None] | None = None  # more checks of the tab's jobs, with sdkd installed (given this spec)
+    need_gib: float = 1.0  # free disk the checks need at their peak (measured: the DISK line's fall in free space)
 
 
 class WebUI:
@@ -158,16 +159,31 @@ def run_webui(report: Report, spec: Spec) -> None:
         lora_data = models.caption_folder(SCRATCH / "lora-data")
         ext = install_extensions(data)
         bvenv = browser_venv()
+    disk_space(report, host, spec.need_gib)
     run_installer(report, host, venv, src, ext)
+    try:
+        with disk_watch(host, data):
+            checks(report, spec, src, venv, data, teacher, ext, lora_data, bvenv, models)
+    finally:
+        discard(data / "models")
 
+
+def checks(report: Report, spec: Spec, src: Path, venv: Path, data: Path, teacher: Path, ext: Path, lora_data: Path,
+           bvenv: Path, models) -> None:
+    """The checks with sdkd's extension, then without it; each student is deleted once nothing later needs it."""
+    host, ckpts = spec.host, teacher.parent
+    loras = data / "models" / "Lora"
     ui = WebUI(spec, src, venv, data, teacher, "ext")
     try:
         with report.timed(host, "checks-with-extension"):
             start_and_prune(report, host, ui, ckpts, teacher, bvenv)
             teacher_lora = train_teacher_lora(report, host, teacher, loras.parent, lora_data)
             for v in VARIANTS:
-                if (ckpts / f"teacher-bk-{v}.safetensors").exists():
+                student = ckpts / f"teacher-bk-{v}.safetensors"
+                if student.exists():
                     student_checks(report, spec, ui.server, ckpts, loras, v, teacher_lora, lora_data, models)
+                    if v not in NO_MIDDLE:  # only small and tiny are loaded again, without sdkd
+                        discard(student, student.with_suffix(".yaml"))
             if spec.tab_jobs is not None:
                 spec.tab_jobs(report, spec, ui.server, ckpts, teacher, bvenv, models)
     finally:
@@ -190,6 +206,7 @@ def run_webui(report: Report, spec: Spec) -> None:
             for v, out in portable.items():
                 load_check(report, ui.server, ckpts, out.name, models, f"noext-portable-{v}", idle_ok=spec.portable_idle,
                            host=host, context=spec.context)
+                discard(out, out.with_suffix(".yaml"))
     finally:
         ui.server.stop()
         ext.symlink_to(REPO, target_is_directory=True)
@@ -308,6 +325,7 @@ def cancel_distil(report: Report, spec: Spec, server: Server, ckpts: Path, teach
     if out.exists():
         server.post("/sdapi/v1/refresh-checkpoints", {})
         load_check(report, server, ckpts, out.name, models, "cancel-distil-student-loads", host=host, context=spec.context)
+    discard(out, out.with_suffix(".yaml"), out.with_suffix(".run"))
 
 
 def txt2img(server: Server, prompt: str) -> dict:
@@ -379,6 +397,7 @@ def watch_distil(report: Report, spec: Spec, server: Server, ckpts: Path, teache
     if out.exists():
         load_check(report, server, ckpts, out.name, models, "tab-loaded-student-complete", host=host,
                    context=spec.context, pick=False)
+    discard(out, out.with_suffix(".yaml"), out.with_suffix(".run"))
 
 
 def a1111_tab_jobs(report: Report, spec: Spec, server: Server, ckpts: Path, teacher: Path, bvenv: Path, models) -> None:

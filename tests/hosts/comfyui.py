@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 
 from . import comfy_setup
-from .harness import (LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, clear, errors_in, free_port, log, python_of,
-                      run_py, sdkd)
+from .harness import (LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, clear, discard, disk_space, disk_watch,
+                      errors_in, free_port, log, python_of, run_py, sdkd)
 
 HOST = "comfyui"
 VARIANTS = ("base", "small", "tiny")
 TOL = 1e-3  # max |diff| of one fp32 UNet call, ComfyUI vs sdkd's diffusers student (outputs are O(1))
 # Full-size LoRA training costs ~2 min a model on 2 cores: train one for the smallest student, port to all three.
 TRAINED_FOR = ("tiny",)
+NEED_GIB = 8.0  # free disk the checks need at their peak (measured: the DISK line's fall in free space)
 WORKFLOWS = REPO / "example_workflows"
 DEMO = REPO / "sdkd_ext" / "models" / "demo-teacher.safetensors"
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # nodes the page draws and never sends to the server
@@ -170,12 +171,14 @@ def run(report: Report) -> None:
                      "--disable-auto-launch", "--base-directory", str(run_dir), "--database-url", "sqlite:///:memory:"],
                     cwd=src, log=run_dir / "comfyui.log", port=0)
     server.port = int(server.cmd[server.cmd.index("--port") + 1])
+    disk_space(report, HOST, NEED_GIB)
     try:
-        with report.timed(HOST, "checks"):
+        with disk_watch(HOST, run_dir), report.timed(HOST, "checks"):
             checks(report, server, dirs, teacher, data, models)
     finally:
         server.stop()
         log(f"ComfyUI log: {server.log}")
+        discard(run_dir / "models")
 
 
 def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path, data: Path, models) -> None:
@@ -250,6 +253,8 @@ def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path,
                     r["figure"] += f" error={err[:300]!r}"
                 elif not_loaded:
                     r["figure"] += f" first={not_loaded[0].strip()[:200]!r}"
+        student = dirs["ckpt"] / name  # no later check reads the full-size students
+        discard(student, student.with_suffix(".yaml"), *loras.values())
 
     with report.check(HOST, "prune-path-traversal") as r:
         outside = files_under(dirs["ckpt"].parents[1]) - files_under(dirs["ckpt"])
@@ -264,10 +269,9 @@ def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path,
     with report.check(HOST, "cancel-prune") as r:
         before = files_under(dirs["ckpt"])
         pid = server.post("/prompt", {"prompt": prune_graph("base", "cancelled"), "client_id": "sdkd-ci"})["prompt_id"]
-        t = time.monotonic()
-        while not server.get("/queue")["queue_running"] and time.monotonic() - t < 60:
-            time.sleep(0.2)
-        time.sleep(1.0)
+        t = time.monotonic()  # interrupt mid-write: once the node's hidden temp file exists (a fixed wait raced it)
+        while not any(dirs["ckpt"].glob(".cancelled.*")) and time.monotonic() - t < 120:
+            time.sleep(0.02)
         server.post("/interrupt", {})
         entry = run_entry(server, pid, 300)
         left = sorted(p.name for p in files_under(dirs["ckpt"]) - before)
@@ -367,6 +371,7 @@ def cancel_distil(report: Report, server: Server, dirs: dict[str, Path], info: d
         r["ok"] = not error_of(entry) and "interrupted at step" in text and out.exists()
     if out.exists():
         load_check(report, server, dirs, out.name, models, "cancel-distil-student-loads")
+    discard(out, out.with_suffix(".yaml"), out.with_suffix(".run"))
 
 
 def load_check(report: Report, server: Server, dirs: dict[str, Path], name: str, models, check: str) -> None:

@@ -26,7 +26,7 @@ def full_teacher(ckpts: Path, data: Path) -> Path:
 FORGE = Spec("forge", a1111_setup.FORGE, full_teacher, 768, ("--always-cpu",), "Startup time:",
              LoraLog(bad=r"\[LORA\].*(unmatched keys|[Mm]ismatch)|lora key not loaded|skipped [1-9]",
                      applied=r"\[LORA\] Loaded .*{stem}\.safetensors for \w+-UNet with [1-9]"), noext_refuses=True,
-             portable_idle="", tab_jobs=cancel_distil)
+             portable_idle="", tab_jobs=cancel_distil, need_gib=9.0)
 
 
 def run(report: Report) -> None:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -61,6 +62,68 @@ def clear(paths) -> None:
     """Remove files and folders left by an earlier run in a reused scratch folder."""
     for p in paths:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+# Full-size students are 1-3 GB each and an interrupted distil's training state 3.7 GB: every check deletes what it
+# wrote once it is checked, so a host's checks peak at a few GB; SDKD_HOST_KEEP=1 keeps everything for a look.
+KEEP = os.environ.get("SDKD_HOST_KEEP") == "1"
+
+
+def discard(*paths: Path) -> None:
+    """Delete files and folders a check wrote and has checked (unless SDKD_HOST_KEEP=1)."""
+    if not KEEP:
+        clear([p for p in paths if p.is_symlink() or p.exists()])
+
+
+def disk_bytes(root: Path) -> int:
+    """Bytes the files under root take on disk, each hard-linked file once."""
+    seen, total = set(), 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(folder, name))
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+    return total
+
+
+@contextlib.contextmanager
+def disk_watch(host: str, run: Path) -> Iterator[None]:
+    """Sample the disk every 2 s while the host's checks run and print `DISK host free=start->lowest GiB run=peak GiB`
+    (free space beside the scratch folder; what the host's run folder, which holds what its checks write, peaked at)."""
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    start = shutil.disk_usage(SCRATCH).free
+    low, peak, done = [start], [0], threading.Event()
+
+    def sample() -> None:
+        while True:
+            low[0] = min(low[0], shutil.disk_usage(SCRATCH).free)
+            peak[0] = max(peak[0], disk_bytes(run))
+            if done.wait(2):
+                return
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        print(f"DISK {host} free={start / 2**30:.1f}->{low[0] / 2**30:.1f}GiB run_peak={peak[0] / 2**30:.1f}GiB", flush=True)
+
+
+def disk_space(report: Report, host: str, need_gib: float) -> None:
+    """A check that the disk has room for the host's checks at their peak (measured, in its spec); raises if not, so
+    the host stops with a message instead of a write failing halfway through."""
+    with report.check(host, "disk-space") as r:
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(SCRATCH).free / 2**30
+        r["figure"] = f"free={free:.1f}GiB need={need_gib:g}GiB"
+        r["ok"] = free >= need_gib
+    if free < need_gib:
+        raise RuntimeError(f"{free:.1f} GiB free beside {SCRATCH}, and {host}'s checks write up to {need_gib:g} GiB: "
+                           "free some disk space or point SDKD_HOST_SCRATCH at a larger disk")
 
 
 def constraints(folder: Path) -> Path:
