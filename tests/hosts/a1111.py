@@ -13,7 +13,7 @@ from typing import Callable
 
 from . import a1111_setup
 from .harness import (ARTIFACTS, LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, build_venv, clear, discard,
-                      disk_space, disk_watch, errors_in, free_port, log, python_of, run_py, sdkd)
+                      disk_budget, errors_in, free_port, log, python_of, run_py, sdkd)
 
 HOST = "a1111"
 VARIANTS = ("base", "small", "tiny")
@@ -159,10 +159,9 @@ def run_webui(report: Report, spec: Spec) -> None:
         lora_data = models.caption_folder(SCRATCH / "lora-data")
         ext = install_extensions(data)
         bvenv = browser_venv()
-    disk_space(report, host, spec.need_gib)
     run_installer(report, host, venv, src, ext)
     try:
-        with disk_watch(host, data):
+        with disk_budget(report, host, data, spec.need_gib):
             checks(report, spec, src, venv, data, teacher, ext, lora_data, bvenv, models)
     finally:
         discard(data / "models")

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from . import comfy_setup
-from .harness import (LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, clear, discard, disk_space, disk_watch,
-                      errors_in, free_port, log, python_of, run_py, sdkd)
+from .harness import (LORA_ARGS, PROBE_KEYS, REPO, SCRATCH, Report, Server, clear, discard, disk_budget, errors_in,
+                      free_port, log, python_of, run_py, sdkd)
 
 HOST = "comfyui"
 VARIANTS = ("base", "small", "tiny")
@@ -171,9 +171,8 @@ def run(report: Report) -> None:
                      "--disable-auto-launch", "--base-directory", str(run_dir), "--database-url", "sqlite:///:memory:"],
                     cwd=src, log=run_dir / "comfyui.log", port=0)
     server.port = int(server.cmd[server.cmd.index("--port") + 1])
-    disk_space(report, HOST, NEED_GIB)
     try:
-        with disk_watch(HOST, run_dir), report.timed(HOST, "checks"):
+        with disk_budget(report, HOST, run_dir, NEED_GIB), report.timed(HOST, "checks"):
             checks(report, server, dirs, teacher, data, models)
     finally:
         server.stop()

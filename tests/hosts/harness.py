@@ -89,11 +89,18 @@ def disk_bytes(root: Path) -> int:
 
 
 @contextlib.contextmanager
-def disk_watch(host: str, run: Path) -> Iterator[None]:
-    """Sample the disk every 2 s while the host's checks run and print `DISK host free=start->lowest GiB run=peak GiB`
-    (free space beside the scratch folder; what the host's run folder, which holds what its checks write, peaked at)."""
+def disk_budget(report: Report, host: str, run: Path, need_gib: float) -> Iterator[None]:
+    """A `disk-space` check that the disk has the free GiB the host's checks need at their peak (measured, in its spec;
+    raises if not, so the host stops with a message instead of a write failing halfway), then a 2 s sampler while they
+    run, printing `DISK host free=start->lowest GiB run_peak=GiB` (the run folder holds what the checks write)."""
     SCRATCH.mkdir(parents=True, exist_ok=True)
     start = shutil.disk_usage(SCRATCH).free
+    with report.check(host, "disk-space") as r:
+        r["figure"] = f"free={start / 2**30:.1f}GiB need={need_gib:g}GiB"
+        r["ok"] = start >= need_gib * 2**30
+    if start < need_gib * 2**30:
+        raise RuntimeError(f"{start / 2**30:.1f} GiB free beside {SCRATCH}, and {host}'s checks write up to "
+                           f"{need_gib:g} GiB: free some disk space or point SDKD_HOST_SCRATCH at a larger disk")
     low, peak, done = [start], [0], threading.Event()
 
     def sample() -> None:
@@ -111,19 +118,6 @@ def disk_watch(host: str, run: Path) -> Iterator[None]:
         done.set()
         watcher.join()
         print(f"DISK {host} free={start / 2**30:.1f}->{low[0] / 2**30:.1f}GiB run_peak={peak[0] / 2**30:.1f}GiB", flush=True)
-
-
-def disk_space(report: Report, host: str, need_gib: float) -> None:
-    """A check that the disk has room for the host's checks at their peak (measured, in its spec); raises if not, so
-    the host stops with a message instead of a write failing halfway through."""
-    with report.check(host, "disk-space") as r:
-        SCRATCH.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(SCRATCH).free / 2**30
-        r["figure"] = f"free={free:.1f}GiB need={need_gib:g}GiB"
-        r["ok"] = free >= need_gib
-    if free < need_gib:
-        raise RuntimeError(f"{free:.1f} GiB free beside {SCRATCH}, and {host}'s checks write up to {need_gib:g} GiB: "
-                           "free some disk space or point SDKD_HOST_SCRATCH at a larger disk")
 
 
 def constraints(folder: Path) -> Path:
