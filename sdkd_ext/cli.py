@@ -15,7 +15,7 @@ from .variants import VARIANTS
 
 VARIANT_NAMES = [n for v in VARIANTS.values() for n in (v.name, *v.aliases)]
 # Feature modules that add their own subcommands through `add_commands(sub)`.
-COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora.cli", "distill", "plan", "public", "rebase")
+COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora.cli", "lcm.cli", "distill", "plan", "public", "rebase")
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:

@@ -14,6 +14,11 @@ from .names import Layout
 ADAPTER = "sdkd"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections, as in diffusers' LoRA scripts
 TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# Every conv and linear layer inside the UNet's blocks, as few-step (LCM) LoRAs adapt them (diffusers' LCM-LoRA
+# trainer's list): attention, transformer in/out and feed-forward, resnet convs, time projections and shortcuts, and
+# the down/upsamplers. The stem and head convs and the time embedding MLP stay as they are.
+FULL_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                     "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
 
 
 def add_lora(module: torch.nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -> torch.nn.Module:
