@@ -534,7 +534,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """`sdkd distill`."""
-    from .cli import VARIANT_NAMES
+    from .variants import VARIANT_NAMES
 
     s = sub.add_parser("distill", help="distil a teacher into a BK-SDM student (prune + knowledge distillation)")
     s.add_argument("teacher", help="the SD1.x teacher: .safetensors, .ckpt or diffusers folder")
