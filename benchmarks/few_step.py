@@ -176,13 +176,14 @@ def main() -> int:
                         "accuracy": interval(scores)})
         print(f"{row.label}: done", file=sys.stderr)
     ref_macs = results[0]["unet_macs"]
+    ratio = lambda r: "reference" if r is results[0] else f"{ref_macs / r['unet_macs']:.1f}x fewer"  # noqa: E731
     lines = [f"Demo teacher, {a.captions} held-out captions x {len(seeds)} seeds ({len(prompts) * len(seeds)} images per "
              f"row), {SIZE} px; {platform.machine()}, torch {torch.__version__}, {a.threads} thread(s)",
              "", "| row | sampler | UNet GMACs / image | vs teacher 25 | CPU s / image | wall s / image | PSNR dB (95%) | "
              "attribute accuracy (95%) |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         ps = "reference" if r["psnr"] is None else f"{r['psnr'][0]:.2f} ± {r['psnr'][1]:.2f}"
-        lines.append(f"| {r['row']} | {r['sampler']} | {r['unet_macs'] / 1e9:.2f} | {'reference' if r is results[0] else f'{ref_macs / r["unet_macs"]:.1f}x fewer'} | "
+        lines.append(f"| {r['row']} | {r['sampler']} | {r['unet_macs'] / 1e9:.2f} | {ratio(r)} | "
                      f"{r['cpu_s_per_image']:.3f} | {r['wall_s_per_image']:.3f} | {ps} | "
                      f"{r['accuracy'][0]:.3f} ± {r['accuracy'][1]:.3f} |")
     table = "\n".join(lines)
