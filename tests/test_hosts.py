@@ -1,8 +1,11 @@
 """Host adapters: the real-model middle-block fix, and the thin glue (hosts mocked, core real)."""
 
+import re
+import subprocess
 import sys
 import threading
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,5 +211,42 @@ def test_install_hook_adds_only_missing(monkeypatch):
     launch.is_installed = lambda name: name == "diffusers"
     launch.run_pip = lambda args, desc: calls.append(args)
     monkeypatch.setitem(sys.modules, "launch", launch)
-    module_from_file("sdkd_install", ROOT / "install.py")
+    assert module_from_file("sdkd_install", ROOT / "install.py").main() == 0
     assert calls == ["install peft==0.13.2"]
+
+
+def test_install_hook_runs_without_launch_from_the_node_folder():
+    """As ComfyUI-Manager runs it: ComfyUI's python, cwd = the node folder, no A1111 `launch` module."""
+    r = subprocess.run([sys.executable, "install.py"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "nothing to do" in r.stdout and "launch" not in r.stderr, r.stderr
+
+
+def test_install_hook_holds_every_installed_package(monkeypatch):
+    """Without `launch`, what is missing is installed by pip with each installed distribution held at its version."""
+    import importlib.metadata
+
+    hook = module_from_file("sdkd_install", ROOT / "install.py")
+    seen = {}
+
+    def pip(cmd, **kw):
+        seen["cmd"] = cmd
+        seen["held"] = Path(cmd[cmd.index("-c") + 1]).read_text().splitlines()
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(hook, "missing", lambda reqs: ["peft>=0.13.2"])
+    monkeypatch.setattr(hook.subprocess, "run", pip)
+    assert hook.main() == 0
+    assert seen["cmd"][:4] == [sys.executable, "-m", "pip", "install"] and seen["cmd"][-1] == "peft>=0.13.2"
+    assert f"torch=={importlib.metadata.version('torch')}" in seen["held"]
+    assert len(seen["held"]) == len({d.metadata["Name"].lower() for d in importlib.metadata.distributions()})
+
+
+def test_requirements_txt_moves_nothing_when_pip_installs_it_line_by_line():
+    """ComfyUI-Manager pip-installs each line alone, unconstrained: no torch line, no inline comment (the line goes
+    to pip whole), no package whose newest release may need newer versions of the host's packages."""
+    lines = [l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines()]
+    reqs = [l for l in lines if l and not l.startswith("#")]
+    assert reqs and not any("#" in l for l in reqs)
+    names = {re.split(r"[<>=!~;\[ ]", l, maxsplit=1)[0].lower() for l in reqs}
+    assert not names & {"torch", "torchvision", "torchaudio", "diffusers", "peft", "accelerate", "transformers",
+                        "huggingface-hub", "huggingface_hub"}, names
