@@ -41,7 +41,7 @@ def ldm_as_a1111_loads_it(r):
 
 
 @pytest.mark.parametrize("forge", [False, True])
-def test_model_loaded_fix_makes_a1111_unet_match_the_student(students, forge):
+def test_model_loaded_fix_makes_a1111_unet_match_the_student(students, forge, capsys):
     from safetensors import safe_open
 
     r = students["small"]
@@ -65,9 +65,12 @@ def test_model_loaded_fix_makes_a1111_unet_match_the_student(students, forge):
     assert (before - want).abs().max() > 1e-3  # the random middle block A1111 would have kept
     assert (after - want).abs().max() < 1e-5
     assert len(unet.middle_block) == 0
+    said = capsys.readouterr().out  # one line in the web UI's log says the fix applied, to which file
+    assert said.count("\n") == 1 and said.startswith(f"sdkd: {r.checkpoint.name}") and "middle block" in said, said
+    assert all(w in said for w in (("Forge", "Missing") if forge else ("A1111", "zeros"))), said
 
 
-def test_model_loaded_leaves_teachers_and_base_alone(students):
+def test_model_loaded_leaves_teachers_and_base_alone(students, capsys):
     unet = ldm_as_a1111_loads_it(students["base"])
     from safetensors import safe_open
 
@@ -76,7 +79,7 @@ def test_model_loaded_leaves_teachers_and_base_alone(students):
     sd_model = types.SimpleNamespace(sd_checkpoint_info=types.SimpleNamespace(filename=str(students["base"].checkpoint), metadata=meta),
                                      model=types.SimpleNamespace(diffusion_model=unet))
     a1111.on_model_loaded(sd_model)
-    assert len(unet.middle_block) == 3
+    assert len(unet.middle_block) == 3 and "sdkd" not in capsys.readouterr().out
 
 
 def test_folder_host_ui_job_prunes_and_cancels(teacher_file, tmp_path):
