@@ -267,11 +267,14 @@ def student_checks(report: Report, spec: Spec, server: Server, ckpts: Path, lora
     with the teacher's LoRA moved by `sdkd lora-port`: no key may miss its layer and the image must change."""
     host, name = spec.host, f"teacher-bk-{v}.safetensors"
     plain = loras.parent / f"plain-{v}.png"
-    with report.check(host, f"txt2img-{v}") as r:
+    with report.check(host, f"txt2img-{v}") as r:  # small/tiny: the log says sdkd's load fix applied
         plain.unlink(missing_ok=True)
+        before = len(server.text())
         select(server, name)
         b64_png(txt2img(server, "a flat red square")["images"][0], plain)
-        r["figure"] = f"image={plain.name}"
+        said = [l.strip() for l in server.text()[before:].splitlines() if l.startswith(f"sdkd: {name} has no middle")]
+        r["figure"] = f"image={plain.name} fix_line={said[0][:200]!r}" if said else f"image={plain.name} fix_line=none"
+        r["ok"] = bool(said) == (v in NO_MIDDLE)
     load_check(report, server, ckpts, name, models, f"load-{v}", host=host, context=spec.context)
     rules = spec.lora_log
     for kind in ("trained", "ported"):

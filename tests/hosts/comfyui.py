@@ -158,7 +158,7 @@ def run(report: Report) -> None:
     from . import models  # torch and sdkd: only in the dependency set's venv
 
     with report.timed(HOST, "setup"):
-        src, venv = comfy_setup.venv()
+        src, manager, venv = comfy_setup.venv()
         run_dir = SCRATCH / comfy_setup.ARCHIVE / "run"
         dirs = layout(run_dir)
         teacher = models.full_teacher(dirs["ckpt"] / "teacher.safetensors")
@@ -167,6 +167,7 @@ def run(report: Report) -> None:
         demo = dirs["ckpt"] / DEMO.name
         if not demo.exists():
             shutil.copy(DEMO, demo)
+    manager_install(report, venv, src, manager, dirs["nodes"] / "sdkd")
     server = Server([python_of(venv), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(free_port()),
                      "--disable-auto-launch", "--base-directory", str(run_dir), "--database-url", "sqlite:///:memory:"],
                     cwd=src, log=run_dir / "comfyui.log", port=0)
@@ -178,6 +179,25 @@ def run(report: Report) -> None:
         server.stop()
         log(f"ComfyUI log: {server.log}")
         discard(run_dir / "models")
+
+
+def manager_install(report: Report, venv: Path, src: Path, manager: Path, node: Path) -> None:
+    """sdkd installed by ComfyUI-Manager's own install command (requirements.txt line by line, then install.py from
+    the node folder): `pip freeze` afterwards is the venv as a Manager user has it (ComfyUI's and the Manager's
+    requirements, the Manager's own fixes applied) plus additions, none upgraded, downgraded or removed."""
+    from .a1111 import freeze
+
+    with report.check(HOST, "manager-install") as r:
+        said = comfy_setup.manager_install(venv, src, manager, node)
+        bare = dict(l.lower().split("==", 1) for l in comfy_setup.bare_freeze(venv, src, manager).read_text().splitlines() if "==" in l)
+        after = freeze(venv)
+        moved = {k: f"{v}->{after.get(k, 'removed')}" for k, v in bare.items() if after.get(k) != v}
+        added = sorted(f"{k}=={v}" for k, v in after.items() if k not in bare)
+        steps = [l.split("=> ", 1)[1] for l in said.splitlines() if "ComfyUI-Manager: EXECUTE =>" in l]
+        r["figure"] = (f"moved={moved or 'none'} added={len(added)}({','.join(added)}) manager_steps={len(steps)} "
+                       f"sdkd_said={[l for l in said.splitlines() if l.startswith('sdkd:')]}")
+        r["ok"] = (not moved and any("install.py" in c for c in steps)
+                   and {"diffusers", "peft", "accelerate"} <= set(after))
 
 
 def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path, data: Path, models) -> None:
