@@ -45,17 +45,24 @@ def stem(diffusers_name: str) -> str:
 
 def public_lcm_tensors(width: int = 320, context: int = 768, rank: int = RANK, scale: float = 1.0,
                        seed: int = 0) -> dict[str, torch.Tensor]:
-    """The file's tensors with random weights: each module's update has entries of about `scale` x 1/sqrt(fan-in)."""
+    """The file's tensors with random weights (see `random_pair`)."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for name, shape in targeted_modules(width, context).items():
-        kernel = shape[2:]
-        fan_in = shape[1] * (kernel[0] * kernel[1] if kernel else 1)
-        down = torch.randn(rank, *shape[1:], generator=g) / fan_in ** 0.5
-        up = torch.randn(shape[0], rank, *(1,) * len(kernel), generator=g) * scale / rank ** 0.5
+        down, up = random_pair(shape, rank, scale, g)
         out.update({f"{stem(name)}.lora_down.weight": down.half(), f"{stem(name)}.lora_up.weight": up.half(),
                     f"{stem(name)}.alpha": torch.tensor(float(ALPHA)).half()})
     return out
+
+
+def random_pair(shape: tuple[int, ...], rank: int, scale: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (down, up) for a layer of weight `shape`, peft's shapes (down has the kernel, up is 1x1); with alpha = rank
+    the update's entries are about `scale` / sqrt(fan-in), `scale` x the size of a layer's own initial weights."""
+    kernel = shape[2:]
+    fan_in = shape[1] * (kernel[0] * kernel[1] if kernel else 1)
+    down = torch.randn(rank, *shape[1:], generator=g) / fan_in ** 0.5
+    up = torch.randn(shape[0], rank, *(1,) * len(kernel), generator=g) * scale / rank ** 0.5
+    return down, up
 
 
 def write_public_lcm(path: Path, width: int = 320, context: int = 768, rank: int = RANK, scale: float = 1.0,
