@@ -434,12 +434,11 @@ def lcm_graph(ckpt: str, tag: str, lora: str | None = None) -> dict:
 def lcm_host_checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path, tiny: Path, models) -> list[Path]:
     """The LCM checks (tests/hosts/lcm.py) in ComfyUI: 'lora key not loaded' or a failed prompt is a problem. Returns the
     files written (the tiny student hard-linked as LCM_TINY and the LoRAs), left for the LCM example workflow."""
-    from .lcm import lcm_checks, lcm_loras
+    from .lcm import lcm_checks
 
     link = dirs["ckpt"] / f"{LCM_TINY}.safetensors"
     link.unlink(missing_ok=True)
     os.link(tiny, link)
-    cases = lcm_loras(teacher, link, dirs["lora"])
 
     def sample(model: Path, lora: Path | None, tag: str) -> tuple[Path, list[str]]:
         before = len(server.text())
@@ -448,5 +447,4 @@ def lcm_host_checks(report: Report, server: Server, dirs: dict[str, Path], teach
         problems = [l.strip() for l in server.text()[before:].splitlines() if "lora key not loaded" in l]
         return (dirs["out"] / "none" if err else saved_image(entry, dirs["out"])), problems + ([err] if err else [])
 
-    lcm_checks(report, HOST, cases, sample, models.image_diff)
-    return [link, *(p for _, loras in cases.values() for p in loras.values())]
+    return [link, *lcm_checks(report, HOST, teacher, link, dirs["lora"], sample, models.image_diff)]

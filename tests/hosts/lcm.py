@@ -60,11 +60,25 @@ def lcm_loras(teacher: Path, tiny: Path, folder: Path) -> dict[str, tuple[Path, 
             "tiny": (tiny, {"sdkd": sdkd_lcm_lora(tiny, folder / f"{tiny.stem}-lcm.safetensors"), "public": ported})}
 
 
-def lcm_checks(report: Report, host: str, cases: dict[str, tuple[Path, dict[str, Path]]], sample: Sampler,
-               image_diff: Callable[[Path, Path], float]) -> None:
-    """`lcm-plain-TAG` (the 4-step LCM image without a LoRA) and `lcm-KIND-TAG` for every LoRA: nothing went wrong and
-    the image differs from the plain one; the added time is printed as `TIME host lcm`."""
+def modules_in(path: Path) -> int:
+    """How many modules a kohya LoRA file holds (its distinct key stems)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return len({k.split(".")[0] for k in f.keys()})
+
+
+def lcm_checks(report: Report, host: str, teacher: Path, tiny: Path, folder: Path, sample: Sampler,
+               image_diff: Callable[[Path, Path], float]) -> list[Path]:
+    """`lcm-loras` (written into the host's LoRA `folder`), then per model `lcm-plain-TAG` (the 4-step LCM image without
+    a LoRA) and `lcm-KIND-TAG` for each LoRA: nothing went wrong and the image differs from the plain one. The added
+    time prints as `TIME host lcm`; returns the LoRA files."""
+    cases: dict[str, tuple[Path, dict[str, Path]]] = {}
     with report.timed(host, "lcm"):
+        with report.check(host, "lcm-loras") as r:
+            cases = lcm_loras(teacher, tiny, folder)
+            r["figure"] = " ".join(f"{tag}-{kind}={modules_in(p)}_modules" for tag, (_, loras) in cases.items()
+                                   for kind, p in loras.items())
         for tag, (model, loras) in cases.items():
             plain = None
             with report.check(host, f"lcm-plain-{tag}") as r:
@@ -81,3 +95,4 @@ def lcm_checks(report: Report, host: str, cases: dict[str, tuple[Path, dict[str,
                     r["ok"] = not problems and diff > 0
                     if problems:
                         r["figure"] += f" first={problems[0][:200]!r}"
+    return [p for _, loras in cases.values() for p in loras.values()]
