@@ -339,10 +339,18 @@ def txt2img(server: Server, prompt: str, sampler: str = "Euler", steps: int = 2,
 def lcm_webui_checks(report: Report, spec: Spec, server: Server, ckpts: Path, loras: Path, teacher: Path,
                      models) -> None:
     """The LCM checks (tests/hosts/lcm.py) on the teacher and tiny: txt2img with the `LCM` sampler, 4 steps, cfg 1; a
-    log line the spec calls a missed key (or, where the host logs one, no line saying the LoRA applied) is a problem."""
-    from .lcm import lcm_checks
+    log line the spec calls a missed key is a problem, and so is a LoRA the host applied on fewer layers than the file
+    has modules (Forge's applied line says how many keys it patched; A1111's count comes from the probe)."""
+    from .lcm import lcm_checks, modules_in
 
     rules = spec.lora_log
+
+    def applied(lora: Path, lines: list[str]) -> int:
+        """How many of the LoRA's modules the host says it put on a layer."""
+        if not rules.applied:
+            return next((n["modules"] for n in server.get("/sdkd_probe/networks") if n["name"] == lora.stem), 0)
+        line = next((l for l in lines if re.search(rules.applied.format(stem=re.escape(lora.stem)), l)), "")
+        return int(re.search(r"with (\d+) keys", line)[1]) if line else 0
 
     def sample(model: Path, lora: Path | None, tag: str) -> tuple[Path, list[str]]:
         select(server, model.name)
@@ -353,8 +361,8 @@ def lcm_webui_checks(report: Report, spec: Spec, server: Server, ckpts: Path, lo
         img = b64_png(txt2img(server, prompt, "LCM", 4, 1)["images"][0], loras.parent / f"{tag}.png")
         lines = server.text()[before:].splitlines()
         problems = [l.strip() for l in lines if re.search(rules.bad, l)]
-        if lora and rules.applied and not any(re.search(rules.applied.format(stem=re.escape(lora.stem)), l) for l in lines):
-            problems.append(f"no log line says {lora.name} was applied")
+        if lora and (n := applied(lora, lines)) != modules_in(lora):
+            problems.append(f"{spec.host} applied {n} of the LoRA's {modules_in(lora)} modules")
         return img, problems
 
     lcm_checks(report, spec.host, teacher, ckpts / "teacher-bk-tiny.safetensors", loras, sample, models.image_diff)
