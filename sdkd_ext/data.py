@@ -13,6 +13,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 import torch
 
 from .errors import SdkdError
@@ -227,10 +228,12 @@ def seeded_randn(seeds: list[int], shape: tuple[int, ...], device: torch.device 
 
 @torch.no_grad()
 def sample_latents(unet: torch.nn.Module, scheduler, cond: torch.Tensor, uncond: torch.Tensor, seeds: list[int],
-                   latent_size: int, steps: int, guidance: float, channels: int = 4) -> torch.Tensor:
+                   latent_size: int, steps: int, guidance: float, channels: int = 4,
+                   on_step: Callable[[], None] | None = None) -> torch.Tensor:
     """Text-to-image latents (UNet space, unscaled by the VAE factor) with classifier-free guidance, seeded per sample.
 
-    `cond` is B x 77 x C; `uncond` is one embedding (1 x 77 x C) or B of them."""
+    `cond` is B x 77 x C; `uncond` is one embedding (1 x 77 x C) or B of them; `on_step` is called after each
+    sampler step (progress, cancellation)."""
     p = next(unet.parameters())
     device, dtype = p.device, p.dtype
     scheduler.set_timesteps(steps, device=device)
@@ -241,4 +244,6 @@ def sample_latents(unet: torch.nn.Module, scheduler, cond: torch.Tensor, uncond:
         eps = unet(x.to(dtype), t, encoder_hidden_states=context).sample.float()
         e_u, e_c = eps.chunk(2)
         latents = scheduler.step(e_u + guidance * (e_c - e_u), t, latents).prev_sample
+        if on_step is not None:
+            on_step()
     return latents

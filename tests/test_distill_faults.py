@@ -18,7 +18,7 @@ from distill_helpers import cfg, images, one_thread, run, shape_image  # noqa: F
 
 def test_resume_refused_when_variant_teacher_or_data_changed(images, tmp_path, teacher_file, teacher_sd):
     out = tmp_path / "kd"
-    run(teacher_file, out, FolderData(images), cfg(steps=1))
+    run(teacher_file, out, FolderData(images), cfg(steps=1, keep_state=True))
     with pytest.raises(SdkdError, match="--resume to continue it or --overwrite"):
         run(teacher_file, out, FolderData(images), cfg(steps=2))
     with pytest.raises(SdkdError, match="the variant changed"):

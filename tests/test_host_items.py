@@ -9,6 +9,7 @@ terms; 9: the tab refreshes its lists and feeds A1111's progress API, ComfyUI no
 from __future__ import annotations
 
 import sys
+import time
 import threading
 import types
 from pathlib import Path
@@ -373,6 +374,34 @@ def test_a1111_progress_api_follows_an_sdkd_job(a1111_progress):
     assert during.active and during.progress == pytest.approx(0.75) and "write 3/4" in during.textinfo
     after = progress.progressapi(progress.ProgressRequest(id_task=task))
     assert after.completed and not after.active
+
+
+def test_a1111_progress_bar_gives_each_stage_its_own_eta(a1111_progress):
+    """21.10: A1111's progress API derives its ETA from the job's start and the bar's fraction; each sdkd stage
+    (encode, teacher samples, train, preview, export) shows its own name, count and ETA there, not one that grows."""
+    progress = a1111_progress
+    host = a1111.A1111Host()
+    task = "task(sdkdeta)"
+    seen = []
+
+    def api():
+        seen.append(progress.progressapi(progress.ProgressRequest(id_task=task)))
+
+    def job():
+        host.show_progress(Event("encode-text", 5, 5))
+        time.sleep(0.3)  # the first stage took a while: a later stage's ETA must not include it
+        host.show_progress(Event("teacher-samples", 0, 100))
+        host.show_progress(Event("teacher-samples", 25, 100, metrics={"eta_s": 300.0}))
+        api()
+        host.show_progress(Event("teacher-samples", 50, 100))  # no ETA of its own: the stage's start is kept
+        api()
+        host.show_progress(Event("preview", 10, 40, metrics={"eta_s": 60.0}))
+        api()
+
+    host.run_job(job, task=task)
+    assert [round(s.eta) for s in seen] == [300, pytest.approx(100, abs=2), 60], [s.eta for s in seen]
+    assert "teacher-samples 25/100" in seen[0].textinfo and "ETA 5:00" in seen[0].textinfo
+    assert seen[2].progress == pytest.approx(0.25) and "preview 10/40" in seen[2].textinfo
 
 
 def test_tab_sends_a1111_a_task_id(models, monkeypatch):

@@ -22,6 +22,7 @@ class A1111Host(FolderHost):
     """Checkpoints from `models/Stable-diffusion` (+ --ckpt-dir), LoRAs in --lora-dir, jobs under A1111's queue lock."""
 
     page_js = "sdkd_submit"  # javascript/sdkd.js: a task id and A1111's own progress bar for each job
+    models_hint = "put SD1.x checkpoints in models/Stable-diffusion (or --ckpt-dir) and press Refresh"
 
     def __init__(self) -> None:
         from modules import sd_models, shared
@@ -96,14 +97,46 @@ class A1111Host(FolderHost):
                 shared.state.end()
 
     def show_progress(self, event: Event) -> None:
-        """Mirror progress in A1111's state (its progress API) and honour its Interrupt button."""
+        """Mirror progress in A1111's state (its progress API: the bar, its ETA and text) and honour its Interrupt
+        button; each stage of a job is a bar of its own, with the stage's own ETA."""
+        import time
+
         from modules import shared
 
+        now = time.time()
+        stage = getattr(self, "_stage", None)
+        start = shared.state.time_start if stage == event.stage and shared.state.time_start else now
+        self._stage = event.stage
+        shared.state.time_start = bar_start(event, start, now)
         shared.state.job_count, shared.state.job_no = 1, 0
         shared.state.sampling_step, shared.state.sampling_steps = event.step, event.total
         shared.state.textinfo = f"sdkd {progress_line(event)}"
         if shared.state.interrupted:
             raise Cancelled("interrupted from the web UI")
+
+    def memory_note(self, gpu: bool) -> str:
+        """The web UI's loaded model is not in the estimate: a GPU job moves it to RAM (see `run_job`), a CPU one
+        runs beside it in RAM."""
+        from modules import sd_models
+
+        from .base import module_bytes
+
+        model = sd_models.model_data.sd_model
+        if model is None:
+            return "The estimate is the job's own memory; the web UI has no model loaded."
+        where = "moved from the GPU to RAM while the job runs, and back after" if gpu else "kept in RAM beside the job"
+        return (f"The estimate is the job's own memory: it does not include the web UI's loaded model "
+                f"({module_bytes(model) / 2**30:.2f} GiB), which is {where}.")
+
+
+def bar_start(event: Event, start: float, now: float) -> float:
+    """The start time to give A1111's progress state for `event` so that the ETA its progress API derives
+    (elapsed / fraction - elapsed) is the stage's own: from the event's ETA when it has one, else `start` (the
+    stage's first event, or the time kept from the stage's earlier events)."""
+    eta, done = event.metrics.get("eta_s"), event.fraction
+    if eta is None or not 0 < done < 1:
+        return start
+    return now - eta * done / (1 - done)
 
 
 def loaded_unet(sd_model) -> object:
