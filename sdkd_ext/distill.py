@@ -407,7 +407,7 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
             Outputs(False).check(final)
     src = open_model(path)
     info = describe(src)
-    require_teacher(info, path.name)
+    require_teacher(info, path.name, "distil")
     if info.inpainting:
         raise SdkdError(f"{path.name}: an inpainting teacher can be pruned but not distilled (its UNet needs masks); "
                         "distil the normal checkpoint it was made from")

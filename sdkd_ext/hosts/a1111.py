@@ -165,13 +165,48 @@ def on_model_loaded(sd_model) -> None:
             rename(sd_model)
 
 
+# A1111's checkpoint setting in its quicksettings bar (modules/ui_settings.py creates it after the extensions' tabs)
+CHECKPOINT_SETTING = "setting_sd_model_checkpoint"
+
+
+def follow_checkpoint_setting(built: list) -> Callable:
+    """An `on_after_component` callback: when A1111 creates its checkpoint setting, the picker and "what this file
+    is" of the tab in `built` ([(tab, host)] once made) follow that setting's changes (the user's, and the value
+    A1111 sets on every page load)."""
+    def after(component, **_) -> None:
+        if getattr(component, "elem_id", None) != CHECKPOINT_SETTING or not built:
+            return
+        from modules import sd_models
+
+        from ..ui.tab import picked
+
+        tab, host = built[0]
+        blocks = {getattr(b, "elem_id", None): b for b in tab.blocks.values()}
+
+        def follow(title: str) -> tuple:
+            info = sd_models.get_closet_checkpoint_match(title or "")
+            return picked(host, Path(info.filename) if info is not None else None)
+
+        component.change(follow, inputs=[component], outputs=[blocks["sdkd_checkpoint"], blocks["sdkd_info"]])
+
+    return after
+
+
 def register() -> None:
-    """Hook sdkd into A1111/Forge: the tab and the model-loaded fix."""
+    """Hook sdkd into A1111/Forge: the tab (its picker following the web UI's checkpoint) and the model-loaded fix."""
     from modules import script_callbacks
 
     from ..quiet import quiet_libraries
     from ..ui import build_tab
 
     quiet_libraries()
-    script_callbacks.on_ui_tabs(lambda: [(build_tab(A1111Host()), "sdkd", "sdkd")])
+    built: list = []  # [(tab, host)] once A1111 asks for the tab
+
+    def tabs() -> list:
+        host = A1111Host()
+        built[:] = [(build_tab(host), host)]
+        return [(built[0][0], "sdkd", "sdkd")]
+
+    script_callbacks.on_ui_tabs(tabs)
+    script_callbacks.on_after_component(follow_checkpoint_setting(built))
     script_callbacks.on_model_loaded(on_model_loaded)

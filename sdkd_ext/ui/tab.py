@@ -50,6 +50,15 @@ def load_checkpoint(host: FolderHost, name: str | None) -> str:
         return f"Error: {e}"
 
 
+def picked(host: FolderHost, path: Path | None) -> tuple:
+    """The picker and "what this file is" set to `path` (the host's newly loaded checkpoint), for a host that
+    tells the tab when its own checkpoint changes."""
+    import gradio as gr
+
+    name = listed_name(host, path)
+    return gr.update(choices=list(host.checkpoints()), value=name), jobs.file_text(host, name or "")
+
+
 def build_tab(host: FolderHost):
     """The gradio Blocks of the sdkd tab for `host`: prune, distil, LoRA, compare, bench, LoRA port and rebase."""
     import gradio as gr
@@ -70,6 +79,9 @@ def build_tab(host: FolderHost):
         with gr.Row():
             ckpt = gr.Dropdown(label="Checkpoint (teacher or student)", choices=names(), value=current,
                                elem_id="sdkd_checkpoint")
+            # the picker starts on the host's loaded checkpoint on every launch: A1111 would restore the value it held
+            # at an earlier launch from ui-config.json (modules/ui_loadsave.py skips components marked so)
+            ckpt.do_not_save_to_config = True
             refresh = gr.Button("Refresh", elem_id="sdkd_refresh")
         info = gr.Markdown(jobs.file_text(host, current), elem_id="sdkd_info")
         with gr.Tabs():
