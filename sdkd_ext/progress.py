@@ -60,6 +60,9 @@ class Meter:
         report(self.progress, self.stage, self.done, self.total, message, **metrics, **timing)
 
 
+TQDM_OWN = ("it_s", "eta_s")  # figures a tqdm bar shows by itself
+
+
 def tqdm_progress() -> ProgressFn:
     """A callback that draws one tqdm bar per stage on stderr (the CLI's view); tqdm throttles redraws."""
     from tqdm import tqdm
@@ -70,8 +73,9 @@ def tqdm_progress() -> ProgressFn:
         bar = bars.get(e.stage)
         if bar is None:
             bar = bars[e.stage] = tqdm(total=e.total, desc=e.stage, leave=False, dynamic_ncols=True, mininterval=0.5)
-        if e.metrics:
-            bar.set_postfix({k: f"{v:.4g}" for k, v in e.metrics.items()}, refresh=False)
+        shown = {k: f"{v:.4g}" for k, v in e.metrics.items() if k not in TQDM_OWN}
+        if shown:
+            bar.set_postfix(shown, refresh=False)
         bar.update(e.step - bar.n)
         if e.step >= e.total:
             bar.close()
