@@ -608,8 +608,10 @@ def add_commands(sub) -> None:
     s.add_argument("--guidance", type=float, default=7.5, help="data-free: CFG scale of the teacher's samples")
     s.add_argument("--sample-steps", type=int, default=25, help="data-free: sampler steps per teacher sample")
     s.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
-    s.add_argument("--preview-every", type=int, default=0, help="steps between preview grids (0: at the end only)")
-    s.add_argument("--preview-prompts", help="text file of preview prompts (default: the first 4 captions/prompts)")
+    s.add_argument("--preview-every", type=int, default=0,
+                   help="steps between preview grids (0: at the end only, drawn after the student is written)")
+    s.add_argument("--preview-prompts", help="text file of preview prompts (default: the first 4 captions/prompts; "
+                                             "on a CPU the grid is 2 prompts, at most 256 px and 10 steps)")
     s.add_argument("--no-preview", action="store_true", help="no preview grids")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="student autocast (default auto: bf16 where supported, else fp16 on CUDA; fp32 on CPU)")
@@ -619,7 +621,8 @@ def add_commands(sub) -> None:
     s.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the student and export it")
     s.add_argument("--vram", help="'auto' or GiB: let the memory planner choose batch split, checkpointing and EMA")
     s.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: accelerate's choice (GPU if any)")
-    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder <out>.run/)")
+    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder <out>.run/, removed "
+                                       "after a finished run unless --keep-state; a --cache-dir is never removed)")
     s.add_argument("--seed", type=int, help="default 0")
     s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported weights dtype")
     s.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],

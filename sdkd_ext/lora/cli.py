@@ -77,8 +77,10 @@ def add_commands(sub) -> None:
     s.add_argument("--preview-every", type=int, default=0,
                    help="steps between sample grids (the model without, then with the LoRA; also at the end) in "
                         "<out>.run/previews/ (default 0: none)")
-    s.add_argument("--preview-prompts", help="text file of sample-grid prompts (default: the first 4 captions)")
-    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder)")
+    s.add_argument("--preview-prompts", help="text file of sample-grid prompts (default: the first 4 captions; on a "
+                                             "CPU the grid is 2 prompts, at most 256 px and 10 steps)")
+    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder, removed after a "
+                                       "finished run unless --keep-state; a --cache-dir is never removed)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported LoRA weights dtype")
     add_run_options(s, "replace an existing LoRA and start the run over")
