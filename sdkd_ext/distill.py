@@ -34,7 +34,7 @@ from .plan import check_resolution, fit, kd_estimator
 from .portable import add_portable_option, refuse_middle_block
 from .progress import Cancelled, ProgressFn, report, tqdm_progress
 from .prune import Exported, checkpoint_path, default_out, export_model, student_names, teacher_metadata
-from .sampling import Sampler, sample_latents
+from .sampling import DEFAULT_SAMPLER, Flags, Sampler, check as check_sampler, sample_latents
 from .train import (TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, image_grid, make_accelerator,
                     noise_scheduler, run_training, unwrap)
 from .variants import Topology, get_variant, hook_pairs
@@ -504,6 +504,7 @@ def data_spec(a: argparse.Namespace) -> DataSpec:
     """The data source the arguments name."""
     if a.data:
         return FolderData(Path(a.data).expanduser(), flip=a.flip)
+    check_sampler(DEFAULT_SAMPLER, a.sample_steps, a.guidance, Flags(steps="--sample-steps"))  # before any work
     prompts = read_prompts(a.prompts) if a.prompts else builtin_prompts(a.self_n, a.seed)
     origin = f"prompts {Path(a.prompts).name}" if a.prompts else "built-in prompts"
     return PromptData(tuple(prompts), a.negative, a.guidance, a.sample_steps, origin)
