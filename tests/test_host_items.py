@@ -25,6 +25,7 @@ from sdkd_ext.hosts.base import FolderHost
 from sdkd_ext.names import UnsafeName, path_in_folder
 from sdkd_ext.progress import Event
 from sdkd_ext.ui import JobControl, compare_job, lora_job, prune_job, run_in_host
+from sdkd_ext.ui.jobs import CompareForm
 from test_hosts import ldm_as_a1111_loads_it
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +170,7 @@ def test_tab_refuses_names_leading_out_of_its_folders(models, tmp_path):
                                                    "../escape", False, True))
     assert status.startswith("Error: LoRA name '../escape'"), status
     status = run_in_host(models, control, compare_job(models, "teacher.safetensors", ["teacher.safetensors"], "a", "0",
-                                                      64, 1, "/tmp"))
+                                                      CompareForm(64, steps=1), "/tmp"))
     assert status.startswith("Error: Report name '/tmp'"), status
     status = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "teacher", "fp16", True))
     assert status.startswith("Error: Output name 'teacher'") and "never overwrites its input" in status

@@ -14,11 +14,13 @@ from typing import Callable
 
 from ..errors import SdkdError
 from ..hosts.base import FolderHost
+from ..sampling import DEFAULT_SAMPLER, SAMPLER_NAMES
 from ..variants import VARIANTS
 from . import jobs
 from .jobs import (DATA_KINDS, DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS, LORA_NAME, LORA_OVERWRITE,
                    LORA_WIDGETS, PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS, PORTABLE, PRUNE_NAME, PRUNE_OVERWRITE,
-                   PUBLIC_STUDENTS, REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS, REPORT_NAME, BENCH_NAME, BENCH_WIDGETS)
+                   PUBLIC_STUDENTS, REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS, REPORT_NAME, BENCH_NAME, BENCH_WIDGETS,
+                   BenchForm, COMPARE_LORA_WEIGHT, COMPARE_WIDGETS, NO_LORA, CompareForm)
 from .run import JobControl, Live, run_in_host, stream
 
 
@@ -152,10 +154,21 @@ def build_tab(host: FolderHost):
                 c_prompts = gr.Textbox(label="Prompts, one per line", lines=4)
                 with gr.Row():
                     c_seeds = gr.Textbox(label="Seeds", value="0 1")
-                    c_size = gr.Number(label="Size", value=512, precision=0)
-                    c_steps = gr.Number(label="Steps", value=25, precision=0)
+                    c_size = gr.Number(label=COMPARE_WIDGETS["--size"], value=512, precision=0)
                     c_name = gr.Textbox(label=REPORT_NAME, value="report",
                                         placeholder="a folder in sdkd-compare beside your checkpoints")
+                gr.Markdown("Students are drawn at their own settings, the teacher at its own (the reference): e.g. "
+                            "students with an LCM LoRA at lcm, 4 steps, guidance 1 against the teacher at 25 steps, 7.5.")
+                with gr.Row():
+                    c_sampler = gr.Dropdown(label=COMPARE_WIDGETS["--sampler"], choices=list(SAMPLER_NAMES),
+                                            value=DEFAULT_SAMPLER)
+                    c_steps = gr.Number(label=COMPARE_WIDGETS["--steps"], value=25, precision=0)
+                    c_guidance = gr.Number(label=COMPARE_WIDGETS["--guidance"], value=7.5)
+                    c_lora = gr.Dropdown(label=COMPARE_WIDGETS["--lora"], choices=[NO_LORA, *host.loras()], value=NO_LORA)
+                    c_weight = gr.Number(label=COMPARE_LORA_WEIGHT, value=1.0)
+                with gr.Row():
+                    c_ref_steps = gr.Number(label=COMPARE_WIDGETS["--reference-steps"], value=25, precision=0)
+                    c_ref_guidance = gr.Number(label=COMPARE_WIDGETS["--reference-guidance"], value=7.5)
                 c_go = gr.Button("Compare", variant="primary", elem_id="sdkd_compare")
                 c_grid = gr.Image(label="Grid", type="pil", interactive=False)
             with gr.Tab("Bench"):
@@ -164,7 +177,10 @@ def build_tab(host: FolderHost):
                 b_students = gr.Dropdown(label="Students", choices=names(), multiselect=True)
                 with gr.Row():
                     b_size = gr.Number(label=BENCH_WIDGETS["--size"], value=512, precision=0)
+                    b_sampler = gr.Dropdown(label=BENCH_WIDGETS["--sampler"], choices=list(SAMPLER_NAMES),
+                                            value=DEFAULT_SAMPLER)
                     b_steps = gr.Number(label=BENCH_WIDGETS["--steps"], value=25, precision=0)
+                    b_guidance = gr.Number(label=BENCH_WIDGETS["--guidance"], value=7.5)
                     b_repeats = gr.Number(label=BENCH_WIDGETS["--repeats"], value=5, precision=0)
                     b_t2i = gr.Number(label=BENCH_WIDGETS["--t2i-repeats"], value=3, precision=0)
                     b_name = gr.Textbox(label=BENCH_NAME, value="bench",
@@ -207,12 +223,13 @@ def build_tab(host: FolderHost):
                                type="pil", interactive=False, elem_id="sdkd_samples")
 
         checkpoint_lists = [ckpt, c_students, b_students, r_base, r_student]
-        lists = [*checkpoint_lists, p_lora, p_to]
+        lists = [*checkpoint_lists, p_lora, c_lora, p_to]
 
         def refreshed() -> tuple:
             """New choices for every list (gr.update: the one form gradio 3.41, 4.x and later share)."""
-            return (*(gr.update(choices=names()) for _ in checkpoint_lists), gr.update(choices=list(host.loras())),
-                    gr.update(choices=jobs.port_targets(host)))
+            loras = list(host.loras())
+            return (*(gr.update(choices=names()) for _ in checkpoint_lists), gr.update(choices=loras),
+                    gr.update(choices=[NO_LORA, *loras]), gr.update(choices=jobs.port_targets(host)))
 
         def wrote(live: Live) -> tuple:
             """The Load button and its state after a job: shown when the job wrote a listed checkpoint."""
@@ -251,8 +268,9 @@ def build_tab(host: FolderHost):
             for frame in streamed(job, live, progress, t):
                 yield (*frame[:5], keep, *frame[5:])
 
-        def on_compare(t, c, ss, pr, se, sz, st, nm, progress=gr.Progress()):
-            result = run(jobs.compare_job(host, c, ss or [], pr, se, sz, st, nm), progress, t)
+        def on_compare(t, c, ss, pr, se, nm, sz, sa, st, g, lo, w, rst, rg, progress=gr.Progress()):
+            form = CompareForm(sz, sa, st, g, lo, w, rst, rg)
+            result = run(jobs.compare_job(host, c, ss or [], pr, se, form, nm), progress, t)
             if not isinstance(result, tuple):
                 return result, None
             from PIL import Image
@@ -260,8 +278,8 @@ def build_tab(host: FolderHost):
             with Image.open(result[1]) as grid:
                 return result[0], grid.convert("RGB")
 
-        def on_bench(t, c, ss, sz, st, rp, t2i, nm, progress=gr.Progress()):
-            result = run(jobs.bench_job(host, c, ss or [], sz, st, rp, t2i, nm), progress, t)
+        def on_bench(t, c, ss, sz, sa, st, g, rp, t2i, nm, progress=gr.Progress()):
+            result = run(jobs.bench_job(host, c, ss or [], BenchForm(sz, sa, st, g, rp, t2i), nm), progress, t)
             return result if isinstance(result, tuple) else (result, gr.update(), gr.update())
 
         def on_port(t, lo, to, nm, ar, o, progress=gr.Progress()):
@@ -293,9 +311,11 @@ def build_tab(host: FolderHost):
                    outputs=[*long_outputs, d_estimate, *lists], **live_view)
         l_go.click(on_lora, inputs=[task, ckpt, l_folder, l_rank, l_alpha, l_steps, l_res, l_vram, l_te, l_name,
                                     l_resume, l_over, l_every, l_keep], outputs=[*long_outputs, l_estimate, *lists], **live_view)
-        c_go.click(on_compare, inputs=[task, ckpt, c_students, c_prompts, c_seeds, c_size, c_steps, c_name],
+        c_form = [c_size, c_sampler, c_steps, c_guidance, c_lora, c_weight, c_ref_steps, c_ref_guidance]  # CompareForm's order
+        c_go.click(on_compare, inputs=[task, ckpt, c_students, c_prompts, c_seeds, c_name, *c_form],
                    outputs=[status, c_grid], **page)
-        b_go.click(on_bench, inputs=[task, ckpt, b_students, b_size, b_steps, b_repeats, b_t2i, b_name],
+        b_go.click(on_bench, inputs=[task, ckpt, b_students, b_size, b_sampler, b_steps, b_guidance, b_repeats, b_t2i,
+                                     b_name],
                    outputs=[status, b_table, b_chart], **page)
         p_go.click(on_port, inputs=[task, p_lora, p_to, p_name, p_alpha, p_over], outputs=[status, *lists], **page)
         r_go.click(on_rebase, inputs=[task, ckpt, r_base, r_student, r_strength, r_name, r_dtype, r_over],
