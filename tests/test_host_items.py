@@ -219,7 +219,8 @@ def test_tab_words_core_messages_with_its_widgets(models, tmp_path):
     (run / STATE_FILE).write_bytes(b"")  # a run folder from an earlier distil of the same name
     statuses = {
         "use 'Resume' to continue it or 'Overwrite' to start over": distil("built-in", "", "kd", False),
-        "no checkpoint in fresh.run; run again without 'Resume'": distil("built-in", "", "fresh", True),
+        "no checkpoint in fresh.run (a finished run keeps none unless 'Keep training state'); run again without "
+        "'Resume'": distil("built-in", "", "fresh", True),
         f"Error: {DISTIL_WIDGETS['--data']!r}": distil("image folder", str(tmp_path / "nowhere"), "x", False),
         "'Rank' must be at least 1 and 'Alpha' positive": run_in_host(models, JobControl(), lora_job(
             models, "teacher.safetensors", str(tmp_path), 0, 4, 1, 64, False, "l", False, False)),

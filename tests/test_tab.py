@@ -172,7 +172,9 @@ def test_distil_streams_progress_curve_and_samples_and_cancel_keeps_a_student_th
             assert stop() == "cancelling at the next step..."
     assert "Settings it will use" in frames[0][at["sdkd_distil_estimate"]]  # the estimate comes before training
     statuses = [f[at["sdkd_status"]] for f in frames[1:-1]]
-    assert any(s.startswith("distill ") and "it/s" in s and "ETA" in s for s in statuses), statuses
+    # each stage shows its own name, count, rate and ETA; with a grid every step the preview stage is most often seen
+    assert any(s.startswith(("distill ", "preview ")) and "it/s" in s and "ETA" in s for s in statuses), statuses
+    assert any(s.startswith("teacher-samples ") and "ETA" in s for s in statuses), statuses
     assert grids[0].size == grids[1].size and grids[0].size[1] == 2 * 64  # teacher row above student row
     assert grids[0].tobytes() != grids[1].tobytes()  # the student row changes as it trains
     last = frames[-1]
