@@ -438,7 +438,6 @@ def run_entry(server: Server, pid: str, timeout: float = 900) -> dict:
     raise RuntimeError(f"prompt {pid} not finished after {timeout:.0f}s")
 
 
-
 def lcm_graph(ckpt: str, tag: str, lora: str | None = None) -> dict:
     """Checkpoint (+ LoRA, model only) -> ModelSamplingDiscrete lcm -> KSampler lcm 4 steps, cfg 1, 64x64 -> SaveImage."""
     g = sample_graph(ckpt, tag)
