@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import SdkdError
 from ..export import Outputs
@@ -21,6 +21,9 @@ from ..train import TrainConfig
 from .facts import estimate_text, parse_vram, table, train_device
 from .jobs import _data, _output, _sd1_source, _teacher
 from .run import Live, clock
+
+if TYPE_CHECKING:
+    from ..fast import FastJob
 
 LCM_NAME, LCM_OVERWRITE = "Few-step LoRA name", "Overwrite"
 FAST_STUDENT, FAST_LORA, FAST_OVERWRITE = "Student name", "4-step LoRA name", "Overwrite"
@@ -41,8 +44,8 @@ def _use_line() -> str:
     """How to sample with a few-step LoRA in each host."""
     from ..lcm.job import USE
 
-    return (f"sampler **LCM**, **{USE.steps} steps**, **CFG {USE.guidance:g}** (A1111/Forge: sampler 'LCM'; ComfyUI: "
-            "KSampler 'lcm' after ModelSamplingDiscrete 'lcm')")
+    return (f"sampler LCM, {USE.steps} steps, CFG {USE.guidance:g} (A1111/Forge: sampler 'LCM'; ComfyUI: KSampler "
+            "'lcm' after ModelSamplingDiscrete 'lcm')")
 
 
 # ---- Few-step LoRA ----------------------------------------------------------------------------------------------
@@ -178,7 +181,7 @@ def fast_outputs(host: FolderHost) -> tuple[Output, Output]:
             Output(host.lora_dir(), "your LoRA folder", FAST_LORA, FAST_OVERWRITE, FAST_WIDGETS))
 
 
-def fast_spec(host: FolderHost, f: FastFields):
+def fast_spec(host: FolderHost, f: FastFields) -> FastJob:
     """The core's `FastJob` for the fields: outputs inside the host's folders, the host's other checkpoints as the
     route's candidates; settings refused in the section's words."""
     from ..fast import TARGETS, FastJob
@@ -207,7 +210,7 @@ def fast_spec(host: FolderHost, f: FastFields):
     return job
 
 
-def fast_estimate(job, out: Output) -> str:
+def fast_estimate(job: FastJob, out: Output) -> str:
     """The planner's estimate for each training phase of `job`: distilling the tiny student, then its few-step LoRA
     (adapters on the student's UNet, the checkpoint as a separate frozen teacher)."""
     from ..checkpoint import open_model
