@@ -284,9 +284,10 @@ def _warm_up_libraries() -> None:
     """Load what every pipeline shares (library modules, the tokenizer) first, so the first model is not charged for it."""
     from diffusers import StableDiffusionPipeline  # noqa: F401
 
-    from .pipeline import scheduler, tokenizer
+    from .pipeline import tokenizer
+    from .sampling import Sampler, scheduler_for
 
-    tokenizer(), scheduler()
+    tokenizer(), scheduler_for(Sampler())
 
 
 def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: str | None, size: int, steps: int,

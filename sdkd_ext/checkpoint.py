@@ -11,13 +11,14 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
 import torch
 
 from .convert import EMA, EMA_UNET, NOT_WEIGHTS, TEXT, UNET, VAE, PrefixMap, ema_twin, unet_map, vae_map
 from .errors import SdkdError
 from .portable import MIDDLE, has_identity_middle
+from .source import Source
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -25,17 +26,6 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,
 }
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-class Source(Protocol):
-    """Lazily readable named tensors."""
-
-    metadata: dict[str, str]
-
-    def keys(self) -> list[str]: ...
-    def shape(self, key: str) -> tuple[int, ...]: ...
-    def dtype(self, key: str) -> torch.dtype: ...
-    def get(self, key: str) -> torch.Tensor: ...
 
 
 class SafetensorsSource:

@@ -11,11 +11,9 @@ from pathlib import Path
 from . import __version__
 from .errors import SdkdError
 from .portable import add_portable_option
-from .variants import VARIANTS
-
-VARIANT_NAMES = [n for v in VARIANTS.values() for n in (v.name, *v.aliases)]
+from .variants import VARIANT_NAMES
 # Feature modules that add their own subcommands through `add_commands(sub)`.
-COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora.cli", "lcm.cli", "distill", "plan", "public", "rebase")
+COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora.cli", "lcm.cli", "fast", "distill", "plan", "public", "rebase")
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:

@@ -224,21 +224,3 @@ def seeded_randn(seeds: list[int], shape: tuple[int, ...], device: torch.device 
     out = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
     return torch.stack(out).to(device=device, dtype=dtype)
 
-
-@torch.no_grad()
-def sample_latents(unet: torch.nn.Module, scheduler, cond: torch.Tensor, uncond: torch.Tensor, seeds: list[int],
-                   latent_size: int, steps: int, guidance: float, channels: int = 4) -> torch.Tensor:
-    """Text-to-image latents (UNet space, unscaled by the VAE factor) with classifier-free guidance, seeded per sample.
-
-    `cond` is B x 77 x C; `uncond` is one embedding (1 x 77 x C) or B of them."""
-    p = next(unet.parameters())
-    device, dtype = p.device, p.dtype
-    scheduler.set_timesteps(steps, device=device)
-    latents = seeded_randn(seeds, (channels, latent_size, latent_size), device, torch.float32) * scheduler.init_noise_sigma
-    context = torch.cat([uncond.expand(len(seeds), -1, -1), cond]).to(device, dtype)
-    for t in scheduler.timesteps:
-        x = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        eps = unet(x.to(dtype), t, encoder_hidden_states=context).sample.float()
-        e_u, e_c = eps.chunk(2)
-        latents = scheduler.step(e_u + guidance * (e_c - e_u), t, latents).prev_sample
-    return latents

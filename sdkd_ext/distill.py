@@ -25,15 +25,16 @@ from .cache import LATENT_KIND, TEXT_KIND, Cache, CachedDataset, component_hash,
 from .checkpoint import ChainSource, DictSource, RenamedSource, Source, open_model, resolve
 from .configs import sd15
 from .convert import TEXT, UNET, VAE, unet_map
-from .data import DataSpec, FolderData, PromptData, builtin_prompts, derive_seed, read_prompts, sample_latents, scan_folder
+from .data import DataSpec, FolderData, PromptData, builtin_prompts, derive_seed, read_prompts, scan_folder
 from .detect import ModelInfo, describe, require_teacher
 from .errors import SdkdError
 from .export import Outputs, atomic_outputs
-from .pipeline import build_text_encoder, build_unet, build_vae, scheduler, tokenizer
+from .pipeline import build_text_encoder, build_unet, build_vae, tokenizer
 from .plan import check_resolution, fit, kd_estimator
 from .portable import add_portable_option, refuse_middle_block
 from .progress import Cancelled, ProgressFn, report, tqdm_progress
 from .prune import Exported, checkpoint_path, default_out, export_model, student_names, teacher_metadata
+from .sampling import Sampler, sample_latents
 from .train import (TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, image_grid, make_accelerator,
                     noise_scheduler, run_training, unwrap)
 from .variants import Topology, get_variant, hook_pairs
@@ -297,16 +298,17 @@ def make_preview(teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Ten
     """A preview function: teacher (row 1, sampled once) and student (row 2) images at the same prompts and seeds,
     each row labelled (`labels`; the student's with its step)."""
     teacher_row: list = []
+    spec = Sampler(steps=steps, guidance=guidance)
 
     def preview(student: torch.nn.Module, step: int, path: Path) -> None:
         device = next(teacher.parameters()).device  # read here: a LoRA's base moves to the device once training starts
         if not teacher_row:
-            teacher_row.extend(to_images(vae, sample_latents(teacher, scheduler(), cond, uncond, seeds, latent, steps, guidance),
+            teacher_row.extend(to_images(vae, sample_latents(teacher, spec, cond, uncond, seeds, latent),
                                          scaling, device))
         was_training = student.training
         student.eval()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            z = sample_latents(student, scheduler(), cond, uncond, seeds, latent, steps, guidance)
+            z = sample_latents(student, spec, cond, uncond, seeds, latent)
         student.train(was_training)
         grid = image_grid([teacher_row, to_images(vae, z.float(), scaling, device)], [labels[0], f"{labels[1]} {step}"])
         with atomic_outputs(overwrite=True) as outs:
@@ -325,11 +327,11 @@ def self_generate(teacher: torch.nn.Module, data: PromptData, text_keys: list[st
     todo = [i for i, k in enumerate(keys) if not cache.has(LATENT_KIND, k)]
     device = next(teacher.parameters()).device
     uncond = cache.load(TEXT_KIND, uncond_key)["text"][None].to(device)
+    spec = Sampler(steps=data.sample_steps, guidance=data.guidance)
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
         cond = torch.stack([cache.load(TEXT_KIND, text_keys[i])["text"] for i in chunk]).to(device)
-        z = sample_latents(teacher, scheduler(), cond, uncond, [derive_seed(seed, "gen", i) for i in chunk], latent,
-                           data.sample_steps, data.guidance)
+        z = sample_latents(teacher, spec, cond, uncond, [derive_seed(seed, "gen", i) for i in chunk], latent)
         for i, zi in zip(chunk, z):
             cache.save(LATENT_KIND, keys[i], {"mean": zi / scaling})
         report(progress, "self-generate", min(start + batch, len(todo)), len(todo))
@@ -534,7 +536,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """`sdkd distill`."""
-    from .cli import VARIANT_NAMES
+    from .variants import VARIANT_NAMES
 
     s = sub.add_parser("distill", help="distil a teacher into a BK-SDM student (prune + knowledge distillation)")
     s.add_argument("teacher", help="the SD1.x teacher: .safetensors, .ckpt or diffusers folder")

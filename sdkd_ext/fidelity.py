@@ -21,10 +21,10 @@ import torch
 from .cache import Cache
 from .checkpoint import Source
 from .compare import Comparison, ModelRun, compare, write_report
-from .data import sample_latents
 from .export import atomic_outputs
 from .metrics import latent_mse, psnr
 from .progress import ProgressFn
+from .sampling import Sampler, sample_latents
 from .shapes import ATTRIBUTES, VOCABULARIES, ShapeSpec, accuracy, caption, parse_caption, split_specs
 
 SIZE = 64  # the shapes pictures' side in pixels
@@ -113,11 +113,9 @@ class Probe:
     def render(self, unet: torch.nn.Module) -> tuple[torch.Tensor, list]:
         """`unet`'s final latents (one batch) and decoded images at the probe's captions and seeds, in eval mode."""
         from .distill import to_images
-        from .pipeline import scheduler
-
         was_training = unet.training
         unet.eval()
-        z = sample_latents(unet, scheduler(), self.cond, self.uncond, self.seeds, SIZE // 8, self.steps, self.guidance)
+        z = sample_latents(unet, Sampler(steps=self.steps, guidance=self.guidance), self.cond, self.uncond, self.seeds, SIZE // 8)
         unet.train(was_training)
         return z.float().cpu(), to_images(self.vae, z.float(), self.scaling, z.device)
 

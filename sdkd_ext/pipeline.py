@@ -10,11 +10,12 @@ import torch
 
 from .compat import clip_prefix
 from .checkpoint import Source, open_model
-from .configs import TOKENIZER_DIR, sd15, unet_config
+from .configs import TOKENIZER_DIR, unet_config
 from .convert import TEXT, UNET, VAE, unet_map, vae_map
 from .detect import ModelInfo, describe, text_encoder_shape, vae_shape
 from .errors import SdkdError
 from .progress import ProgressFn, report
+from .sampling import Sampler, scheduler_for
 from .speed import prepack_convs
 
 
@@ -89,13 +90,6 @@ def tokenizer():
     return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
 
 
-def scheduler():
-    """SD1.5's noise schedule with a DPM-Solver++ sampler (good images in 20-25 steps)."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    return DPMSolverMultistepScheduler.from_config(sd15("scheduler"))
-
-
 @dataclass
 class Loaded:
     """A pipeline and what sdkd knows about the file it came from."""
@@ -119,7 +113,7 @@ def load_pipeline(model: str | Path | Source, device: str | torch.device = "cpu"
     prepack_convs(models["unet"])  # CPU inference stops re-converting conv weights every step (see speed.py)
     for m in models.values():
         m.to(device=device, dtype=dtype)  # per module: the pipeline's own .to() warns about fp32 modules
-    pipe = StableDiffusionPipeline(**models, tokenizer=tokenizer(), scheduler=scheduler(), safety_checker=None,
+    pipe = StableDiffusionPipeline(**models, tokenizer=tokenizer(), scheduler=scheduler_for(Sampler()), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return Loaded(pipe, info)

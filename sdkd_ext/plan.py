@@ -375,7 +375,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """`sdkd plan`."""
-    from .cli import VARIANT_NAMES
+    from .variants import VARIANT_NAMES
 
     s = sub.add_parser("plan", help="estimate the memory a distillation run needs and the settings that fit")
     s.add_argument("--variant", required=True, choices=VARIANT_NAMES)

@@ -10,14 +10,11 @@ drop it again. It costs one ResBlock at the deepest width (~31M parameters, 62 M
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from .convert import UNET
 from .errors import SdkdError
 from .variants import Topology
-
-if TYPE_CHECKING:  # checkpoint.normalise imports this module
-    from .checkpoint import Source
+from .source import Source
 
 MIDDLE = UNET + "middle_block."
 IDENTITY = MIDDLE + "0."

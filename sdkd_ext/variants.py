@@ -84,6 +84,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("tiny", down_keep=(0,), up_keep=(0, 2), mid_block=False, levels=3, aliases=("segmind-tiny", "bk-sdm-tiny")),
     )
 }
+VARIANT_NAMES = [n for v in VARIANTS.values() for n in (v.name, *v.aliases)]  # what --variant accepts
 
 
 def get_variant(name: str) -> Variant:

@@ -8,11 +8,12 @@ from PIL import Image
 
 from sdkd_ext.checkpoint import open_model
 from sdkd_ext.cli import main
-from sdkd_ext.data import FolderData, derive_seed, sample_latents, seeded_randn
+from sdkd_ext.data import FolderData, derive_seed, seeded_randn
 from sdkd_ext.detect import describe
 from sdkd_ext.distill import FeatureTap, KDObjective, LossWeights, student_model, teacher_model
-from sdkd_ext.pipeline import build_unet, load_pipeline, scheduler
+from sdkd_ext.pipeline import build_unet, load_pipeline
 from sdkd_ext.progress import Cancelled
+from sdkd_ext.sampling import Sampler, sample_latents
 from sdkd_ext.train import collate
 from sdkd_ext.variants import VARIANTS, get_variant, hook_pairs
 
@@ -172,7 +173,7 @@ def test_teacher_sampling_matches_diffusers_pipeline(models, teacher_file):
     with torch.no_grad():
         cond, neg = (pipe.encode_prompt(p, "cpu", 1, False)[0] for p in (["a red box", "a tree"], ["blurry"]))
     seeds = [derive_seed(0, "gen", i) for i in range(2)]
-    ours = sample_latents(teacher, scheduler(), cond, neg, seeds, 8, 4, 5.0)
+    ours = sample_latents(teacher, Sampler(steps=4, guidance=5.0), cond, neg, seeds, 8)
     with torch.no_grad():
         ref = pipe(prompt_embeds=cond, negative_prompt_embeds=neg.expand(2, -1, -1), num_inference_steps=4,
                    guidance_scale=5.0, height=64, width=64, latents=seeded_randn(seeds, (4, 8, 8)), output_type="latent").images

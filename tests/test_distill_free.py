@@ -12,9 +12,9 @@ def test_generated_set_is_made_once_and_reused_by_resume_and_repeat(monkeypatch,
     sampled = []
     real = distill_module.sample_latents
 
-    def counting(unet, scheduler, cond, *args, **kw):
+    def counting(unet, spec, cond, *args, **kw):
         sampled.append(len(cond))
-        return real(unet, scheduler, cond, *args, **kw)
+        return real(unet, spec, cond, *args, **kw)
 
     monkeypatch.setattr(distill_module, "sample_latents", counting)
     data = PromptData(("a red box", "a blue ball", "a green tree"), guidance=4.0, sample_steps=2)

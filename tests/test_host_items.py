@@ -113,6 +113,17 @@ def test_yaml_and_metadata_of_a_student_without_middle_block_say_what_each_host_
         assert OmegaConf.load(students[variant].yaml).model.params.unet_config.params.num_res_blocks == 1
 
 
+def test_the_note_tells_a_forge_user_without_sdkd_what_fails_and_the_two_fixes(students):
+    """Forge without sdkd fails with a bare TypeError on a small/tiny student: the file's note (what a metadata viewer
+    shows) names that error and both ways out, installing sdkd or using a portable student."""
+    from safetensors import safe_open
+
+    with safe_open(str(students["small"].checkpoint), "pt") as f:
+        note = f.metadata()["sdkd_note"]
+    forge = note[note.index("Forge"):]
+    assert "TypeError: linear()" in forge and "install the sdkd extension" in forge and "--portable" in forge, note
+
+
 # ---- 5 and 8: names from a UI ---------------------------------------------------------------------------------------
 
 BAD_NAMES = ["../x", "../../../x", "a/b", "a\\b", "/etc/passwd", "C:x", "c:\\x", "..", ".", ".hidden", "", "   ",

@@ -1,8 +1,11 @@
 """Host adapters: the real-model middle-block fix, and the thin glue (hosts mocked, core real)."""
 
+import re
+import subprocess
 import sys
 import threading
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +41,7 @@ def ldm_as_a1111_loads_it(r):
 
 
 @pytest.mark.parametrize("forge", [False, True])
-def test_model_loaded_fix_makes_a1111_unet_match_the_student(students, forge):
+def test_model_loaded_fix_makes_a1111_unet_match_the_student(students, forge, capsys):
     from safetensors import safe_open
 
     r = students["small"]
@@ -62,9 +65,12 @@ def test_model_loaded_fix_makes_a1111_unet_match_the_student(students, forge):
     assert (before - want).abs().max() > 1e-3  # the random middle block A1111 would have kept
     assert (after - want).abs().max() < 1e-5
     assert len(unet.middle_block) == 0
+    said = capsys.readouterr().out  # one line in the web UI's log says the fix applied, to which file
+    assert said.count("\n") == 1 and said.startswith(f"sdkd: {r.checkpoint.name}") and "middle block" in said, said
+    assert all(w in said for w in (("Forge", "Missing") if forge else ("A1111", "zeros"))), said
 
 
-def test_model_loaded_leaves_teachers_and_base_alone(students):
+def test_model_loaded_leaves_teachers_and_base_alone(students, capsys):
     unet = ldm_as_a1111_loads_it(students["base"])
     from safetensors import safe_open
 
@@ -73,7 +79,7 @@ def test_model_loaded_leaves_teachers_and_base_alone(students):
     sd_model = types.SimpleNamespace(sd_checkpoint_info=types.SimpleNamespace(filename=str(students["base"].checkpoint), metadata=meta),
                                      model=types.SimpleNamespace(diffusion_model=unet))
     a1111.on_model_loaded(sd_model)
-    assert len(unet.middle_block) == 3
+    assert len(unet.middle_block) == 3 and "sdkd" not in capsys.readouterr().out
 
 
 def test_folder_host_ui_job_prunes_and_cancels(teacher_file, tmp_path):
@@ -208,5 +214,42 @@ def test_install_hook_adds_only_missing(monkeypatch):
     launch.is_installed = lambda name: name == "diffusers"
     launch.run_pip = lambda args, desc: calls.append(args)
     monkeypatch.setitem(sys.modules, "launch", launch)
-    module_from_file("sdkd_install", ROOT / "install.py")
+    assert module_from_file("sdkd_install", ROOT / "install.py").main() == 0
     assert calls == ["install peft==0.13.2"]
+
+
+def test_install_hook_runs_without_launch_from_the_node_folder():
+    """As ComfyUI-Manager runs it: ComfyUI's python, cwd = the node folder, no A1111 `launch` module."""
+    r = subprocess.run([sys.executable, "install.py"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "nothing to do" in r.stdout and "launch" not in r.stderr, r.stderr
+
+
+def test_install_hook_holds_every_installed_package(monkeypatch):
+    """Without `launch`, what is missing is installed by pip with each installed distribution held at its version."""
+    import importlib.metadata
+
+    hook = module_from_file("sdkd_install", ROOT / "install.py")
+    seen = {}
+
+    def pip(cmd, **kw):
+        seen["cmd"] = cmd
+        seen["held"] = Path(cmd[cmd.index("-c") + 1]).read_text().splitlines()
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(hook, "missing", lambda reqs: ["peft>=0.13.2"])
+    monkeypatch.setattr(hook.subprocess, "run", pip)
+    assert hook.main() == 0
+    assert seen["cmd"][:4] == [sys.executable, "-m", "pip", "install"] and seen["cmd"][-1] == "peft>=0.13.2"
+    assert f"torch=={importlib.metadata.version('torch')}" in seen["held"]
+    assert len(seen["held"]) == len({d.metadata["Name"].lower() for d in importlib.metadata.distributions()})
+
+
+def test_requirements_txt_moves_nothing_when_pip_installs_it_line_by_line():
+    """ComfyUI-Manager pip-installs each line alone, unconstrained: no torch line, no inline comment (the line goes
+    to pip whole), no package whose newest release may need newer versions of the host's packages."""
+    lines = [l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines()]
+    reqs = [l for l in lines if l and not l.startswith("#")]
+    assert reqs and not any("#" in l for l in reqs)
+    names = {re.split(r"[<>=!~;\[ ]", l, maxsplit=1)[0].lower() for l in reqs}
+    assert not names & {"torch", "torchvision", "torchaudio", "diffusers", "peft", "accelerate", "transformers",
+                        "huggingface-hub", "huggingface_hub"}, names

@@ -125,9 +125,9 @@ def test_memory_plan_for_sd15_lora():
 def test_sample_grids_show_the_base_without_and_the_model_with_the_lora(students, images, tmp_path, capsys):
     """`--preview-every`: a grid every N steps and at the end; row 1 is exactly what the base model alone samples
     (the adapters switched off, text encoder included), row 2 the model with the LoRA, which differs."""
-    from sdkd_ext.data import derive_seed, sample_latents
+    from sdkd_ext.data import derive_seed
     from sdkd_ext.distill import to_images
-    from sdkd_ext.pipeline import scheduler
+    from sdkd_ext.sampling import Sampler, sample_latents
 
     base, out = students["tiny"].checkpoint, tmp_path / "seen.safetensors"
     assert main(["lora", str(base), "--data", str(images), "--out", str(out), "--steps", "4", "--text-encoder",
@@ -141,7 +141,7 @@ def test_sample_grids_show_the_base_without_and_the_model_with_the_lora(students
     captions = [f"a picture number {i}" for i in range(4)]  # the folder's first captions, in order
     with torch.no_grad():
         cond, uncond = (pipe.encode_prompt(p, "cpu", 1, False)[0] for p in (captions, [""]))
-        z = sample_latents(pipe.unet, scheduler(), cond, uncond, [derive_seed(0, "preview", i) for i in range(4)], 8, 25, 7.5)
+        z = sample_latents(pipe.unet, Sampler(), cond, uncond, [derive_seed(0, "preview", i) for i in range(4)], 8)
     own = np.concatenate([np.asarray(im).astype(int) for im in to_images(pipe.vae, z, 0.18215, torch.device("cpu"))], 1)
     without, with_lora = grid[:64, 90:], grid[64:, 90:]
     assert np.abs(without - own).max() <= 2  # uint8 rounding of the same fp32 sampling

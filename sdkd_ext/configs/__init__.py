@@ -108,8 +108,9 @@ NO_MIDDLE_BLOCK_LINES = (
     "This model has no middle block (BK-SDM small/tiny). No ldm config can leave that block out:",
     "- A1111 with the sdkd extension removes it on load; without it, A1111 fills the block with zeros",
     "  (an identity: images are right, but the idle block, 97M parameters at SD1.5 size, runs every step).",
-    "- Forge needs the sdkd extension (or a file made with `sdkd prune --portable`): without it the block it builds",
-    "  has no weights.",
+    "- Forge without the sdkd extension builds a middle block the file cannot fill, and the first image fails with",
+    "  `TypeError: linear(): argument 'weight' ... NoneType`: install the sdkd extension in Forge, or use a portable",
+    "  student (`sdkd prune --portable`, the Portable box in the tab, `portable` on the ComfyUI node).",
     "- ComfyUI and diffusers read the shape off the weights and need nothing.",
 )
 # The same for a portable file (`sdkd prune --portable`): it carries an identity middle ResBlock.

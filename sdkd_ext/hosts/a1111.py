@@ -112,6 +112,17 @@ def loaded_unet(sd_model) -> object:
     return forge.unet.model.diffusion_model if forge is not None else sd_model.model.diffusion_model
 
 
+# What the web UI made of the middle block of a file without one, before sdkd removed it.
+BUILT = {"Forge": "Forge built for it (the 'Missing: [...middle_block...]' it logged; without sdkd its first image "
+                  "fails)", "A1111": "A1111 built for it and filled with zeros (idle weight every step without sdkd)"}
+
+
+def fixed_line(name: str, host: str) -> str:
+    """The log line saying sdkd's load fix applied to checkpoint `name` in `host`."""
+    return (f"sdkd: {name} has no middle block (BK-SDM small/tiny): removed the middle block {BUILT[host]}; the UNet "
+            "now runs as the file defines it")
+
+
 def on_model_loaded(sd_model) -> None:
     """Drop the middle block the host built for a checkpoint that has none, then rebuild the Lora module names.
 
@@ -123,6 +134,8 @@ def on_model_loaded(sd_model) -> None:
     if not file_lacks_middle_block(getattr(info, "filename", None)):
         return
     if remove_middle_block(loaded_unet(sd_model)):
+        print(fixed_line(Path(info.filename).name, "Forge" if hasattr(sd_model, "forge_objects") else "A1111"),
+              flush=True)
         try:
             import networks  # A1111's built-in Lora extension (Forge's has a module of that name too)
         except ImportError:

@@ -1,4 +1,5 @@
-"""AUTOMATIC1111 v1.10.1 with sdkd's extension: install.py, the tab in Chromium, students loaded, txt2img with LoRAs."""
+"""AUTOMATIC1111 v1.10.1 with sdkd's extension: install.py, the tab in Chromium, students loaded, txt2img with LoRAs,
+LCM LoRAs (tests/hosts/lcm.py) with the LCM sampler."""
 
 from __future__ import annotations
 
@@ -183,6 +184,7 @@ def checks(report: Report, spec: Spec, src: Path, venv: Path, data: Path, teache
                     student_checks(report, spec, ui.server, ckpts, loras, v, teacher_lora, lora_data, models)
                     if v not in NO_MIDDLE:  # only small and tiny are loaded again, without sdkd
                         discard(student, student.with_suffix(".yaml"))
+            lcm_webui_checks(report, spec, ui.server, ckpts, loras, teacher, models)
             if spec.tab_jobs is not None:
                 spec.tab_jobs(report, spec, ui.server, ckpts, teacher, bvenv, models)
     finally:
@@ -267,11 +269,14 @@ def student_checks(report: Report, spec: Spec, server: Server, ckpts: Path, lora
     with the teacher's LoRA moved by `sdkd lora-port`: no key may miss its layer and the image must change."""
     host, name = spec.host, f"teacher-bk-{v}.safetensors"
     plain = loras.parent / f"plain-{v}.png"
-    with report.check(host, f"txt2img-{v}") as r:
+    with report.check(host, f"txt2img-{v}") as r:  # small/tiny: the log says sdkd's load fix applied
         plain.unlink(missing_ok=True)
+        before = len(server.text())
         select(server, name)
         b64_png(txt2img(server, "a flat red square")["images"][0], plain)
-        r["figure"] = f"image={plain.name}"
+        said = [l.strip() for l in server.text()[before:].splitlines() if l.startswith(f"sdkd: {name} has no middle")]
+        r["figure"] = f"image={plain.name} fix_line={said[0][:200]!r}" if said else f"image={plain.name} fix_line=none"
+        r["ok"] = bool(said) == (v in NO_MIDDLE)
     load_check(report, server, ckpts, name, models, f"load-{v}", host=host, context=spec.context)
     rules = spec.lora_log
     for kind in ("trained", "ported"):
@@ -327,11 +332,43 @@ def cancel_distil(report: Report, spec: Spec, server: Server, ckpts: Path, teach
     discard(out, out.with_suffix(".yaml"), out.with_suffix(".run"))
 
 
-def txt2img(server: Server, prompt: str) -> dict:
-    """A 64x64, 2-step Euler txt2img through the API."""
-    return server.post("/sdapi/v1/txt2img", {"prompt": prompt, "negative_prompt": "", "steps": 2, "width": 64,
-                                             "height": 64, "seed": 0, "sampler_name": "Euler", "cfg_scale": 7,
+def txt2img(server: Server, prompt: str, sampler: str = "Euler", steps: int = 2, cfg: float = 7) -> dict:
+    """A 64x64 txt2img through the API (2-step Euler unless told)."""
+    return server.post("/sdapi/v1/txt2img", {"prompt": prompt, "negative_prompt": "", "steps": steps, "width": 64,
+                                             "height": 64, "seed": 0, "sampler_name": sampler, "cfg_scale": cfg,
                                              "batch_size": 1, "n_iter": 1})
+
+
+def lcm_webui_checks(report: Report, spec: Spec, server: Server, ckpts: Path, loras: Path, teacher: Path,
+                     models) -> None:
+    """The LCM checks (tests/hosts/lcm.py) on the teacher and tiny: txt2img with the `LCM` sampler, 4 steps, cfg 1; a
+    log line the spec calls a missed key is a problem, and so is a LoRA the host applied on fewer layers than the file
+    has modules (Forge's applied line says how many keys it patched; A1111's count comes from the probe)."""
+    from .lcm import lcm_checks, modules_in
+
+    rules = spec.lora_log
+
+    def applied(lora: Path, lines: list[str]) -> int:
+        """How many of the LoRA's modules the host says it put on a layer."""
+        if not rules.applied:
+            return next((n["modules"] for n in server.get("/sdkd_probe/networks") if n["name"] == lora.stem), 0)
+        line = next((l for l in lines if re.search(rules.applied.format(stem=re.escape(lora.stem)), l)), "")
+        return int(re.search(r"with (\d+) keys", line)[1]) if line else 0
+
+    def sample(model: Path, lora: Path | None, tag: str) -> tuple[Path, list[str]]:
+        select(server, model.name)
+        if lora and rules.refresh:
+            server.post(rules.refresh, {})
+        before = len(server.text())
+        prompt = "a flat red square" + (f" <lora:{lora.stem}:1>" if lora else "")
+        img = b64_png(txt2img(server, prompt, "LCM", 4, 1)["images"][0], loras.parent / f"{tag}.png")
+        lines = server.text()[before:].splitlines()
+        problems = [l.strip() for l in lines if re.search(rules.bad, l)]
+        if lora and (n := applied(lora, lines)) != modules_in(lora):
+            problems.append(f"{spec.host} applied {n} of the LoRA's {modules_in(lora)} modules")
+        return img, problems
+
+    lcm_checks(report, spec.host, teacher, ckpts / "teacher-bk-tiny.safetensors", loras, sample, models.image_diff)
 
 
 def load_check(report: Report, server: Server, ckpts: Path, name: str, models, check: str, idle_ok: str = "",

@@ -1,9 +1,11 @@
 """ComfyUI 0.3.64 with sdkd's nodes: import, prune through the API, load, one UNet call, KSampler with LoRAs, cancel;
-every example workflow from the template browser's route run on its defaults (shrunk), and a distil interrupted."""
+every example workflow from the template browser's route run on its defaults (shrunk), a distil interrupted, and
+LCM LoRAs (tests/hosts/lcm.py) on the teacher and tiny with the `lcm` sampler."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -27,10 +29,12 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # demo teacher where sdkd reads the file itself; the full-size one where ComfyUI must load it), and what is shrunk to
 # fit CI (node type -> widget values).
 ORDER = ("sdkd_prune_to_file", "sdkd_train_lora", "sdkd_port_lora", "sdkd_rebase", "sdkd_compare", "sdkd_bench",
-         "sdkd_distil", "sdkd_prune_in_memory")
+         "sdkd_distil", "sdkd_prune_in_memory", "sdkd_lcm_tiny_4_steps")
 DEMO_NAMES = {"community-model.safetensors": "demo-teacher.safetensors",
               "bk-sdm-small.safetensors": "demo-teacher-bk-small.safetensors", "v1-5-pruned-emaonly": "demo-teacher"}
-RENAMED = {name: DEMO_NAMES for name in ORDER} | {"sdkd_prune_in_memory": {"v1-5-pruned-emaonly": "teacher"}}
+LCM_TINY = "teacher-lcm-tiny"  # the tiny student (hard-linked) the LCM checks leave, with its LCM LoRA, for the workflow
+RENAMED = {name: DEMO_NAMES for name in ORDER} | {"sdkd_prune_in_memory": {"v1-5-pruned-emaonly": "teacher"},
+                                                 "sdkd_lcm_tiny_4_steps": {"v1-5-pruned-emaonly-bk-tiny": LCM_TINY}}
 SHRUNK = {
     "SdkdTrainLora": {"steps": 2, "resolution": 64, "rank": 4, "alpha": 4.0, "lr": 1e-2},
     "SdkdCompare": {"size": 64, "steps": 2, "seeds": "0"},
@@ -158,7 +162,7 @@ def run(report: Report) -> None:
     from . import models  # torch and sdkd: only in the dependency set's venv
 
     with report.timed(HOST, "setup"):
-        src, venv = comfy_setup.venv()
+        src, manager, venv = comfy_setup.venv()
         run_dir = SCRATCH / comfy_setup.ARCHIVE / "run"
         dirs = layout(run_dir)
         teacher = models.full_teacher(dirs["ckpt"] / "teacher.safetensors")
@@ -167,6 +171,7 @@ def run(report: Report) -> None:
         demo = dirs["ckpt"] / DEMO.name
         if not demo.exists():
             shutil.copy(DEMO, demo)
+    manager_install(report, venv, src, manager, dirs["nodes"] / "sdkd")
     server = Server([python_of(venv), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(free_port()),
                      "--disable-auto-launch", "--base-directory", str(run_dir), "--database-url", "sqlite:///:memory:"],
                     cwd=src, log=run_dir / "comfyui.log", port=0)
@@ -178,6 +183,25 @@ def run(report: Report) -> None:
         server.stop()
         log(f"ComfyUI log: {server.log}")
         discard(run_dir / "models")
+
+
+def manager_install(report: Report, venv: Path, src: Path, manager: Path, node: Path) -> None:
+    """sdkd installed by ComfyUI-Manager's own install command (requirements.txt line by line, then install.py from
+    the node folder): `pip freeze` afterwards is the venv as a Manager user has it (ComfyUI's and the Manager's
+    requirements, the Manager's own fixes applied) plus additions, none upgraded, downgraded or removed."""
+    from .a1111 import freeze
+
+    with report.check(HOST, "manager-install") as r:
+        said = comfy_setup.manager_install(venv, src, manager, node)
+        bare = dict(l.lower().split("==", 1) for l in comfy_setup.bare_freeze(venv, src, manager).read_text().splitlines() if "==" in l)
+        after = freeze(venv)
+        moved = {k: f"{v}->{after.get(k, 'removed')}" for k, v in bare.items() if after.get(k) != v}
+        added = sorted(f"{k}=={v}" for k, v in after.items() if k not in bare)
+        steps = [l.split("=> ", 1)[1] for l in said.splitlines() if "ComfyUI-Manager: EXECUTE =>" in l]
+        r["figure"] = (f"moved={moved or 'none'} added={len(added)}({','.join(added)}) manager_steps={len(steps)} "
+                       f"sdkd_said={[l for l in said.splitlines() if l.startswith('sdkd:')]}")
+        r["ok"] = (not moved and any("install.py" in c for c in steps)
+                   and {"diffusers", "peft", "accelerate"} <= set(after))
 
 
 def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path, data: Path, models) -> None:
@@ -199,6 +223,7 @@ def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path,
         return
 
     students: dict[str, str] = {}
+    lcm_files: list[Path] = []
     for v in VARIANTS:
         with report.check(HOST, f"prune-{v}") as r:
             entry = run_prompt(server, prune_graph(v, f"teacher-bk-{v}"))
@@ -253,6 +278,8 @@ def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path,
                 elif not_loaded:
                     r["figure"] += f" first={not_loaded[0].strip()[:200]!r}"
         student = dirs["ckpt"] / name  # no later check reads the full-size students
+        if v == "tiny":
+            lcm_files = lcm_host_checks(report, server, dirs, teacher, student, models)
         discard(student, student.with_suffix(".yaml"), *loras.values())
 
     with report.check(HOST, "prune-path-traversal") as r:
@@ -278,6 +305,7 @@ def checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path,
         r["figure"] = f"stopped={'interrupted' in err} left_behind={left or 'none'} after={time.monotonic() - t:.1f}s"
         r["ok"] = "interrupted" in err and not left
     workflow_checks(report, server, dirs, info)
+    discard(*lcm_files)
     cancel_distil(report, server, dirs, info, models)
 
 
@@ -409,3 +437,34 @@ def run_entry(server: Server, pid: str, timeout: float = 900) -> dict:
         time.sleep(0.5)
     raise RuntimeError(f"prompt {pid} not finished after {timeout:.0f}s")
 
+
+
+def lcm_graph(ckpt: str, tag: str, lora: str | None = None) -> dict:
+    """Checkpoint (+ LoRA, model only) -> ModelSamplingDiscrete lcm -> KSampler lcm 4 steps, cfg 1, 64x64 -> SaveImage."""
+    g = sample_graph(ckpt, tag)
+    model = ["1", 0]
+    if lora:
+        g["2"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": model, "lora_name": lora, "strength_model": 1.0}}
+        model = ["2", 0]
+    g["9"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": model, "sampling": "lcm", "zsnr": False}}
+    g["6"]["inputs"].update(model=["9", 0], steps=4, cfg=1.0, sampler_name="lcm", scheduler="sgm_uniform")
+    return g
+
+
+def lcm_host_checks(report: Report, server: Server, dirs: dict[str, Path], teacher: Path, tiny: Path, models) -> list[Path]:
+    """The LCM checks (tests/hosts/lcm.py) in ComfyUI: 'lora key not loaded' or a failed prompt is a problem. Returns the
+    files written (the tiny student hard-linked as LCM_TINY and the LoRAs), left for the LCM example workflow."""
+    from .lcm import lcm_checks
+
+    link = dirs["ckpt"] / f"{LCM_TINY}.safetensors"
+    link.unlink(missing_ok=True)
+    os.link(tiny, link)
+
+    def sample(model: Path, lora: Path | None, tag: str) -> tuple[Path, list[str]]:
+        before = len(server.text())
+        entry = run_prompt(server, lcm_graph(model.name, tag, lora.name if lora else None))
+        err = error_of(entry)
+        problems = [l.strip() for l in server.text()[before:].splitlines() if "lora key not loaded" in l]
+        return (dirs["out"] / "none" if err else saved_image(entry, dirs["out"])), problems + ([err] if err else [])
+
+    return [link, *lcm_checks(report, HOST, teacher, link, dirs["lora"], sample, models.image_diff)]

@@ -1,6 +1,6 @@
 """The host checks' own A1111/Forge extension (installed only in the test's web UI): from inside the server, compare the
 loaded model's UNet with its file and run one UNet call. POST /sdkd_probe/check {"io": path} -> key counts
-(and the call's error, if it raised)."""
+(and the call's error, if it raised); GET /sdkd_probe/networks -> the LoRAs A1111's last generation applied."""
 
 import os
 import sys
@@ -37,6 +37,12 @@ def add_routes(demo, app) -> None:
         except Exception as e:  # the host's UNet cannot run this file (Forge without sdkd: weightless middle block)
             return {**report, "checkpoint": os.path.basename(path), "call_error": f"{type(e).__name__}: {e}"}
         return {**report, "checkpoint": os.path.basename(path), "call_error": ""}
+
+    @app.get("/sdkd_probe/networks")
+    def loaded_networks() -> list:
+        """Name and layer count of each LoRA A1111's Lora extension applied in the last generation."""
+        networks = sys.modules.get("networks")  # the built-in Lora extension's module, imported by its script
+        return [{"name": n.name, "modules": len(n.modules)} for n in getattr(networks, "loaded_networks", [])]
 
 
 script_callbacks.on_app_started(add_routes)
