@@ -77,7 +77,7 @@ def test_few_step_job_refuses_before_writing(host):
 
 def frames_of(fn, *args) -> list[tuple]:
     """Every update a streaming click handler yields."""
-    return list(fn(*args, progress=None))
+    return list(fn(*args))
 
 
 def images(frames: list[tuple], at: int) -> list:

@@ -336,27 +336,21 @@ def build_tab(host: FolderHost):
             status_line = run(jobs.rebase_job(host, c, ba, stu, sg, nm, d, o, live), progress, t, gpu=False)
             return (status_line, *wrote(live), *refreshed())
 
-        def on_fast_plan(c, tg, sn, ln, ds, ls, pc, r, vr, o):
-            return fewstep.fast_plan(host, fewstep.FastFields(c, tg, sn, ln, ds, ls, pc, r, vr, o))
-
-        def on_fast(t, c, tg, sn, ln, ds, ls, pc, r, vr, o, progress=gr.Progress()):
+        def planned(t: str, plan: str, job: Callable, live: Live):
+            """A few-step section's updates: its plan or estimate first, then the job's frames (its progress shows in
+            the status line and the host's bar; gradio's own overlay is hidden for long jobs)."""
             keep = gr.update()
-            fields = fewstep.FastFields(c, tg, sn, ln, ds, ls, pc, r, vr, o)
-            yield ("planning...", keep, keep, keep, keep, fewstep.fast_plan(host, fields), *(keep for _ in lists))
-            live = Live()
-            for frame in streamed(fewstep.fast_job(host, fields, live), live, progress, t):
+            yield ("planning...", keep, keep, keep, keep, plan, *(keep for _ in lists))
+            for frame in streamed(job, live, None, t):
                 yield (*frame[:5], keep, *frame[5:])
 
-        def few_fields(c, te, k, p, n, st, rk, r, g, vr, ev, nm, rs, o) -> fewstep.FewStepFields:
-            return fewstep.FewStepFields(c, te, k, p, n, st, rk, r, g, vr, ev, nm, rs, o)
+        def on_fast(t, *values):
+            fields, live = fewstep.FastFields(*values), Live()
+            yield from planned(t, fewstep.fast_plan(host, fields), fewstep.fast_job(host, fields, live), live)
 
-        def on_few(t, c, te, k, p, n, st, rk, r, g, vr, ev, nm, rs, o, progress=gr.Progress()):
-            keep = gr.update()
-            fields = few_fields(c, te, k, p, n, st, rk, r, g, vr, ev, nm, rs, o)
-            yield ("planning...", keep, keep, keep, keep, fewstep.lcm_estimate(host, fields), *(keep for _ in lists))
-            live = Live()
-            for frame in streamed(fewstep.lcm_job(host, fields, live), live, progress, t):
-                yield (*frame[:5], keep, *frame[5:])
+        def on_few(t, *values):
+            fields, live = fewstep.FewStepFields(*values), Live()
+            yield from planned(t, fewstep.lcm_estimate(host, fields), fewstep.lcm_job(host, fields, live), live)
 
         def on_checkpoint(c, v, st, r, vr, ev, rk, al, lst, lr, te, lvr):
             return (jobs.file_text(host, c), jobs.distil_estimate(host, c, v, st, r, vr, ev),
@@ -387,11 +381,12 @@ def build_tab(host: FolderHost):
         r_go.click(on_rebase, inputs=[task, ckpt, r_base, r_student, r_strength, r_name, r_dtype, r_over],
                    outputs=[status, load, written, *lists], **page)
         fast_fields = [ckpt, *fast.fields]
-        fast.show.click(on_fast_plan, inputs=fast_fields, outputs=[fast.plan])
+        fast.show.click(lambda *a: fewstep.fast_plan(host, fewstep.FastFields(*a)), inputs=fast_fields,
+                        outputs=[fast.plan])
         fast.go.click(on_fast, inputs=[task, *fast_fields], outputs=[*long_outputs, fast.plan, *lists], **live_view)
         few_inputs = [ckpt, *few.fields]
         for changed in (ckpt, few.teacher, few.rank, few.resolution):
-            changed.change(lambda *a: fewstep.lcm_estimate(host, few_fields(*a)), inputs=few_inputs,
+            changed.change(lambda *a: fewstep.lcm_estimate(host, fewstep.FewStepFields(*a)), inputs=few_inputs,
                            outputs=[few.estimate])
         few.go.click(on_few, inputs=[task, *few_inputs], outputs=[*long_outputs, few.estimate, *lists], **live_view)
         load.click(lambda n: load_checkpoint(host, n), inputs=[written], outputs=[status])
