@@ -13,7 +13,7 @@ from sdkd_ext.detect import describe
 from distill_helpers import one_thread  # noqa: F401 (fixture)
 from test_comfy_nodes import WORKFLOWS, comfy, error_of, host, interrupt_at, run  # noqa: F401 (fixtures)
 
-FAST = dict(ckpt_name="teacher.safetensors", distill_steps=2, lcm_steps=3, prompt_count=2, resolution=64, vram="")
+FAST = dict(ckpt_name="teacher.safetensors", distill_steps=2, lcm_steps=5, prompt_count=2, resolution=64, vram="")
 
 
 def metadata(path) -> dict:
@@ -100,9 +100,9 @@ def test_few_step_node_trains_into_loras_and_says_how_to_sample(host, comfy, one
 @pytest.mark.slow
 def test_make_it_fast_node_outputs_both_names_keeps_the_student_on_interrupt_and_reuses_what_it_made(
         host, comfy, one_thread):
-    host.steps = FAST["lcm_steps"]  # only the LoRA step has 3 steps: the interrupt lands there
+    host.steps = FAST["lcm_steps"]  # only the LoRA step has 5 steps: the interrupt lands there
     page_hook = comfy.utils.PROGRESS_BAR_HOOK
-    interrupt_at(comfy, host, 1)
+    interrupt_at(comfy, host, 2)
     (student, lora), ui = run(host, "SdkdMakeItFast", **FAST, student_filename="cut")
     assert student == ["cut.safetensors"] and "interrupted; what was written is kept" in ui["text"][0], ui
     src = open_model(host.dirs["checkpoints"] / "cut.safetensors")

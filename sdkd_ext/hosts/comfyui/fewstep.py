@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import SdkdError
-from .common import Job, chosen, core_job, model_path, names, optional_models, output, result
+from .common import NONE, Job, chosen, core_job, model_path, names, optional_models, output, result
 from .training import DATA, data_spec, losses, stopped, training
 
 
@@ -74,8 +74,9 @@ class SdkdFewStepLora(Job):
         """Node inputs: the model, its teacher, data, adapter rank, schedule, baked-in guidance, output name."""
         return {"required": {
             "ckpt_name": (names("checkpoints"),),
-            "teacher_name": (optional_models(), {"tooltip": "whose guided sampling the model learns to shortcut; "
-                                                            "(none): the model itself; for a student, its teacher"}),
+            "teacher_name": (optional_models(), {"default": NONE, "tooltip": "whose guided sampling the model "
+                                                 "learns to shortcut; (none): the model itself; for a student, its "
+                                                 "teacher"}),
             "data": (list(DATA), {"default": DATA[0], "tooltip": "prompts: the teacher draws the training images"}),
             "data_path": ("STRING", {"default": "", "tooltip": "prompt file or image folder: a name in ComfyUI's "
                                                                "input folder or a full path"}),
