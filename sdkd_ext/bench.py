@@ -294,6 +294,7 @@ def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: 
            batch: int, guidance: float, repeats: int, warmup: int, t2i_repeats: int, prompt: str, interleave: bool,
            progress: ProgressFn | None) -> BenchResult:
     """`bench` with torch's thread count already set."""
+    from .devices import usable_device
     from .export import parse_dtype
 
     if size % 8 or size < 64:
@@ -302,7 +303,7 @@ def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: 
         raise SdkdError("steps, batch and repeats must be at least 1, warm-up at least 0")
     if not students:
         raise SdkdError("give at least one student to compare with the teacher")
-    dev = torch.device(device)
+    dev = usable_device(device)
     dt = parse_dtype(dtype) if dtype else default_dtype(dev)
     paths = [str(teacher), *map(str, students)]
     labels = labels_for(paths)
@@ -404,11 +405,16 @@ def chart(result: BenchResult, width: int = 900):
     return img
 
 
+def bench_files(out: Path) -> tuple[Path, Path]:
+    """The files a bench writes into folder `out`: figures (JSON) and chart (PNG)."""
+    return out / "bench.json", out / "bench.png"
+
+
 def write_outputs(result: BenchResult, out: Path, overwrite: bool = False) -> tuple[Path, Path]:
     """Write bench.json and bench.png into folder `out`, atomically."""
     from .export import atomic_outputs
 
-    js, png = out / "bench.json", out / "bench.png"
+    js, png = bench_files(out)
     with atomic_outputs(overwrite) as outs:
         outs.temp(js).write_text(json.dumps(result.as_dict(), indent=2))
         chart(result).save(outs.temp(png), format="PNG")
@@ -419,8 +425,11 @@ def write_outputs(result: BenchResult, out: Path, overwrite: bool = False) -> tu
 
 def cmd_bench(a: argparse.Namespace) -> int:
     """Benchmark a teacher against its students and print/write the figures."""
+    from .export import Outputs
     from .progress import tqdm_progress
 
+    for path in bench_files(Path(a.out)):
+        Outputs(a.overwrite).check(path)  # before any model is timed
     result = bench(a.teacher, a.students, a.device, a.dtype, a.size, a.steps, a.batch, a.guidance, a.repeats,
                    a.warmup, a.t2i_repeats, a.prompt, not a.sequential, a.threads, tqdm_progress())
     js, png = write_outputs(result, Path(a.out), a.overwrite)

@@ -21,7 +21,7 @@ import torch
 from .checkpoint import Source
 from .data import BadImage, Example, load_image
 from .errors import SdkdError
-from .progress import ProgressFn, report
+from .progress import Meter, ProgressFn
 
 TEXT_KIND, LATENT_KIND = "text", "latents"
 
@@ -100,6 +100,8 @@ def encode_texts(texts: list[str], load_encoder: Callable[[], torch.nn.Module], 
     todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if not cache.has(TEXT_KIND, k)))
     if not todo:
         return keys
+    meter = Meter(progress, "encode-text", len(todo))
+    meter.start("loading the text encoder")
     text_encoder, tokenizer = load_encoder(), load_tokenizer()
     device = next(text_encoder.parameters()).device
     for i in range(0, len(todo), batch):
@@ -109,7 +111,7 @@ def encode_texts(texts: list[str], load_encoder: Callable[[], torch.nn.Module], 
         hidden = text_encoder(ids)[0]
         for text, h in zip(chunk, hidden):
             cache.save(TEXT_KIND, text_key(text, te_hash), {"text": h})
-        report(progress, "cache-text", min(i + batch, len(todo)), len(todo))
+        meter.advance(len(chunk))
     return keys
 
 
@@ -144,6 +146,8 @@ def encode_images(examples: list[Example], load_vae: Callable[[], torch.nn.Modul
         except BadImage as e:
             return e
 
+    meter = Meter(progress, "encode-images", len(todo))
+    meter.start()
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
@@ -164,7 +168,7 @@ def encode_images(examples: list[Example], load_vae: Callable[[], torch.nn.Modul
                     dist = vae.encode(x_f.to(device, dtype)).latent_dist
                     for j, i in enumerate(good):
                         cache.save(LATENT_KIND, keys[i][f], {"mean": dist.mean[j], "std": dist.std[j]})
-            report(progress, "cache-images", min(start + batch, len(todo)), len(todo))
+            meter.advance(len(chunk))
     return ImageCacheResult(keys, skipped)
 
 

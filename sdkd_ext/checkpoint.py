@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
@@ -121,6 +122,20 @@ class ChainSource:
         return self._owner[key].get(key)
 
 
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def unsafe_pickle(path: Path, reason: str) -> str:
+    """Why a pickle that needs code to load is refused and how to convert it safely, in sdkd's words only (what the
+    file names is taken from torch's refusal `reason`, nothing else of it)."""
+    named = _GLOBAL.search(reason)
+    what = f"the Python object {named[1]}" if named else "Python objects besides tensors"
+    return (f"{path.name}: refused: this .ckpt is a pickle that needs {what} rebuilt, which means running code the file "
+            "chooses, and sdkd never runs code from a model file. Get the model as .safetensors from where you got it, "
+            "or convert it to .safetensors inside a throwaway sandbox (a container or VM that holds none of your files "
+            "or keys), then pass the .safetensors file")
+
+
 def load_pickle(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a `.ckpt`/`.pt`/`.bin` through torch's weights-only unpickler (never runs code from the file)."""
     try:
@@ -131,11 +146,7 @@ def load_pickle(path: Path) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
-        raise SdkdError(
-            f"{path.name}: refusing to load this pickle: it needs code execution beyond plain tensors "
-            f"({str(e).splitlines()[0][:200]}). A .ckpt can run arbitrary code. If you trust the file, "
-            "convert it to .safetensors with a tool you trust (e.g. A1111's checkpoint merger with "
-            "'safetensors' output), then pass the .safetensors file") from e
+        raise SdkdError(unsafe_pickle(path, str(e))) from None  # torch's own text advises the unsafe way: never shown
     except (zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
         raise SdkdError(f"{path.name}: corrupt or truncated checkpoint ({str(e).splitlines()[0][:200]}); re-download it") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

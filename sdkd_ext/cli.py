@@ -157,7 +157,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run one command; user errors print one line and exit 2."""
+    """Entry point: run one command; user errors print one line and exit 2. Library notices that are harmless for
+    sdkd are silenced first (sdkd_ext/quiet.py), so the console holds sdkd's own lines and bars."""
+    from .quiet import quiet_libraries
+
+    quiet_libraries()
     args = parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -17,7 +17,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ from .bench import default_dtype, labels_for
 from .data import read_prompts
 from .errors import SdkdError
 from .metrics import latent_mse, psnr, ssim
-from .progress import ProgressFn, report
+from .progress import Meter, ProgressFn
 
 HIDDEN_METADATA = ("sdkd_topology",)  # long machine-readable fields the report leaves out
 DISTILL_PREFIX = "sdkd_distill"  # metadata written by distillation (steps and settings)
@@ -94,10 +94,12 @@ def _json_float(x: float) -> float | str:
 
 
 def render(pipe, prompt: str, seed: int, size: int, steps: int, guidance: float, negative: str = "",
-           progress: ProgressFn | None = None) -> tuple[object, torch.Tensor]:
-    """One image and its final latents (what the VAE decodes), reproducible by seed on any device."""
+           on_step: Callable[[], None] | None = None) -> tuple[object, torch.Tensor]:
+    """One image and its final latents (what the VAE decodes), reproducible by seed on any device; `on_step` is
+    called after each sampler step (the caller's progress, in its own stage)."""
     def step_end(p, i, t, kwargs):
-        report(progress, "generate", i + 1, steps)
+        if on_step is not None:
+            on_step()
         return kwargs
 
     latents = pipe(prompt, negative_prompt=negative or None, num_inference_steps=steps, guidance_scale=guidance,
@@ -112,6 +114,7 @@ def compare(teacher: str | Path, students: Sequence[str | Path], prompts: Sequen
             size: int = 512, steps: int = 25, guidance: float = 7.5, negative: str = "", device: str = "cpu",
             dtype: str | None = None, progress: ProgressFn | None = None) -> Comparison:
     """Render every (prompt, seed) with the teacher and each student (one model in memory at a time) and score them."""
+    from .devices import usable_device
     from .export import parse_dtype
     from .pipeline import load_pipeline
 
@@ -121,21 +124,20 @@ def compare(teacher: str | Path, students: Sequence[str | Path], prompts: Sequen
         raise SdkdError("give at least one prompt and one seed")
     if size % 8 or size < 64:
         raise SdkdError(f"--size {size}: the image side must be a multiple of 8 and at least 64 pixels")
-    dev = torch.device(device)
+    dev = usable_device(device)
     dt = parse_dtype(dtype) if dtype else default_dtype(dev)
     paths = [str(teacher), *map(str, students)]
     pairs = [(p, s) for p in prompts for s in seeds]
-    total, done = len(paths) * len(pairs), 0
+    meter = Meter(progress, "compare", len(paths) * len(pairs) * steps)  # one bar, in sampler steps
     runs: list[ModelRun] = []
     for path, label in zip(paths, labels_for(paths)):
         loaded = load_pipeline(path, device=dev, dtype=dt)
         start = time.perf_counter()
         samples = []
         for prompt, seed in pairs:
-            image, latents = render(loaded.pipe, prompt, seed, size, steps, guidance, negative, progress)
+            image, latents = render(loaded.pipe, prompt, seed, size, steps, guidance, negative,
+                                    lambda: meter.advance(message=f"{label}: {prompt[:40]} (seed {seed})"))
             samples.append(Sample(prompt, seed, image, latents))
-            done += 1
-            report(progress, "compare", done, total, f"{label}: {prompt[:40]} (seed {seed})")
         info = loaded.info
         runs.append(ModelRun(label, path, info.variant, info.unet_params, dict(info.metadata or {}),
                              (time.perf_counter() - start) / len(pairs), samples))
@@ -228,11 +230,16 @@ the same prompt and seed: PSNR and SSIM on the decoded images (higher is closer)
 """
 
 
+def report_files(out: Path) -> dict[str, Path]:
+    """The files a report writes into folder `out`, by role."""
+    return {"grid": out / "grid.png", "report": out / "report.html", "json": out / "compare.json"}
+
+
 def write_report(comparison: Comparison, out: Path, overwrite: bool = False) -> dict[str, Path]:
     """Write grid.png, report.html and compare.json into folder `out`, atomically."""
     from .export import atomic_outputs
 
-    paths = {"grid": out / "grid.png", "report": out / "report.html", "json": out / "compare.json"}
+    paths = report_files(out)
     with atomic_outputs(overwrite) as outs:
         grid(comparison).save(outs.temp(paths["grid"]), format="PNG")
         outs.temp(paths["json"]).write_text(json.dumps(comparison.as_dict(), indent=2))
@@ -255,8 +262,11 @@ def _seeds(text: str) -> list[int]:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """Compare students with their teacher and write the report."""
+    from .export import Outputs
     from .progress import tqdm_progress
 
+    for path in report_files(Path(a.out)).values():
+        Outputs(a.overwrite).check(path)  # before any model is rendered
     result = compare(a.teacher, a.students, read_prompts(a.prompts), a.seeds, a.size, a.steps, a.guidance, a.negative,
                      a.device, a.dtype, tqdm_progress())
     paths = write_report(result, Path(a.out), a.overwrite)

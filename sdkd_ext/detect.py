@@ -194,9 +194,11 @@ def _not_a_checkpoint(info: ModelInfo, keys: list[str]) -> ModelInfo:
     return _refuse(info, "unknown", "not a model: no UNet, VAE, text encoder or LoRA weights found")
 
 
-def require_teacher(info: ModelInfo, name: str) -> None:
-    """Raise the user-facing reason unless `info` describes an SD1.x teacher sdkd can prune."""
+def require_teacher(info: ModelInfo, name: str, action: str = "prune") -> None:
+    """Raise the user-facing reason unless `info` describes an SD1.x teacher sdkd can `action` (prune, distil ...):
+    the message names the job's own action."""
     if info.kind == "student":
-        raise SdkdError(f"{name}: this is already a BK-SDM {info.variant} student; prune its teacher (the full SD1.x checkpoint) instead")
+        raise SdkdError(f"{name}: this is already a BK-SDM {info.variant} student; {action} its teacher (the full SD1.x "
+                        "checkpoint) instead")
     if info.kind != "sd1":
         raise SdkdError(f"{name}: {info.reason}")

@@ -28,16 +28,16 @@ from .convert import TEXT, UNET, VAE, unet_map
 from .data import DataSpec, FolderData, PromptData, builtin_prompts, derive_seed, read_prompts, scan_folder
 from .detect import ModelInfo, describe, require_teacher
 from .errors import SdkdError
-from .export import Outputs, atomic_outputs
+from .export import Outputs, atomic_outputs, parse_dtype
 from .pipeline import build_text_encoder, build_unet, build_vae, tokenizer
 from .plan import check_resolution, fit, kd_estimator
 from .portable import add_portable_option, refuse_middle_block
-from .progress import Cancelled, ProgressFn, report, tqdm_progress
+from .progress import Cancelled, Meter, ProgressFn, tqdm_progress
 from .prune import Exported, checkpoint_path, default_out, export_model, student_names, teacher_metadata
 from .sampling import Sampler, sample_latents
-from .train import (TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, image_grid, make_accelerator,
-                    noise_scheduler, run_training, unwrap)
-from .variants import Topology, get_variant, hook_pairs
+from .train import (RUN_CACHE, TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, disk_note, image_grid,
+                    make_accelerator, noise_scheduler, run_training, unwrap)
+from .variants import SD15, Topology, get_variant, hook_pairs
 
 PREVIEW_PROMPTS = 4
 CPU = torch.device("cpu")
@@ -276,8 +276,10 @@ def export_student(unet: torch.nn.Module, src: Source, topology: Topology, out: 
                         diffusers=diffusers, portable=portable)
 
 
-def to_images(vae: torch.nn.Module, latents: torch.Tensor, scaling: float, device: torch.device) -> list:
-    """Decode latents (one at a time, VAE moved to `device` for it and back) into PIL images."""
+def to_images(vae: torch.nn.Module, latents: torch.Tensor, scaling: float, device: torch.device,
+              on_image: Callable[[], None] | None = None) -> list:
+    """Decode latents (one at a time, VAE moved to `device` for it and back) into PIL images; `on_image` is called
+    after each."""
     from PIL import Image
 
     vae.to(device)
@@ -288,29 +290,58 @@ def to_images(vae: torch.nn.Module, latents: torch.Tensor, scaling: float, devic
             x = vae.decode((z[None] / scaling).to(device, dtype)).sample[0].float()
             x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             images.append(Image.fromarray(x))
+            if on_image is not None:
+                on_image()
     vae.to("cpu")
     return images
 
 
+@dataclass(frozen=True)
+class PreviewBounds:
+    """The most a preview grid may draw on a kind of device: prompts (columns), image side in pixels, sampler steps."""
+
+    prompts: int
+    side: int
+    steps: int
+
+
+# A GPU draws the asked grid (at most 4 prompts, 25 steps); elsewhere a small one: the grid only shows the trend, and a
+# full SD1.5 grid at 512 px costs tens of minutes on a CPU.
+PREVIEW_BOUNDS = {"cuda": PreviewBounds(PREVIEW_PROMPTS, 1024, 25), "other": PreviewBounds(2, 256, 10)}
+
+
+def preview_bounds(device: torch.device) -> PreviewBounds:
+    """The preview bounds for `device`."""
+    return PREVIEW_BOUNDS.get(device.type, PREVIEW_BOUNDS["other"])
+
+
 def make_preview(teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor,
                  seeds: list[int], latent: int, guidance: float, steps: int, amp: torch.dtype | None,
-                 scaling: float, labels: tuple[str, str] = ("teacher", "student")) -> Callable[[torch.nn.Module, int, Path], None]:
+                 scaling: float, labels: tuple[str, str] = ("teacher", "student")) -> Callable[..., None]:
     """A preview function: teacher (row 1, sampled once) and student (row 2) images at the same prompts and seeds,
-    each row labelled (`labels`; the student's with its step)."""
+    each row labelled (`labels`; the student's with its step), bounded by `preview_bounds` of the device it runs on;
+    it reports its sampler steps and decodes as the "preview" stage (a cancel there stops it)."""
     teacher_row: list = []
-    spec = Sampler(steps=steps, guidance=guidance)
 
-    def preview(student: torch.nn.Module, step: int, path: Path) -> None:
+    def preview(student: torch.nn.Module, step: int, path: Path, progress: ProgressFn | None = None) -> None:
         device = next(teacher.parameters()).device  # read here: a LoRA's base moves to the device once training starts
+        b = preview_bounds(device)
+        n, side, k = min(b.prompts, len(seeds)), min(latent, b.side // 8), min(steps, b.steps)
+        rows = 1 if teacher_row else 2
+        meter = Meter(progress, "preview", rows * (k + n))
+        meter.start(f"{n} images per row, {side * 8} px, {k} steps")
+        tick = meter.advance
         if not teacher_row:
-            teacher_row.extend(to_images(vae, sample_latents(teacher, spec, cond, uncond, seeds, latent),
-                                         scaling, device))
+            z = sample_latents(teacher, Sampler(steps=k, guidance=guidance), cond[:n], uncond, seeds[:n], side, on_step=tick)
+            teacher_row.extend(to_images(vae, z, scaling, device, tick))
         was_training = student.training
         student.eval()
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            z = sample_latents(student, spec, cond, uncond, seeds, latent)
-        student.train(was_training)
-        grid = image_grid([teacher_row, to_images(vae, z.float(), scaling, device)], [labels[0], f"{labels[1]} {step}"])
+        try:
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                z = sample_latents(student, Sampler(steps=k, guidance=guidance), cond[:n], uncond, seeds[:n], side, on_step=tick)
+        finally:
+            student.train(was_training)
+        grid = image_grid([teacher_row, to_images(vae, z.float(), scaling, device, tick)], [labels[0], f"{labels[1]} {step}"])
         with atomic_outputs(overwrite=True) as outs:
             grid.save(outs.temp(path), format="PNG")
 
@@ -328,13 +359,16 @@ def self_generate(teacher: torch.nn.Module, data: PromptData, text_keys: list[st
     device = next(teacher.parameters()).device
     uncond = cache.load(TEXT_KIND, uncond_key)["text"][None].to(device)
     spec = Sampler(steps=data.sample_steps, guidance=data.guidance)
+    chunks = -(-len(todo) // batch)
+    meter = Meter(progress, "teacher-samples", chunks * data.sample_steps)  # counted in sampler steps: a steady ETA
+    meter.start(f"the teacher draws {len(todo)} training latents, {batch} at a time, {data.sample_steps} steps each")
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
         cond = torch.stack([cache.load(TEXT_KIND, text_keys[i])["text"] for i in chunk]).to(device)
-        z = sample_latents(teacher, spec, cond, uncond, [derive_seed(seed, "gen", i) for i in chunk], latent)
+        z = sample_latents(teacher, spec, cond, uncond, [derive_seed(seed, "gen", i) for i in chunk], latent,
+                           on_step=meter.advance)
         for i, zi in zip(chunk, z):
             cache.save(LATENT_KIND, keys[i], {"mean": zi / scaling})
-        report(progress, "self-generate", min(start + batch, len(todo)), len(todo))
     return keys
 
 
@@ -355,20 +389,16 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
     cfg = cfg or TrainConfig()
     cfg.check()
     check_resolution(resolution)
+    parse_dtype(dtype)
     acc = make_accelerator(cfg.device)
     device = acc.device
+    cfg.check_device(device)  # every setting is checked before the teacher is read, the cache built or a model loaded
+    v = get_variant(variant)
+    if portable:
+        refuse_middle_block(v.student(SD15), v.name)
     notes: list[str] = []
     say = lambda msg: (notes.append(msg), log(msg) if log and acc.is_main_process else None)  # noqa: E731
     path = resolve(teacher)
-    src = open_model(path)
-    info = describe(src)
-    require_teacher(info, path.name)
-    if info.inpainting:
-        raise SdkdError(f"{path.name}: an inpainting teacher can be pruned but not distilled (its UNet needs masks); "
-                        "distil the normal checkpoint it was made from")
-    v = get_variant(variant)
-    if portable:
-        refuse_middle_block(v.student(info.topology), v.name)
     out_path = checkpoint_path(out) if out else default_out(path, f"{v.name}-kd")
     if out_path.resolve() == path.resolve():
         raise SdkdError(f"--out {out_path} is the teacher itself; sdkd never overwrites its input")
@@ -376,10 +406,16 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
     check_run(run_dir, resume, overwrite)
     if not (resume or overwrite):
         for final in (out_path, out_path.with_suffix(".yaml")):
-            Outputs(False).check(final)  # fail before the slow part
+            Outputs(False).check(final)
+    src = open_model(path)
+    info = describe(src)
+    require_teacher(info, path.name, "distil")
+    if info.inpainting:
+        raise SdkdError(f"{path.name}: an inpainting teacher can be pruned but not distilled (its UNet needs masks); "
+                        "distil the normal checkpoint it was made from")
     cfg = fit(cfg, vram, device, kd_estimator(v.name, resolution, info.topology), say, f"{v.name} at {resolution} px")
     provenance = teacher_metadata(path)
-    cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / "cache")
+    cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / RUN_CACHE)
     latent = resolution // 8
     scaling = float(sd15("vae").get("scaling_factor", 0.18215))
     student, s_topology = student_model(src, info, v.name) if init is None else init_model(init, info, v.name)
@@ -528,10 +564,18 @@ def cmd_distill(a: argparse.Namespace) -> int:
     if r.exported is None:  # a non-main process of a multi-process run
         return 0
     loss = ", ".join(f"{k} {v:.4g}" for k, v in t.losses.items())
-    status = f"cancelled at step {t.steps}/{t.total} (continue with --resume)" if t.cancelled else f"{t.steps} steps"
+    status = f"cancelled at step {t.steps}/{t.total}" if t.cancelled else f"{t.steps} steps"
     print(f"{r.exported.variant}: {status} on {r.samples} samples in {t.seconds:.0f}s ({loss}) -> {r.exported.checkpoint} "
-          f"(+ {r.exported.yaml.name}); loss log, plot and previews in {r.run_dir}/")
+          f"(+ {r.exported.yaml.name})")
+    print_run_notes(t)
     return 0
+
+
+def print_run_notes(t: TrainResult) -> None:
+    """The CLI's lines after a training run: a missing preview, and what the run folder keeps."""
+    if t.preview_note:
+        print(f"sdkd: preview {t.preview_note}", file=sys.stderr)
+    print(f"sdkd: {disk_note(t)}", file=sys.stderr)
 
 
 def add_commands(sub) -> None:
@@ -566,8 +610,10 @@ def add_commands(sub) -> None:
     s.add_argument("--guidance", type=float, default=7.5, help="data-free: CFG scale of the teacher's samples")
     s.add_argument("--sample-steps", type=int, default=25, help="data-free: sampler steps per teacher sample")
     s.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
-    s.add_argument("--preview-every", type=int, default=0, help="steps between preview grids (0: at the end only)")
-    s.add_argument("--preview-prompts", help="text file of preview prompts (default: the first 4 captions/prompts)")
+    s.add_argument("--preview-every", type=int, default=0,
+                   help="steps between preview grids (0: at the end only, drawn after the student is written)")
+    s.add_argument("--preview-prompts", help="text file of preview prompts (default: the first 4 captions/prompts; "
+                                             "on a CPU the grid is 2 prompts, at most 256 px and 10 steps)")
     s.add_argument("--no-preview", action="store_true", help="no preview grids")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="student autocast (default auto: bf16 where supported, else fp16 on CUDA; fp32 on CPU)")
@@ -577,12 +623,22 @@ def add_commands(sub) -> None:
     s.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the student and export it")
     s.add_argument("--vram", help="'auto' or GiB: let the memory planner choose batch split, checkpointing and EMA")
     s.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: accelerate's choice (GPU if any)")
-    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder <out>.run/)")
+    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder <out>.run/, removed "
+                                       "after a finished run unless --keep-state; a --cache-dir is never removed)")
     s.add_argument("--seed", type=int, help="default 0")
     s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported weights dtype")
     s.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
                    help="diffusers: also write a diffusers folder beside the .safetensors")
     add_portable_option(s)
-    s.add_argument("--resume", action="store_true", help="continue the run in <out>.run/ from its last checkpoint")
-    s.add_argument("--overwrite", action="store_true", help="replace existing outputs and start the run over")
+    add_run_options(s, "replace existing outputs and start the run over")
     s.set_defaults(fn=cmd_distill)
+
+
+def add_run_options(s: argparse.ArgumentParser, overwrite: str) -> None:
+    """--resume, --keep-state and --overwrite: what a training command does with its run folder <out>.run/."""
+    s.add_argument("--resume", action="store_true", help="continue the run in <out>.run/ from its last checkpoint")
+    s.add_argument("--keep-state", action="store_true",
+                   help="keep the resumable state (and the latent cache) in <out>.run/ after a finished run, to --resume "
+                        "it for more steps later; by default a finished run keeps only the loss log and previews (an "
+                        "interrupted one always keeps its state)")
+    s.add_argument("--overwrite", action="store_true", help=overwrite)

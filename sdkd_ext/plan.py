@@ -344,7 +344,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         from .detect import describe, require_teacher
 
         info = describe(open_model(a.teacher))
-        require_teacher(info, a.teacher)
+        require_teacher(info, a.teacher, "plan a distillation of")
         teacher = info.topology
     v = get_variant(a.variant)
     opt = a.optimizer if a.optimizer != "auto" else default_optimizer()

@@ -21,7 +21,7 @@ from .errors import SdkdError
 from .export import Outputs, atomic_outputs, parse_dtype, plan_from, sha256_file, write_safetensors
 from .portable import identity_middle, identity_params, refuse_middle_block
 from .progress import ProgressFn
-from .variants import Topology, get_variant
+from .variants import SD15, Topology, get_variant
 
 FORMAT_VERSION = "1"
 MODEL_PREFIXES = (UNET, VAE, TEXT)
@@ -130,14 +130,17 @@ def prune(teacher: str | Path, variant: str, out: str | Path | None = None, dtyp
     """Copy the teacher's kept blocks into a BK-SDM student and export it (teacher file untouched)."""
     path = resolve(teacher)
     v = get_variant(variant)
-    src = open_model(path, ema=ema)
-    info = describe(src)
-    require_teacher(info, path.name)
+    parse_dtype(dtype)  # every setting is checked before the teacher is read (a .ckpt is read whole)
+    if portable:
+        refuse_middle_block(v.student(SD15), v.name)  # a variant's middle block does not depend on the teacher's widths
     out_path = checkpoint_path(out) if out else default_out(path, v.name)
     if out_path.resolve() == path.resolve():
         raise SdkdError(f"--out {out_path} is the teacher itself; sdkd never overwrites its input")
     for final in (out_path, out_path.with_suffix(".yaml")):
-        Outputs(overwrite).check(final)  # fail before the slow part
+        Outputs(overwrite).check(final)
+    src = open_model(path, ema=ema)
+    info = describe(src)
+    require_teacher(info, path.name)
     provenance = teacher_metadata(path)
     extra = lambda: {**provenance(), "sdkd_ema": str(ema).lower()}  # noqa: E731
     return export_model(src, student_names(src, info, v.name), v.student(info.topology), out_path, v.name,

@@ -24,7 +24,7 @@ from .checkpoint import ChainSource, RenamedSource, Source, open_model, resolve
 from .convert import UNET, student_key, student_renamer
 from .detect import ModelInfo, describe
 from .errors import SdkdError
-from .export import Outputs, add_checkpoint_output_options
+from .export import Outputs, add_checkpoint_output_options, parse_dtype
 from .progress import ProgressFn, report
 from .prune import Exported, checkpoint_path, export_model, teacher_metadata
 from .public import check_student_of, open_student
@@ -120,6 +120,7 @@ def rebase(community: str | Path, base: str | Path, student: str | Path, out: st
     """Write STUDENT + strength * (COMMUNITY - BASE) through the variant's block map, with COMMUNITY's text encoder and VAE."""
     if not math.isfinite(strength):
         raise SdkdError(f"--strength must be a number (got {strength})")
+    parse_dtype(dtype)  # before any checkpoint is read
     paths = {"COMMUNITY": resolve(community), "--base": resolve(base), "--student": resolve(student)}
     c_src, c_info = _full_model(paths["COMMUNITY"], "COMMUNITY")
     b_src, b_info = _full_model(paths["--base"], "--base")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -102,11 +103,11 @@ def _step_noise(seeds: list[int], step: int) -> dict:
 
 @torch.no_grad()
 def sample_latents(unet: torch.nn.Module, spec: Sampler, cond: torch.Tensor, uncond: torch.Tensor, seeds: list[int],
-                   latent_size: int) -> torch.Tensor:
+                   latent_size: int, on_step: Callable[[], None] | None = None) -> torch.Tensor:
     """Text-to-image latents (UNet space, unscaled by the VAE factor) for B prompts, each sample seeded by its own seed.
 
     `cond` is B x 77 x C; `uncond` one embedding (1 x 77 x C) or B of them, unused at guidance 1 (one UNet pass
-    per step instead of a doubled batch)."""
+    per step instead of a doubled batch); `on_step` is called after each sampler step (progress, cancellation)."""
     p = next(unet.parameters())
     device, dtype = p.device, p.dtype
     sched = scheduler_for(spec)
@@ -122,4 +123,6 @@ def sample_latents(unet: torch.nn.Module, spec: Sampler, cond: torch.Tensor, unc
             e_u, e_c = eps.chunk(2)
             eps = e_u + spec.guidance * (e_c - e_u)
         latents = sched.step(eps, t, latents, **_step_noise(seeds, i)).prev_sample
+        if on_step is not None:
+            on_step()
     return latents

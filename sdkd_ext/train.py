@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -31,11 +31,13 @@ from .compat import grad_scaler
 from .data import derive_seed, seeded_randn
 from .errors import SdkdError
 from .export import atomic_outputs
-from .progress import Cancelled, ProgressFn, report
+from .progress import Cancelled, Meter, ProgressFn, report
 
 STATE_FILE = "state.torch"  # not .pt/.ckpt/.bin: UIs that list model files must not offer it
 RUN_FILE = "run.json"
 LOSS_CSV, LOSS_PNG, PREVIEWS = "loss.csv", "loss.png", "previews"
+RUN_CACHE = "cache"  # the latent/text cache's default place in the run folder
+ADAMW8BIT_NEEDS = "--optimizer adamw8bit needs a CUDA GPU and bitsandbytes (pip install bitsandbytes); or use --optimizer adamw"
 
 
 @dataclass
@@ -58,6 +60,7 @@ class TrainConfig:
     preview_every: int = 0  # 0: a preview at the end only (when a preview function is given)
     seed: int = 0
     device: str = "auto"  # auto (accelerate decides) | cpu
+    keep_state: bool = False  # keep the resumable state (and the run folder's latent cache) after a finished run
 
     def check(self) -> None:
         """Refuse settings that cannot work, naming the option."""
@@ -72,6 +75,13 @@ class TrainConfig:
             raise SdkdError(f"--optimizer {self.optimizer!r}: choose auto, adamw or adamw8bit")
         if self.device not in ("auto", "cpu"):
             raise SdkdError(f"--device {self.device!r}: choose auto or cpu (pick GPUs with CUDA_VISIBLE_DEVICES)")
+
+    def check_device(self, device: torch.device) -> None:
+        """Refuse what `device` cannot run (fp16, 8-bit AdamW off CUDA), before a job's slow part; the loop would
+        refuse it only when training starts."""
+        autocast_dtype(self.precision, device)
+        if self.optimizer == "adamw8bit" and (device.type != "cuda" or bitsandbytes() is None):
+            raise SdkdError(ADAMW8BIT_NEEDS)
 
 
 class Objective(Protocol):
@@ -100,6 +110,8 @@ class TrainResult:
     run_dir: Path
     seconds: float
     exported: object = None  # whatever on_export returned
+    kept: dict[str, int] = field(default_factory=dict)  # resumable state left in run_dir: name -> bytes
+    preview_note: str = ""  # why the end-of-run preview is missing, when it is
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -135,8 +147,7 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: t
         if bnb is not None and device.type == "cuda":
             return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.optimizer == "adamw8bit":
-            raise SdkdError("--optimizer adamw8bit needs a CUDA GPU and bitsandbytes (pip install bitsandbytes); "
-                            "or use --optimizer adamw")
+            raise SdkdError(ADAMW8BIT_NEEDS)
     try:
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, ValueError):  # a torch without a fused kernel for this device says so when built
@@ -242,7 +253,8 @@ def check_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse early: resuming where there is no checkpoint, or starting over one without overwriting."""
     exists = (run_dir / STATE_FILE).is_file()
     if resume and not exists:
-        raise SdkdError(f"nothing to resume: no checkpoint in {run_dir}; run again without --resume")
+        raise SdkdError(f"nothing to resume: no checkpoint in {run_dir} (a finished run keeps none unless --keep-state); "
+                        "run again without --resume")
     if exists and not (resume or overwrite):
         raise SdkdError(f"a training run already exists in {run_dir}; use --resume to continue it or --overwrite to start over")
 
@@ -410,9 +422,13 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
                  stage: str = "train") -> TrainResult:
     """Train `model`'s trainable parameters on `objective` over `data` for `cfg.steps` optimizer steps.
 
-    `run_dir` holds the resumable state, the loss log and previews. A progress callback that raises
-    `Cancelled` stops the run after the current step with a checkpoint and an export, and no preview
-    (`on_export` and `preview` receive the unwrapped model, with EMA weights applied when EMA is on). Returns how it ended."""
+    `run_dir` holds the resumable state, the loss log and previews. At the end the student is exported first
+    ("export" stage), then a finished run drops its state (unless `cfg.keep_state`) and draws its preview, so
+    nothing optional delays or endangers the export. A progress callback that raises `Cancelled` stops the run
+    after the current step with a checkpoint and an export, and no preview; raised during the final preview, it
+    stops only the preview. `on_export` and `preview` receive the unwrapped model, with EMA weights applied when
+    EMA is on; a preview that takes a `progress` keyword gets the callback, to report its own stage. Returns how
+    it ended."""
     cfg.check()
     if len(data) == 0:
         raise SdkdError("no training samples: every input was skipped")
@@ -456,15 +472,19 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
     log = LossLog(run_dir, terms, start) if main else None
     last_checkpoint = start
 
+    def save(step: int) -> None:
+        """Write the resumable state (main process only)."""
+        save_state(run_dir / STATE_FILE, {
+            "step": step, "fingerprint": fingerprint, "model": {n: p.detach().cpu() for n, p in named},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "ema": ema.state_dict() if ema else None,
+        })
+        log.plot()
+
     def checkpoint(step: int) -> None:
         nonlocal last_checkpoint
         if main:
-            save_state(run_dir / STATE_FILE, {
-                "step": step, "fingerprint": fingerprint, "model": {n: p.detach().cpu() for n, p in named},
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict() if scaler else None, "ema": ema.state_dict() if ema else None,
-            })
-            log.plot()
+            save(step)
         last_checkpoint = step
         acc.wait_for_everyone()
 
@@ -506,6 +526,14 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
         values["loss"] = sum(objective.weights[k] * values[k] for k in terms)
         return values
 
+    def draw(step: int) -> None:
+        """A preview grid of the weights an export would hold (EMA applied), as its own progress stage."""
+        (run_dir / PREVIEWS).mkdir(exist_ok=True)
+        with ema.applied(params) if ema is not None else contextlib.nullcontext():
+            preview(bare, step, run_dir / PREVIEWS / f"step-{step:06d}.png", **preview_extra)
+        wrapped.train()
+
+    preview_extra = {"progress": progress} if preview is not None and takes_progress(preview) else {}
     began, step, cancelled, values = time.perf_counter(), start, False, {}
     wrapped.train()  # here and after each preview, not every step: it walks every submodule
     try:
@@ -520,18 +548,20 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
                        eta_s=(cfg.steps - step) / rate, peak_mem_gb=peak_memory(device))
             except Cancelled:
                 cancelled = True
+            # periodic previews only: the end-of-run one comes after the export (a preview costs many sampled steps)
+            if preview is not None and not cancelled and step < cfg.steps and cfg.preview_every \
+                    and step % cfg.preview_every == 0:
+                if main:
+                    try:
+                        draw(step)
+                    except Cancelled:
+                        cancelled = True
+                acc.wait_for_everyone()
             if world > 1:
                 cancelled = bool(acc.reduce(torch.tensor([float(cancelled)], device=device), "sum").item())
-            if cancelled or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            # the last step's state only when it is kept: a finished run needs none (export failures save it below)
+            if cancelled or (step < cfg.steps and step % cfg.checkpoint_every == 0) or (step == cfg.steps and cfg.keep_state):
                 checkpoint(step)
-            # a cancelled run renders no preview (the last periodic one stays): a preview costs many sampled steps
-            if preview is not None and not cancelled and (step == cfg.steps or (cfg.preview_every and step % cfg.preview_every == 0)):
-                if main:
-                    (run_dir / PREVIEWS).mkdir(exist_ok=True)
-                    with ema.applied(params) if ema is not None else contextlib.nullcontext():  # what an export would hold
-                        preview(bare, step, run_dir / PREVIEWS / f"step-{step:06d}.png")
-                    wrapped.train()
-                acc.wait_for_everyone()
             if cancelled:
                 break
     except NonFinite as e:
@@ -540,9 +570,79 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
         raise SdkdError(f"training stopped at step {step}: {e}; {kept}. Lower --lr or use --precision fp32/bf16"
                         + (", then --resume" if last_checkpoint else "")) from None
     result = TrainResult(step, cfg.steps, cancelled, values, run_dir, time.perf_counter() - began)
-    if on_export is not None:
-        if main:
-            with ema.applied(params) if ema is not None else contextlib.nullcontext():
-                result.exported = on_export(bare, result)
-        acc.wait_for_everyone()
+    if main:
+        log.plot()
+        if on_export is not None:
+            meter = Meter(progress, "export", 1)
+            with contextlib.suppress(Cancelled):  # the export is what a cancel keeps: a cancel asked now stops the preview
+                meter.start()
+            try:
+                with ema.applied(params) if ema is not None else contextlib.nullcontext():
+                    result.exported = on_export(bare, result)
+            except BaseException:
+                if last_checkpoint != step:  # keep the trained weights resumable, then say what failed
+                    with contextlib.suppress(SdkdError):
+                        save(step)
+                raise
+            with contextlib.suppress(Cancelled):
+                meter.advance()
+        if not cancelled and not cfg.keep_state:
+            discard_state(run_dir)
+        result.kept = kept_state(run_dir)
+        if preview is not None and not cancelled:
+            try:
+                draw(step)
+            except Cancelled:
+                result.preview_note = "cancelled; the student is written"
+            except RuntimeError as e:  # e.g. out of memory: the student is written already
+                result.preview_note = f"failed ({str(e).splitlines()[0][:200]}); the student is written"
+    acc.wait_for_everyone()
     return result
+
+
+def takes_progress(fn: Callable) -> bool:
+    """Whether a preview callback takes a `progress` keyword (it then reports its own stage and can be cancelled)."""
+    import inspect
+
+    try:
+        return "progress" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable
+        return False
+
+
+def discard_state(run_dir: Path) -> None:
+    """Remove what only a resumed run needs (the training state, the latent cache in the run folder) from a finished run."""
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / RUN_CACHE, ignore_errors=True)
+
+
+def _bytes(path: Path) -> int:
+    """Bytes on disk of a file or a folder's files (0 when absent)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def kept_state(run_dir: Path) -> dict[str, int]:
+    """What of a run's resumable state is on disk: name in the run folder -> bytes (empty when nothing is)."""
+    sizes = {STATE_FILE: _bytes(run_dir / STATE_FILE), RUN_CACHE + "/": _bytes(run_dir / RUN_CACHE)}
+    return {k: v for k, v in sizes.items() if v} if sizes[STATE_FILE] else {}
+
+
+def size_text(n: int) -> str:
+    """A byte count as people read it (GB/MB/kB, decimal as file managers show them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def disk_note(result: TrainResult) -> str:
+    """What the run leaves on disk, in the CLI's words (a UI rewords the flags as its widgets)."""
+    where = result.run_dir
+    if result.kept:
+        parts = " and ".join(f"{name} ({size_text(n)})" for name, n in result.kept.items())
+        return (f"{where} keeps the resumable training state, {parts}: with --resume the run continues; delete "
+                f"{' and '.join(result.kept)} there to free the space")
+    return (f"{where} keeps the loss log and previews; the training state was removed (it is only needed to continue "
+            "the run: --keep-state keeps it)")

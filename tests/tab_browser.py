@@ -15,7 +15,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
-DONE = "el => el.value && !/^(planning|starting|distill |cache-|self-generate)/.test(el.value) && el.value !== 'cancelling at the next step...'"
+DONE = "el => el.value && !/^(planning|starting|distill |lora |encode-|cache-|teacher-samples|preview |export )/.test(el.value) && el.value !== 'cancelling at the next step...'"
 
 
 def field(page, label: str):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import json
+import re
 import sys
 import tarfile
 import types
@@ -249,7 +250,10 @@ def test_distil_interrupted_by_comfy_keeps_a_student_and_says_so(host, comfy, on
     (name,), ui = run(host, "SdkdDistil", ckpt_name="teacher.safetensors", variant="tiny", prompt_count=2,
                       steps=host.steps, resolution=64, vram="")
     assert name == ["teacher-bk-tiny-kd.safetensors"]
-    assert "interrupted at step 2/6 (turn on 'resume' to continue)" in ui["text"][0], ui["text"]
+    text = ui["text"][0]
+    assert "interrupted at step 2/6" in text and "with 'resume' the run continues" in text, text
+    assert re.search(r"teacher-bk-tiny-kd\.run keeps the resumable training state, state\.torch \([\d.]+ [kMG]B\)", text), text
+    assert str(host.dirs["checkpoints"]) not in text and "--" not in text
     src = open_model(host.dirs["checkpoints"] / name[0])
     assert describe(src).variant == "tiny" and src.metadata["sdkd_distill_status"] == "cancelled"
     assert comfy.model_management.processing_interrupted()  # still set: the rest of the graph stops too
@@ -257,6 +261,8 @@ def test_distil_interrupted_by_comfy_keeps_a_student_and_says_so(host, comfy, on
     (name,), ui = run(host, "SdkdDistil", ckpt_name="teacher.safetensors", variant="tiny", prompt_count=2,
                       steps=host.steps, resolution=64, vram="", resume=True)
     assert "tiny student, 6 steps on 2 samples" in ui["text"][0], ui["text"]
+    assert "the training state was removed" in ui["text"][0] and "'keep_state' keeps it" in ui["text"][0], ui["text"]
+    assert not (host.dirs["checkpoints"] / "teacher-bk-tiny-kd.run" / "state.torch").exists()
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from distill_helpers import cfg, images, one_thread, run, shape_image  # noqa: F
 
 def test_resume_refused_when_variant_teacher_or_data_changed(images, tmp_path, teacher_file, teacher_sd):
     out = tmp_path / "kd"
-    run(teacher_file, out, FolderData(images), cfg(steps=1))
+    run(teacher_file, out, FolderData(images), cfg(steps=1, keep_state=True))
     with pytest.raises(SdkdError, match="--resume to continue it or --overwrite"):
         run(teacher_file, out, FolderData(images), cfg(steps=2))
     with pytest.raises(SdkdError, match="the variant changed"):
@@ -58,7 +58,7 @@ def test_bad_images_are_skipped_counted_and_reported(tmp_path, images, teacher_f
 
 
 def test_bad_teachers_and_settings_are_refused(tmp_path, images, teacher_file, teacher_sd, students):
-    with pytest.raises(SdkdError, match="already a BK-SDM tiny student"):
+    with pytest.raises(SdkdError, match="already a BK-SDM tiny student; distil its teacher"):  # Distil's verb (21.9)
         run(students["tiny"].checkpoint, tmp_path / "x", FolderData(images))
     lora = save({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, tmp_path / "l.safetensors")
     with pytest.raises(SdkdError, match="this is a LoRA"):

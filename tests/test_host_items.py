@@ -8,7 +8,9 @@ terms; 9: the tab refreshes its lists and feeds A1111's progress API, ComfyUI no
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 import threading
 import types
 from pathlib import Path
@@ -386,6 +388,34 @@ def test_a1111_progress_api_follows_an_sdkd_job(a1111_progress):
     assert after.completed and not after.active
 
 
+def test_a1111_progress_bar_gives_each_stage_its_own_eta(a1111_progress):
+    """21.10: A1111's progress API derives its ETA from the job's start and the bar's fraction; each sdkd stage
+    (encode, teacher samples, train, preview, export) shows its own name, count and ETA there, not one that grows."""
+    progress = a1111_progress
+    host = a1111.A1111Host()
+    task = "task(sdkdeta)"
+    seen = []
+
+    def api():
+        seen.append(progress.progressapi(progress.ProgressRequest(id_task=task)))
+
+    def job():
+        host.show_progress(Event("encode-text", 5, 5))
+        time.sleep(0.3)  # the first stage took a while: a later stage's ETA must not include it
+        host.show_progress(Event("teacher-samples", 0, 100))
+        host.show_progress(Event("teacher-samples", 25, 100, metrics={"eta_s": 300.0}))
+        api()
+        host.show_progress(Event("teacher-samples", 50, 100))  # no ETA of its own: the stage's start is kept
+        api()
+        host.show_progress(Event("preview", 10, 40, metrics={"eta_s": 60.0}))
+        api()
+
+    host.run_job(job, task=task)
+    assert [round(s.eta) for s in seen] == [300, pytest.approx(100, abs=2), 60], [s.eta for s in seen]
+    assert "teacher-samples 25/100" in seen[0].textinfo and "ETA 5:00" in seen[0].textinfo
+    assert seen[2].progress == pytest.approx(0.25) and "preview 10/40" in seen[2].textinfo
+
+
 def test_tab_sends_a1111_a_task_id(models, monkeypatch):
     pytest.importorskip("gradio")
     import gradio as gr
@@ -402,3 +432,60 @@ def test_tab_sends_a1111_a_task_id(models, monkeypatch):
     assert "sdkd_submit" in js
     fn("task(abc)", "teacher.safetensors", "tiny", "", "fp16", False, False, progress=None)
     assert seen == ["task(abc)"]
+
+
+def gradio3():
+    """gradio 3.x (A1111 1.10's), or skip: A1111's UI code is written for it."""
+    gr = pytest.importorskip("gradio")
+    if int(gr.__version__.split(".")[0]) != 3:
+        pytest.skip(f"A1111 1.10's UI code runs on gradio 3.41, not {gr.__version__}")
+    return gr
+
+
+def test_a1111_ui_config_does_not_bring_back_an_old_checkpoint_choice(models, students, monkeypatch, tmp_path):
+    """21.9: A1111 restores saved component values from ui-config.json (its real modules/ui_loadsave.py here); the
+    picker must start on the loaded checkpoint anyway, and say what it describes."""
+    gradio3()
+    from sdkd_ext.ui import build_tab
+
+    (models.output_dir() / "st-small.safetensors").write_bytes(students["small"].checkpoint.read_bytes())
+    teacher = models.checkpoints()["teacher.safetensors"]
+    models.loaded = (teacher, None)  # the web UI's loaded checkpoint
+    modules = types.ModuleType("modules")
+    modules.errors = types.SimpleNamespace(display=lambda e, what: None)
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    monkeypatch.setitem(sys.modules, "modules.errors", modules.errors)
+    modules.ui_components = host_module("a1111", "modules/ui_components.py", "modules.ui_components", monkeypatch)
+    loadsave = host_module("a1111", "modules/ui_loadsave.py", "modules.ui_loadsave", monkeypatch)
+    config = tmp_path / "ui-config.json"
+    config.write_text(json.dumps({"sdkd/Checkpoint (teacher or student)/value": "st-small.safetensors"}))
+    tab = build_tab(models)
+    loadsave.UiLoadsave(str(config)).add_block(tab, "sdkd")  # what A1111's create_ui does with each extension tab
+    blocks = {getattr(b, "elem_id", None): b for b in tab.blocks.values()}
+    assert blocks["sdkd_checkpoint"].value == "teacher.safetensors"
+    assert blocks["sdkd_info"].value.startswith("**teacher.safetensors** is an SD1.x teacher")
+
+
+def test_a1111_picker_follows_the_web_uis_checkpoint_setting(models, students, monkeypatch):
+    """21.9: when the web UI's own checkpoint setting changes (the user, or A1111 on page load), the picker and its
+    description follow; A1111 creates that setting after the extensions' tabs (modules/ui.py)."""
+    gr = gradio3()
+    from sdkd_ext.ui import build_tab
+
+    student = models.output_dir() / "st-small.safetensors"
+    student.write_bytes(students["small"].checkpoint.read_bytes())
+    titles = {"st-small.safetensors [0123456789]": student}
+    sd_models = types.SimpleNamespace(get_closet_checkpoint_match=lambda t: types.SimpleNamespace(filename=str(titles[t]))
+                                      if t in titles else None)
+    monkeypatch.setitem(sys.modules, "modules", types.SimpleNamespace(sd_models=sd_models))
+    monkeypatch.setitem(sys.modules, "modules.sd_models", sd_models)
+    built = [(build_tab(models), models)]
+    with gr.Blocks() as demo:
+        setting = gr.Dropdown(choices=list(titles), elem_id=a1111.CHECKPOINT_SETTING)
+        a1111.follow_checkpoint_setting(built)(setting)
+    (dep, fn), = [(d, f) for d, f in zip(demo.dependencies, demo.fns) if setting._id in d["targets"]]
+    picker, info = fn.fn("st-small.safetensors [0123456789]")
+    assert picker["value"] == "st-small.safetensors" and "st-small.safetensors" in picker["choices"]
+    assert info.startswith("**st-small.safetensors** is a BK-SDM **small** student")
+    tab_blocks = built[0][0].blocks
+    assert [tab_blocks[i].elem_id for i in dep["outputs"]] == ["sdkd_checkpoint", "sdkd_info"]

@@ -61,7 +61,7 @@ def _bad_inputs(tmp, teacher_sd, students):
         (save(gaps, tmp / "gaps.safetensors"), "not numbered 0..N without gaps"),
         (truncated, "corrupt or truncated"),
         (corrupt, "corrupt or truncated"),
-        (evil, "refusing to load this pickle"),
+        (evil, "refused: this .ckpt is a pickle that needs the Python object print rebuilt"),
         (students["small"].checkpoint, "already a BK-SDM small student"),
         (tmp / "missing.safetensors", "no such file"),
         (tmp / "notes.txt", "unsupported file type"),
@@ -80,6 +80,31 @@ def test_bad_inputs_refused_with_reason_and_no_output(capsys, tmp_path, teacher_
         if path.name not in ("missing.safetensors", "notes.txt"):
             code, _, err = run(capsys, "inspect", path)
             assert code == 2 or path == students["small"].checkpoint, (path.name, err)
+
+
+class Hparams:
+    """Training settings as some trainers pickle them beside the weights: a custom class."""
+
+    def __init__(self):
+        self.lr = 1e-4
+
+
+def test_a_pickle_that_needs_code_is_refused_in_sdkds_words_only(capsys, tmp_path, teacher_sd):
+    """21.11: torch's own refusal suggests weights_only=False; sdkd's says why and how to convert safely, nothing else."""
+    path = tmp_path / "trainer.ckpt"
+    torch.save({"state_dict": teacher_sd, "hparams": Hparams()}, path)
+    code, _, err = run(capsys, "inspect", path)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"the Python object {Hparams.__module__}.Hparams rebuilt" in err and "throwaway sandbox" in err, err
+    for torch_words in ("weights_only", "Weights only", "WeightsUnpickler", "safe_globals", "allowlist", "trust",
+                        "pytorch.org", "\x1b"):
+        assert torch_words not in err, (torch_words, err)
+    from sdkd_ext.checkpoint import open_model
+    from sdkd_ext.errors import SdkdError
+
+    with pytest.raises(SdkdError) as e:
+        open_model(path)
+    assert e.value.__cause__ is None and e.value.__suppress_context__, "no chained torch message in a traceback"
 
 
 def test_existing_output_is_never_overwritten(capsys, teacher_file, tmp_path):

@@ -149,3 +149,31 @@ def test_lcm_refuses_a_teacher_of_other_widths(students, tmp_path, capsys):
     code = main(["lcm", str(students["tiny"].checkpoint), "--teacher", str(other), "--self", "2", "--steps", "1",
                  "--out", str(tmp_path / "y"), *ARGS])
     assert code == 2 and "other widths" in capsys.readouterr().err
+
+
+def test_a_ported_public_lcm_lora_is_polished_on_its_own_layers_from_its_own_weights(students, teacher_file, tmp_path):
+    from lcm_public import write_public_lcm
+
+    top = layout_of(teacher_file).topology
+    public = write_public_lcm(tmp_path / "pytorch_lora_weights.safetensors", top.model_channels, top.context_dim, rank=8,
+                              scale=0.05)
+    tiny = students["tiny"].checkpoint
+    ported = tmp_path / "lcm-tiny.safetensors"
+    assert main(["lora-port", str(public), "--to", str(tiny), "--out", str(ported)]) == 0
+    polished = tmp_path / "lcm-tiny-polished.safetensors"
+    base = ["lcm", str(tiny), "--teacher", str(teacher_file), "--self", "2", "--init-lora", str(ported), "--no-preview",
+            *ARGS]  # the file's rank (8) wins over --rank 4
+    assert main([*base, "--steps", "1", "--lr", "1e-9", "--out", str(polished)]) == 0
+    layout = layout_of(tiny)
+    before, after = read_lora(ported, layout), read_lora(polished, layout)
+    assert set(after.modules) == set(before.modules) and {m.rank for m in after.modules.values()} == {8}
+    for module_id, mod in before.modules.items():  # one step at lr 1e-9: the polish starts from the ported deltas
+        shape = layout.shapes[module_id]
+        assert torch.allclose(after.modules[module_id].delta(shape), mod.delta(shape), atol=1e-4), module_id
+    moved = tmp_path / "lcm-tiny-moved.safetensors"
+    assert main([*base, "--steps", "2", "--lr", "1e-2", "--out", str(moved)]) == 0
+    trained = read_lora(moved, layout)
+    assert any(not torch.allclose(trained.modules[m].delta(layout.shapes[m]), before.modules[m].delta(layout.shapes[m]),
+                                  atol=1e-4) for m in before.modules)
+    with safe_open(str(moved), "pt") as f:
+        assert f.metadata()["sdkd_lcm_init"] == ported.name

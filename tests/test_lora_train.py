@@ -43,7 +43,8 @@ def unet_and_text(pipe, x, ids):
 def test_trained_lora_changes_the_output_and_is_a_kohya_file_for_the_base(students, images, tmp_path, capsys):
     base = students["tiny"].checkpoint
     out = tmp_path / "style.safetensors"
-    assert main(["lora", str(base), "--data", str(images), "--out", str(out), "--steps", "6", "--text-encoder", *ARGS]) == 0
+    assert main(["lora", str(base), "--data", str(images), "--out", str(out), "--steps", "6", "--text-encoder", *ARGS,
+                 "--keep-state"]) == 0
     assert "LoRA (" in capsys.readouterr().out
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
@@ -101,7 +102,7 @@ def test_bad_training_inputs(teacher_file, images, tmp_path, capsys):
     assert main(["lora", str(lora_file), "--data", str(images), "--out", str(out), "--steps", "1", *ARGS]) == 2
     assert "this is a LoRA" in capsys.readouterr().err
     assert main(["lora", str(teacher_file), "--data", str(images), "--out", str(lora_file), "--steps", "1", *ARGS]) == 2
-    assert "--resume" in capsys.readouterr().err
+    assert "already exists; choose another --out or pass --overwrite" in capsys.readouterr().err  # a finished run keeps no state
     assert main(["lora", str(teacher_file), "--data", str(images), "--out", str(out), "--steps", "1", *ARGS,
                  "--rank", "0"]) == 2
     assert "--rank" in capsys.readouterr().err and not out.exists()
@@ -136,12 +137,12 @@ def test_sample_grids_show_the_base_without_and_the_model_with_the_lora(students
     grids = sorted((tmp_path / "seen.run" / "previews").iterdir())
     assert [g.name for g in grids] == ["step-000002.png", "step-000004.png"]
     grid = np.asarray(Image.open(grids[-1]).convert("RGB")).astype(int)
-    assert grid.shape == (2 * 64, 90 + 4 * 64, 3)  # 4 captions of 64 px after the labels
+    assert grid.shape == (2 * 64, 90 + 2 * 64, 3)  # on a CPU 2 captions of 64 px after the labels, 10 sampler steps
     pipe = load_pipeline(base).pipe
-    captions = [f"a picture number {i}" for i in range(4)]  # the folder's first captions, in order
+    captions = [f"a picture number {i}" for i in range(2)]  # the folder's first captions, in order
     with torch.no_grad():
         cond, uncond = (pipe.encode_prompt(p, "cpu", 1, False)[0] for p in (captions, [""]))
-        z = sample_latents(pipe.unet, Sampler(), cond, uncond, [derive_seed(0, "preview", i) for i in range(4)], 8)
+        z = sample_latents(pipe.unet, Sampler(steps=10), cond, uncond, [derive_seed(0, "preview", i) for i in range(2)], 8)
     own = np.concatenate([np.asarray(im).astype(int) for im in to_images(pipe.vae, z, 0.18215, torch.device("cpu"))], 1)
     without, with_lora = grid[:64, 90:], grid[64:, 90:]
     assert np.abs(without - own).max() <= 2  # uint8 rounding of the same fp32 sampling

@@ -64,6 +64,29 @@ def test_what_this_file_is_reads_as_a_sentence_and_a_table(host, students, tmp_p
     assert file_text(host, "") == "Pick a checkpoint to see what it is."
 
 
+def test_the_standalone_app_lists_the_shipped_demo_teacher_and_says_where_to_point_models(tmp_path):
+    """21.5: with no checkpoint of one's own every section still has a teacher, and the empty state says what to do."""
+    from sdkd_ext.checkpoint import SHORT_NAMES
+    from sdkd_ext.hosts.base import DEMO_LISTED
+    from sdkd_ext.hosts.standalone import standalone_host
+    from sdkd_ext.ui import prune_job
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no model here")
+    host = standalone_host([folder], [])
+    assert host.checkpoints() == {DEMO_LISTED: SHORT_NAMES["demo"]}
+    empty = file_text(host, "")
+    assert f"No checkpoint found in `{folder}`" in empty and "sdkd ui --models FOLDER" in empty and DEMO_LISTED in empty
+    demo = file_text(host, DEMO_LISTED)
+    assert "is an SD1.x teacher" in demo and "shipped demo teacher" in demo and "--models" in demo
+    status = run_in_host(host, JobControl(), prune_job(host, DEMO_LISTED, "tiny", "", "fp16", False))
+    assert status.startswith("Done: tiny student") and (folder / "demo-teacher-bk-tiny.safetensors").is_file(), status
+    assert list(host.checkpoints()) == ["demo-teacher-bk-tiny.safetensors", DEMO_LISTED]
+    assert "Pick a checkpoint" in file_text(host, "")
+    assert DEMO_LISTED not in FolderHost([folder]).checkpoints(), "only the standalone app lists it"
+
+
 def test_distil_estimate_is_the_planners_figures_and_settings(host):
     text = distil_estimate(host, "teacher.safetensors", "tiny", 10, 64, "64", 0)
     from sdkd_ext.detect import describe
@@ -75,6 +98,21 @@ def test_distil_estimate_is_the_planners_figures_and_settings(host):
     assert f"| **training peak** | **{expected.training / GIB:.2f} GiB** |" in text, text
     assert "Settings it will use: micro-batch 1 x accumulation 1" in text
     assert "| teacher (frozen) |" in text and "| optimiser |" in text
+    assert text.endswith("The estimate is the job's own memory; this app holds no other model."), text
+
+
+def test_the_estimate_says_it_leaves_out_the_model_the_app_holds(host, students):
+    """21.10: the estimate names the loaded checkpoint it does not include, with its size."""
+    from sdkd_ext.pipeline import load_pipeline
+
+    held = FolderHost(host.checkpoint_dirs, host.lora_dirs)
+    loaded = load_pipeline(students["tiny"].checkpoint)
+    held.loaded = (students["tiny"].checkpoint, loaded)
+    size = sum(p.numel() * p.element_size() for n in ("unet", "vae", "text_encoder")
+               for p in [*getattr(loaded.pipe, n).parameters(), *getattr(loaded.pipe, n).buffers()])
+    text = distil_estimate(held, "teacher.safetensors", "tiny", 10, 64, "64", 0)
+    assert (f"it does not include the checkpoint this app has loaded ({size / 2**30:.2f} GiB), which stays in "
+            "RAM.") in text, text  # loaded on the CPU
 
 
 @pytest.mark.parametrize("vram, resolution, needle", [

@@ -16,6 +16,7 @@ from sdkd_ext.lora.names import layout_of_source
 from sdkd_ext.lora.peft import FULL_UNET_TARGETS
 from sdkd_ext.plan import GIB, Settings
 from sdkd_ext.progress import Event
+from sdkd_ext.train import STATE_FILE
 from sdkd_ext.ui import JobControl, run_in_host
 from sdkd_ext.ui.fewstep import (FastFields, FewStepFields, NO_TEACHER, fast_job, fast_plan, fast_spec, following,
                                  lcm_estimate, lcm_job)
@@ -92,7 +93,7 @@ def test_few_step_lora_streams_and_lands_in_the_lora_folder_with_the_sampler_lin
     ids = [getattr(o, "elem_id", None) for o in outputs]
     f = few()
     frames = frames_of(fn, "", f.checkpoint, f.teacher, f.kind, f.path, f.count, f.steps, f.rank, f.resolution,
-                       f.guidance, f.vram, f.samples_every, f.name, f.resume, f.overwrite)
+                       f.guidance, f.vram, f.samples_every, f.name, f.resume, f.overwrite, f.keep_state)
     assert "Settings it will use" in frames[0][ids.index("sdkd_fewstep_estimate")]
     status = frames[-1][0]
     assert status.startswith("Done: fewstep.safetensors in your LoRA folder"), status
@@ -107,9 +108,10 @@ def test_few_step_lora_streams_and_lands_in_the_lora_folder_with_the_sampler_lin
     assert meta["sdkd_lora_kind"] == "lcm" and meta["sdkd_lcm_teacher"] == "teacher.safetensors"
     teachers = frames[-1][-1]["choices"]  # the Teacher list, last of the refreshed lists
     assert teachers[0] == NO_TEACHER and "teacher.safetensors" in teachers
+    assert not (host.lora_dir() / "fewstep.run" / STATE_FILE).exists()  # a finished run keeps no state unless asked
     again = run_in_host(host, JobControl(), lcm_job(host, few()))
-    assert again == ("Error: a training run already exists in fewstep.run; use 'Resume' to continue it or 'Overwrite' "
-                     "to start over"), again
+    assert again.endswith("fewstep.safetensors already exists in your LoRA folder; choose another Few-step LoRA name "
+                          "or turn on 'Overwrite'"), again
 
 
 def test_following_points_the_live_view_at_the_phase_now_training(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sdkd_ext.errors import SdkdError
-from sdkd_ext.progress import Cancelled
+from sdkd_ext.progress import Cancelled, report
 from sdkd_ext.train import STATE_FILE, TrainConfig, micro_batch, run_training
 from distill_helpers import one_thread  # noqa: F401  (autouse: small models run best on one thread)
 
@@ -76,8 +76,8 @@ def test_cancel_exports_and_leaves_a_resumable_state(tmp_path):
                      progress=stop_at_4, on_export=lambda m, res: exported.append((res.steps, m.weight.clone())) or "ok")
     assert r.cancelled and r.steps == 4 and r.exported == "ok"
     assert torch.load(tmp_path / STATE_FILE, weights_only=True)["step"] == 4
-    resumed = run_training(Fit(), model(), Points(), TrainConfig(steps=6, **CFG), tmp_path, fingerprint={"data": "a"},
-                           resume=True)
+    resumed = run_training(Fit(), model(), Points(), TrainConfig(steps=6, keep_state=True, **CFG), tmp_path,
+                           fingerprint={"data": "a"}, resume=True)
     assert resumed.steps == 6 and not resumed.cancelled
     straight = model()
     run_training(Fit(), straight, Points(), TrainConfig(steps=6, **CFG), tmp_path / "b", fingerprint={"data": "a"})
@@ -100,10 +100,67 @@ def test_cancel_renders_no_preview_and_keeps_the_periodic_ones(tmp_path):
                      progress=stop_at_5, preview=preview, on_export=lambda m, res: exported.append(res.steps))
     assert r.cancelled and exported == [5]
     assert shown == [2, 4], "a cancelled run renders no end-of-run preview"
+    assert r.kept[STATE_FILE] > 0 and not r.preview_note
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["step-000002.png", "step-000004.png"]
     shown.clear()
     done = run_training(Fit(), model(), Points(), TrainConfig(steps=3, **CFG), tmp_path / "b", fingerprint={}, preview=preview)
     assert not done.cancelled and shown == [3], "a run that ends normally renders its end-of-run preview"
+
+
+def test_the_export_comes_before_the_final_preview_which_is_its_own_cancellable_stage(tmp_path):
+    """21.1: the student is written before anything optional; a cancel during the final preview keeps it."""
+    order = []
+
+    def preview(m, step, path, progress):
+        order.append(("preview", step))
+        for i in range(3):
+            report(progress, "preview", i + 1, 3)
+        path.write_bytes(b"png")
+
+    def watch(e):
+        if e.stage == "preview" and ("stage", "preview") not in order:
+            order.append(("stage", "preview"))
+            assert (tmp_path / "student").is_file(), "the student is written when the preview starts"
+            raise Cancelled
+
+    def export(m, res):
+        order.append(("export", res.steps))
+        (tmp_path / "student").write_bytes(b"weights")
+        return "ok"
+
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG), tmp_path / "run",
+                     fingerprint={}, progress=watch, preview=preview, on_export=export)
+    assert order == [("export", 4), ("preview", 4), ("stage", "preview")]
+    assert not r.cancelled and r.exported == "ok" and r.steps == 4 and "cancelled" in r.preview_note
+    assert (tmp_path / "student").read_bytes() == b"weights"
+    assert not (tmp_path / "run" / "previews" / "step-000004.png").exists()
+
+
+def test_a_finished_run_keeps_no_state_unless_asked_and_an_interrupted_one_says_what_it_keeps(tmp_path):
+    """22.5: a finished run's folder holds the loss log and previews only; --keep-state and a cancel keep the state."""
+    from sdkd_ext.train import RUN_CACHE, disk_note
+
+    def run(folder, **kw):
+        (folder / RUN_CACHE).mkdir(parents=True)
+        (folder / RUN_CACHE / "latent").write_bytes(b"x" * 5000)
+        return run_training(Fit(), model(), Points(), TrainConfig(steps=4, **{**CFG, "checkpoint_every": 1}, **kw), folder,
+                            fingerprint={})
+
+    def stop_at_3(e):
+        if e.step == 3:
+            raise Cancelled
+    done = run(tmp_path / "done")
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["loss.csv", "loss.png", "run.json"]
+    assert done.kept == {} and "--keep-state keeps it" in disk_note(done)
+    kept = run(tmp_path / "kept", keep_state=True)
+    assert (tmp_path / "kept" / STATE_FILE).is_file() and (tmp_path / "kept" / RUN_CACHE).is_dir()
+    assert kept.kept[STATE_FILE] == (tmp_path / "kept" / STATE_FILE).stat().st_size and kept.kept["cache/"] == 5000
+    stopped = run_training(Fit(), model(), Points(), TrainConfig(steps=10, **CFG), tmp_path / "stopped",
+                           fingerprint={}, progress=stop_at_3)
+    assert stopped.cancelled and (tmp_path / "stopped" / STATE_FILE).is_file()
+    note = disk_note(stopped)
+    size = (tmp_path / "stopped" / STATE_FILE).stat().st_size
+    assert f"state.torch ({size / 1e3:.1f} kB)" in note and "with --resume the run continues" in note and "delete state.torch" in note
 
 
 def test_previews_show_the_ema_weights_an_export_would_hold(tmp_path):
@@ -119,7 +176,11 @@ def test_previews_show_the_ema_weights_an_export_would_hold(tmp_path):
 def test_resume_refused_when_the_fingerprint_differs_or_nothing_to_resume(tmp_path):
     with pytest.raises(SdkdError, match="nothing to resume"):
         run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={"data": "a"}, resume=True)
-    run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={"data": "a", "teacher": "t"})
+    with pytest.raises(SdkdError, match="a finished run keeps none unless --keep-state"):
+        run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={"data": "a"})
+        run_training(Fit(), model(), Points(), TrainConfig(steps=3, **CFG), tmp_path, fingerprint={"data": "a"}, resume=True)
+    run_training(Fit(), model(), Points(), TrainConfig(steps=2, keep_state=True, **CFG), tmp_path,
+                 fingerprint={"data": "a", "teacher": "t"}, overwrite=True)
     with pytest.raises(SdkdError, match="the data changed"):
         run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG), tmp_path, fingerprint={"data": "b", "teacher": "t"},
                      resume=True)

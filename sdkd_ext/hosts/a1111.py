@@ -22,6 +22,7 @@ class A1111Host(FolderHost):
     """Checkpoints from `models/Stable-diffusion` (+ --ckpt-dir), LoRAs in --lora-dir, jobs under A1111's queue lock."""
 
     page_js = "sdkd_submit"  # javascript/sdkd.js: a task id and A1111's own progress bar for each job
+    models_hint = "put SD1.x checkpoints in models/Stable-diffusion (or --ckpt-dir) and press Refresh"
 
     def __init__(self) -> None:
         from modules import sd_models, shared
@@ -96,14 +97,46 @@ class A1111Host(FolderHost):
                 shared.state.end()
 
     def show_progress(self, event: Event) -> None:
-        """Mirror progress in A1111's state (its progress API) and honour its Interrupt button."""
+        """Mirror progress in A1111's state (its progress API: the bar, its ETA and text) and honour its Interrupt
+        button; each stage of a job is a bar of its own, with the stage's own ETA."""
+        import time
+
         from modules import shared
 
+        now = time.time()
+        stage = getattr(self, "_stage", None)
+        start = shared.state.time_start if stage == event.stage and shared.state.time_start else now
+        self._stage = event.stage
+        shared.state.time_start = bar_start(event, start, now)
         shared.state.job_count, shared.state.job_no = 1, 0
         shared.state.sampling_step, shared.state.sampling_steps = event.step, event.total
         shared.state.textinfo = f"sdkd {progress_line(event)}"
         if shared.state.interrupted:
             raise Cancelled("interrupted from the web UI")
+
+    def memory_note(self, gpu: bool) -> str:
+        """The web UI's loaded model is not in the estimate: a GPU job moves it to RAM (see `run_job`), a CPU one
+        runs beside it in RAM."""
+        from modules import sd_models
+
+        from .base import module_bytes
+
+        model = sd_models.model_data.sd_model
+        if model is None:
+            return "The estimate is the job's own memory; the web UI has no model loaded."
+        where = "moved from the GPU to RAM while the job runs, and back after" if gpu else "kept in RAM beside the job"
+        return (f"The estimate is the job's own memory: it does not include the web UI's loaded model "
+                f"({module_bytes(model) / 2**30:.2f} GiB), which is {where}.")
+
+
+def bar_start(event: Event, start: float, now: float) -> float:
+    """The start time to give A1111's progress state for `event` so that the ETA its progress API derives
+    (elapsed / fraction - elapsed) is the stage's own: from the event's ETA when it has one, else `start` (the
+    stage's first event, or the time kept from the stage's earlier events)."""
+    eta, done = event.metrics.get("eta_s"), event.fraction
+    if eta is None or not 0 < done < 1:
+        return start
+    return now - eta * done / (1 - done)
 
 
 def loaded_unet(sd_model) -> object:
@@ -145,13 +178,48 @@ def on_model_loaded(sd_model) -> None:
             rename(sd_model)
 
 
+# A1111's checkpoint setting in its quicksettings bar (modules/ui_settings.py creates it after the extensions' tabs)
+CHECKPOINT_SETTING = "setting_sd_model_checkpoint"
+
+
+def follow_checkpoint_setting(built: list) -> Callable:
+    """An `on_after_component` callback: when A1111 creates its checkpoint setting, the picker and "what this file
+    is" of the tab in `built` ([(tab, host)] once made) follow that setting's changes (the user's, and the value
+    A1111 sets on every page load)."""
+    def after(component, **_) -> None:
+        if getattr(component, "elem_id", None) != CHECKPOINT_SETTING or not built:
+            return
+        from modules import sd_models
+
+        from ..ui.tab import picked
+
+        tab, host = built[0]
+        blocks = {getattr(b, "elem_id", None): b for b in tab.blocks.values()}
+
+        def follow(title: str) -> tuple:
+            info = sd_models.get_closet_checkpoint_match(title or "")
+            return picked(host, Path(info.filename) if info is not None else None)
+
+        component.change(follow, inputs=[component], outputs=[blocks["sdkd_checkpoint"], blocks["sdkd_info"]])
+
+    return after
+
+
 def register() -> None:
-    """Hook sdkd into A1111/Forge: the tab and the model-loaded fix."""
+    """Hook sdkd into A1111/Forge: the tab (its picker following the web UI's checkpoint) and the model-loaded fix."""
     from modules import script_callbacks
 
     from ..quiet import quiet_libraries
     from ..ui import build_tab
 
     quiet_libraries()
-    script_callbacks.on_ui_tabs(lambda: [(build_tab(A1111Host()), "sdkd", "sdkd")])
+    built: list = []  # [(tab, host)] once A1111 asks for the tab
+
+    def tabs() -> list:
+        host = A1111Host()
+        built[:] = [(build_tab(host), host)]
+        return [(built[0][0], "sdkd", "sdkd")]
+
+    script_callbacks.on_ui_tabs(tabs)
+    script_callbacks.on_after_component(follow_checkpoint_setting(built))
     script_callbacks.on_model_loaded(on_model_loaded)

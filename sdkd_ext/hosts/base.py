@@ -14,6 +14,7 @@ from ..progress import Event
 
 T = TypeVar("T")
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
+DEMO_LISTED = "demo-teacher (shipped with sdkd: draws coloured shapes)"  # the shipped demo teacher's name in the list
 
 
 @dataclass
@@ -23,11 +24,26 @@ class FolderHost:
     checkpoint_dirs: list[Path]
     lora_dirs: list[Path] = field(default_factory=list)
     name: str = "standalone"
+    demo: bool = False  # also list sdkd's shipped demo teacher (the standalone app: every section works out of the box)
     page_js: ClassVar[str | None] = None  # page function that gives each job an id for the host's progress bar
+    # what to do when the host's folders hold no checkpoint, in the host's own terms
+    models_hint: ClassVar[str] = ("start `sdkd ui --models FOLDER` with the folder that holds your SD1.x checkpoints "
+                                  "(.safetensors or .ckpt; e.g. A1111's models/Stable-diffusion or ComfyUI's "
+                                  "models/checkpoints)")
     loaded: tuple[Path, object] | None = field(default=None, repr=False, compare=False)  # (file, sdkd's pipeline.Loaded)
 
     def checkpoints(self) -> dict[str, Path]:
-        """Display name (path relative to its folder) -> file, for every checkpoint and diffusers folder."""
+        """Display name (path relative to its folder) -> file, for every checkpoint and diffusers folder (and the
+        shipped demo teacher, under its marked name, when `demo`)."""
+        found = self.own_checkpoints()
+        if self.demo:
+            from ..checkpoint import SHORT_NAMES
+
+            found.setdefault(DEMO_LISTED, SHORT_NAMES["demo"])
+        return found
+
+    def own_checkpoints(self) -> dict[str, Path]:
+        """The checkpoints in the host's own folders (no shipped model)."""
         return _listed(self.checkpoint_dirs, lambda p: (p.suffix in MODEL_SUFFIXES and p.is_file())
                        or (p / "model_index.json").is_file())
 
@@ -76,6 +92,22 @@ class FolderHost:
 
     def show_progress(self, event: Event) -> None:
         """Mirror an event in the host's own progress display (plain: nothing)."""
+
+    def memory_note(self, gpu: bool) -> str:
+        """What the memory estimate leaves out: the model the host holds while a job runs (plain: sdkd's own
+        pipeline of "Load it now", which stays where it is)."""
+        pipe = self.loaded[1].pipe if self.loaded is not None else None
+        if pipe is None:
+            return "The estimate is the job's own memory; this app holds no other model."
+        size = sum(module_bytes(getattr(pipe, n)) for n in ("unet", "vae", "text_encoder"))
+        return (f"The estimate is the job's own memory: it does not include the checkpoint this app has loaded "
+                f"({size / 2**30:.2f} GiB), which stays in {'GPU memory' if gpu and pipe.device.type == 'cuda' else 'RAM'}.")
+
+
+def module_bytes(module: object) -> int:
+    """Bytes of a torch module's parameters and buffers (0 for anything else)."""
+    tensors = [*module.parameters(), *module.buffers()] if hasattr(module, "parameters") else []
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _listed(roots: list[Path], wanted: Callable[[Path], bool]) -> dict[str, Path]:

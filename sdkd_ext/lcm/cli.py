@@ -29,7 +29,7 @@ def job_of(a: argparse.Namespace):
 
     cfg = TrainConfig(steps=a.steps, batch=a.batch, accum=a.accum, lr=a.lr, precision=a.precision,
                       grad_checkpointing=a.grad_checkpointing, optimizer=a.optimizer, checkpoint_every=a.checkpoint_every,
-                      preview_every=a.preview_every, seed=a.seed, device=a.device)
+                      preview_every=a.preview_every, seed=a.seed, device=a.device, keep_state=a.keep_state)
     shown = () if a.no_preview else None if a.preview_prompts is None else tuple(read_prompts(a.preview_prompts))
     data = data_spec(argparse.Namespace(**{**vars(a), "guidance": a.sample_guidance}))  # --guidance is the baked-in cfg
     return LcmJob(Path(a.model), Path(a.out), data, Path(a.teacher) if a.teacher else None,
@@ -41,7 +41,7 @@ def job_of(a: argparse.Namespace):
 
 def cmd_lcm(a: argparse.Namespace) -> int:
     """Train a few-step LoRA and say where it went and how to sample with it."""
-    from ..distill import stop_on_ctrl_c
+    from ..distill import print_run_notes, stop_on_ctrl_c
     from ..progress import Cancelled, tqdm_progress
     from .job import USE, few_step_lora
 
@@ -60,11 +60,14 @@ def cmd_lcm(a: argparse.Namespace) -> int:
     print(f"sample with it: sampler LCM, {USE.steps} steps, CFG {USE.guidance:g} (A1111/Forge: sampler 'LCM'; "
           f"ComfyUI: KSampler 'lcm' after ModelSamplingDiscrete 'lcm'; sdkd: --sampler lcm --steps {USE.steps} "
           f"--guidance {USE.guidance:g} --lora {r.path.name})")
+    print_run_notes(t)
     return 0
 
 
 def add_commands(sub) -> None:
     """Register `sdkd lcm`."""
+    from ..distill import add_run_options
+
     s = sub.add_parser("lcm", help="train a few-step (LCM) LoRA for an SD1.x checkpoint or BK-SDM student: "
                                    "4 sampler steps at CFG 1 instead of 25 at 7.5")
     s.add_argument("model", help="the model the LoRA is for: SD1.x checkpoint or BK-SDM student (.safetensors, .ckpt, folder)")
@@ -104,9 +107,9 @@ def add_commands(sub) -> None:
                         "also at the end) in <out>.run/previews/ (default 0: at the end only)")
     s.add_argument("--preview-prompts", help="text file of sample-grid prompts (default: the first 4 captions/prompts)")
     s.add_argument("--no-preview", action="store_true", help="no sample grids")
-    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder)")
+    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder, removed after a "
+                                       "finished run unless --keep-state; a --cache-dir is never removed)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported LoRA weights dtype")
-    s.add_argument("--resume", action="store_true", help="continue the run in <out>.run/ from its last checkpoint")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing LoRA and start the run over")
+    add_run_options(s, "replace an existing LoRA and start the run over")
     s.set_defaults(fn=cmd_lcm)

@@ -36,7 +36,7 @@ from ..plan import Estimate, Settings, cache_phase, check_resolution, fit, froze
 from ..progress import ProgressFn
 from ..prune import checkpoint_path, teacher_metadata
 from ..sampling import Sampler, sample_latents
-from ..train import TrainConfig, TrainResult, autocast_dtype, check_run, image_grid, make_accelerator, run_training
+from ..train import RUN_CACHE, TrainConfig, TrainResult, autocast_dtype, check_run, image_grid, make_accelerator, run_training
 from ..variants import full_topology
 from .objective import ConsistencyObjective, ConsistencySpec, UNet, frozen_teacher
 
@@ -234,6 +234,9 @@ def few_step_lora(job: LcmJob, progress: ProgressFn | None = None, log: Callable
 
     A progress callback raising `Cancelled` during training leaves an exported LoRA and a resumable run."""
     job.check()
+    acc = make_accelerator(job.train.device)
+    device = acc.device
+    job.train.check_device(device)  # before any file is read, cache built or model loaded
     say = log or (lambda msg: None)
     model = Opened.of(job.model, "MODEL")
     teacher = Opened.of(job.teacher, "--teacher") if job.teacher is not None else model
@@ -249,13 +252,11 @@ def few_step_lora(job: LcmJob, progress: ProgressFn | None = None, log: Callable
     layout = layout_of_source(model.src, model.info.topology)
     init = read_lora(job.init_lora, layout) if job.init_lora is not None else None
     targets, rank, alpha = init_targets(init, layout) if init else (FULL_UNET_TARGETS, job.lora.rank, job.lora.alpha)
-    acc = make_accelerator(job.train.device)
-    device = acc.device
     cfg = fit(job.train, job.vram, device, estimator(layout, targets, rank, job.resolution, teacher is not model), say,
               f"few-step LoRA training at {job.resolution} px", "lower --resolution or --rank")
     amp = autocast_dtype(cfg.precision, device)
     provenance = teacher_metadata(teacher.path)
-    cache = Cache(Path(job.cache_dir).expanduser() if job.cache_dir else run_dir / "cache")
+    cache = Cache(Path(job.cache_dir).expanduser() if job.cache_dir else run_dir / RUN_CACHE)
     latent, scaling = job.resolution // 8, float(sd15("vae").get("scaling_factor", 0.18215))
     unet = adapted(build_unet(model.src, model.info), LoraSpec(rank, alpha), targets, amp or torch.float32,
                    derive_seed(cfg.seed, "lcm-unet"))

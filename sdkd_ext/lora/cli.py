@@ -9,14 +9,15 @@ import sys
 def cmd_train(a: argparse.Namespace) -> int:
     """Train a LoRA and say where it went."""
     from ..data import read_prompts
-    from ..distill import stop_on_ctrl_c
+    from ..distill import print_run_notes, stop_on_ctrl_c
     from .train import LoraSpec, train_lora
     from ..progress import Cancelled, tqdm_progress
     from ..train import TrainConfig
 
     cfg = TrainConfig(steps=a.steps, batch=a.batch, accum=a.accum, lr=a.lr, precision=a.precision,
                       grad_checkpointing=a.grad_checkpointing, optimizer=a.optimizer,
-                      checkpoint_every=a.checkpoint_every, preview_every=a.preview_every, seed=a.seed, device=a.device)
+                      checkpoint_every=a.checkpoint_every, preview_every=a.preview_every, seed=a.seed, device=a.device,
+                      keep_state=a.keep_state)
     vram = None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram)
     with stop_on_ctrl_c(tqdm_progress()) as progress:
         try:
@@ -30,10 +31,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     if r.path is None:  # a non-main process of a multi-process run
         return 0
     t = r.train
-    status = f"cancelled at step {t.steps}/{t.total} (continue with --resume)" if t.cancelled else f"{t.steps} steps"
+    status = f"cancelled at step {t.steps}/{t.total}" if t.cancelled else f"{t.steps} steps"
     print(f"LoRA ({r.modules} modules): {status} on {r.samples} images in {t.seconds:.0f}s, "
           f"loss {t.losses.get('loss', float('nan')):.4g} -> {r.path}; loss log"
           f"{' and sample grids' if a.preview_every else ''} in {r.run_dir}/")
+    print_run_notes(t)
     return 0
 
 
@@ -50,6 +52,8 @@ def cmd_port(a: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Register the LoRA subcommands."""
+    from ..distill import add_run_options
+
     s = sub.add_parser("lora", help="train a LoRA on an SD1.x checkpoint or BK-SDM student (kohya file for its layers)")
     s.add_argument("base", help="the model: SD1.x teacher or sdkd student (.safetensors, .ckpt or diffusers folder)")
     s.add_argument("--data", required=True, help="folder of images with same-name .txt captions (or a metadata.jsonl)")
@@ -73,12 +77,13 @@ def add_commands(sub) -> None:
     s.add_argument("--preview-every", type=int, default=0,
                    help="steps between sample grids (the model without, then with the LoRA; also at the end) in "
                         "<out>.run/previews/ (default 0: none)")
-    s.add_argument("--preview-prompts", help="text file of sample-grid prompts (default: the first 4 captions)")
-    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder)")
+    s.add_argument("--preview-prompts", help="text file of sample-grid prompts (default: the first 4 captions; on a "
+                                             "CPU the grid is 2 prompts, at most 256 px and 10 steps)")
+    s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder, removed after a "
+                                       "finished run unless --keep-state; a --cache-dir is never removed)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported LoRA weights dtype")
-    s.add_argument("--resume", action="store_true", help="continue the run in <out>.run/ from its last checkpoint")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing LoRA and start the run over")
+    add_run_options(s, "replace an existing LoRA and start the run over")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("lora-port", help="port a LoRA made for the full SD1.x model onto a BK-SDM student")

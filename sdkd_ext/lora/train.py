@@ -32,7 +32,7 @@ from ..pipeline import build_text_encoder, build_unet, build_vae, tokenizer
 from ..plan import Estimate, Settings, cache_phase, check_resolution, fit, training_parts
 from ..progress import ProgressFn
 from ..prune import checkpoint_path, teacher_metadata
-from ..train import TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, make_accelerator, noise_scheduler, run_training
+from ..train import RUN_CACHE, TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, make_accelerator, noise_scheduler, run_training
 
 
 @dataclass(frozen=True)
@@ -113,13 +113,18 @@ def caption_ids(folder: Path, te_hash: str) -> dict[str, torch.Tensor]:
 
 class Sampled(torch.nn.Module):
     """The LoRA model as the preview sampler calls a UNet, for one grid: with its adapters or without them (the base
-    model), and with a trained text encoder the context made by it from token `ids` (uncond rows, then prompts),
-    once for all the sampler's steps."""
+    model), and with a trained text encoder the context made by it from the prompts' token `ids` (the sampler's
+    batch is uncond rows, then as many prompts), once for all the sampler's steps."""
 
     def __init__(self, net: LoraNet, adapters: bool, ids: torch.Tensor | None = None):
         super().__init__()
         self.net, self.adapters, self.ids = net, adapters, ids
         self.context: torch.Tensor | None = None
+
+    @property
+    def config(self):
+        """The UNet's diffusers config (the sampler reads its channels)."""
+        return self.net.unet.config
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
         if not self.adapters:
@@ -127,21 +132,27 @@ class Sampled(torch.nn.Module):
                 return self.net.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
         if self.ids is not None and self.net.text_encoder is not None:
             if self.context is None:
-                self.context = self.net.text_encoder(self.ids.to(sample.device))[0].to(encoder_hidden_states.dtype)
+                n = sample.shape[0] // 2
+                ids = torch.cat([token_ids([""]).expand(n, -1), self.ids[:n]]).to(sample.device)
+                self.context = self.net.text_encoder(ids)[0].to(encoder_hidden_states.dtype)
             encoder_hidden_states = self.context
         return self.net.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
 
 
 def lora_preview(net: LoraNet, src: Source, shown: list[str], cond: torch.Tensor, uncond: torch.Tensor, latent: int, seed: int,
-                 device: torch.device, amp: torch.dtype | None, scaling: float) -> Callable[[torch.nn.Module, int, Path], None]:
+                 device: torch.device, amp: torch.dtype | None, scaling: float) -> Callable[..., None]:
     """A preview function for a LoRA run: the base model without the LoRA (row 1, sampled once) above the model with
     it (row 2) at the same prompts (`shown`, embedded as `cond`) and seeds, as distillation's previews are drawn."""
     sampling = PromptData(())
-    ids = torch.cat([token_ids([""]).expand(len(shown), -1), token_ids(shown)]) if net.text_encoder is not None else None
+    ids = token_ids(shown) if net.text_encoder is not None else None
     vae = place(build_vae(src), CPU, frozen_dtype(device))
     draw = make_preview(Sampled(net, False), vae, cond, uncond, [derive_seed(seed, "preview", i) for i in range(len(shown))],
                         latent, sampling.guidance, sampling.sample_steps, amp, scaling, ("without LoRA", "LoRA"))
-    return lambda model, step, path: draw(Sampled(model, True, ids), step, path)
+
+    def preview(model: torch.nn.Module, step: int, path: Path, progress: ProgressFn | None = None) -> None:
+        draw(Sampled(model, True, ids), step, path, progress)
+
+    return preview
 
 
 def adapted(module: torch.nn.Module, spec: LoraSpec, targets: tuple[str, ...], dtype: torch.dtype,
@@ -214,28 +225,29 @@ def train_lora(base: str | Path, data: str | Path, out: str | Path, spec: LoraSp
     spec.check()
     check_resolution(resolution)
     parse_dtype(dtype)
+    acc = make_accelerator(cfg.device)
+    device = acc.device
+    cfg.check_device(device)  # every setting is checked before the base is read, the cache built or a model loaded
     say = log or (lambda msg: None)
     path = Path(base).expanduser()
-    src = open_model(path)
-    info = describe(src)
-    if info.kind not in ("sd1", "student"):
-        raise SdkdError(f"{path.name}: {info.reason}")
-    if info.inpainting:
-        raise SdkdError(f"{path.name}: LoRA training needs a normal (text-to-image) checkpoint, not an inpainting one")
     out_path = checkpoint_path(out)
     if out_path.resolve() == path.resolve():
         raise SdkdError(f"--out {out_path} is the base model itself; sdkd never overwrites its input")
     run_dir = run_folder(out_path)
     check_run(run_dir, resume, overwrite)
     if not (resume or overwrite):
-        Outputs(False).check(out_path)  # fail before the slow part
-    acc = make_accelerator(cfg.device)
-    device = acc.device
+        Outputs(False).check(out_path)
+    src = open_model(path)
+    info = describe(src)
+    if info.kind not in ("sd1", "student"):
+        raise SdkdError(f"{path.name}: {info.reason}")
+    if info.inpainting:
+        raise SdkdError(f"{path.name}: LoRA training needs a normal (text-to-image) checkpoint, not an inpainting one")
     layout = layout_of_source(src, info.topology)
     cfg = plan_lora(cfg, vram, layout, spec, resolution, device, say)
     base_dtype = autocast_dtype(cfg.precision, device) or torch.float32
     provenance = teacher_metadata(path)
-    cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / "cache")
+    cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / RUN_CACHE)
     folder = FolderData(Path(data).expanduser(), flip=flip)
     scaling = float(sd15("vae").get("scaling_factor", 0.18215))
     wanted = cfg.preview_every and acc.is_main_process

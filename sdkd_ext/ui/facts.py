@@ -84,10 +84,11 @@ def settings_of(cfg: TrainConfig, device: torch.device) -> Settings:
 
 def estimate_text(plan: Callable[[TrainConfig, float | str | None, torch.device, Callable[[str], None]], TrainConfig],
                   estimator: Callable[[Settings], Estimate], cfg: TrainConfig, vram: float | str | None,
-                  out: Output) -> str:
-    """The planner's verdict as the job will meet it: the GPU, the settings it will use (or the refusal), and the
-    estimated peak memory per part."""
+                  out: Output, held: Callable[[bool], str] | None = None) -> str:
+    """The planner's verdict as the job will meet it: the GPU, the settings it will use (or the refusal), the
+    estimated peak memory per part, and (`held`, the host's `memory_note`) what the host holds besides."""
     device = train_device()
+    note = f"\n\n{held(device.type == 'cuda')}" if held is not None else ""
     said: list[str] = []
     try:
         with out.worded():
@@ -97,11 +98,11 @@ def estimate_text(plan: Callable[[TrainConfig, float | str | None, torch.device,
         least = estimator(replace(asked, batch=1, accum=asked.batch * asked.accum, grad_checkpointing=True, ema=False))
         return (f"{gpu_line(device)}\n\n**Does not fit, the job would refuse to start**: {e}. The least it can use "
                 f"({least.settings.describe()}) needs {least.peak / GIB:.2f} GiB plus {CUDA_RESERVE / GIB:.2f} GiB for "
-                "the CUDA context:\n\n" + parts_table(least))
+                "the CUDA context:\n\n" + parts_table(least) + note)
     est = estimator(settings_of(planned, device))
     said = [out.reword(s) for s in said] or ["no 'VRAM budget' given: the settings as they are"]
     return (f"{gpu_line(device)} {' '.join(s[0].upper() + s[1:] for s in said)}.\n\n"
-            f"Settings it will use: {est.settings.describe()}.\n\n" + parts_table(est))
+            f"Settings it will use: {est.settings.describe()}.\n\n" + parts_table(est) + note)
 
 
 def parts_table(est: Estimate) -> str:

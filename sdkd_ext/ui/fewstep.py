@@ -32,7 +32,8 @@ VRAM = "VRAM budget (GB or auto)"
 LCM_WIDGETS = {"--teacher": "Teacher (blank: the model itself)", "--data": "Image folder or prompt file",
                "--prompts": "Image folder or prompt file", "--self": "Built-in prompts", "--steps": "Steps",
                "--rank": "Rank", "--alpha": "Rank", "--resolution": "Resolution", "--guidance": "Guidance (CFG baked in)",
-               "--vram": VRAM, "--preview-every": "Samples every N steps", "--resume": "Resume"}
+               "--vram": VRAM, "--preview-every": "Samples every N steps", "--resume": "Resume",
+               "--keep-state": "Keep training state"}
 FAST_WIDGETS = {"--target": "Target", "--lora-out": FAST_LORA, "--self": "Built-in prompts",
                 "--resolution": "Resolution", "--vram": VRAM,
                 "--resume": "Resume in the Distil or Few-step LoRA section"}
@@ -68,10 +69,12 @@ class FewStepFields:
     name: str
     resume: bool
     overwrite: bool
+    keep_state: bool = False
 
     def config(self) -> TrainConfig:
         """The training settings the fields give (the CLI's LCM learning rate)."""
-        return TrainConfig(steps=int(self.steps), lr=1e-4, preview_every=max(0, int(self.samples_every or 0)))
+        return TrainConfig(steps=int(self.steps), lr=1e-4, preview_every=max(0, int(self.samples_every or 0)),
+                           keep_state=bool(self.keep_state))
 
     def teacher_name(self) -> str | None:
         """The teacher's list name, or None for the model itself."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SdkdError
-from ..hosts.base import FolderHost
+from ..hosts.base import DEMO_LISTED, FolderHost
 from ..names import Output
 from ..progress import ProgressFn
 from ..train import TrainConfig
@@ -34,10 +34,11 @@ DISTIL_WIDGETS = {"--variant": "Student", "--data": "Image folder or prompt file
                   "--self": "Built-in prompts", "--steps": "Steps", "--resolution": "Resolution",
                   "--vram": "VRAM budget (GB or auto)", "--l-sd": "Task loss weight", "--l-out": "Output KD weight",
                   "--l-feat": "Feature KD weight", "--resume": "Resume", "--preview-every": "Samples every N steps",
-                  "--portable": PORTABLE}
+                  "--portable": PORTABLE, "--keep-state": "Keep training state"}
 LORA_WIDGETS = {"--data": "Image folder (with .txt captions or metadata.jsonl)", "--text-encoder": "Also train the text encoder",
                 "--rank": "Rank", "--alpha": "Alpha", "--steps": "Steps", "--resolution": "Resolution", "--resume": "Resume",
-                "--vram": "VRAM budget (GB or auto)", "--preview-every": "Samples every N steps"}
+                "--vram": "VRAM budget (GB or auto)", "--preview-every": "Samples every N steps",
+                "--keep-state": "Keep training state"}
 BENCH_WIDGETS = {"--size": "Size", "--steps": "Steps", "--repeats": "Timed UNet calls", "--t2i-repeats": "Timed images"}
 PORT_WIDGETS = {"--to": "Port to", "--alpha-equals-rank": "Alpha = rank (for a LoRA that states no alpha)"}
 REBASE_WIDGETS = {"--base": "Base (what the checkpoint was made from)", "--student": "Student to rebase",
@@ -64,7 +65,7 @@ def prune_job(host: FolderHost, checkpoint: str, variant: str, name: str, dtype:
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
-        target = out.path(name, f"{Path(checkpoint).stem}-bk-{variant}", ".safetensors", (teacher,))
+        target = out.path(name, f"{teacher.stem}-bk-{variant}", ".safetensors", (teacher,))
         with out.worded():
             r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=progress, portable=portable)
         host.refresh()
@@ -104,15 +105,25 @@ def distil_output(host: FolderHost) -> Output:
     return Output(host.output_dir(), "your checkpoint folder", DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS)
 
 
-def distil_config(steps: int, samples_every: int) -> TrainConfig:
+def distil_config(steps: int, samples_every: int, keep_state: bool = False) -> TrainConfig:
     """The training settings the Distil fields give (the rest as the CLI's defaults)."""
-    return TrainConfig(steps=int(steps), preview_every=max(0, int(samples_every or 0)))
+    return TrainConfig(steps=int(steps), preview_every=max(0, int(samples_every or 0)), keep_state=bool(keep_state))
+
+
+def run_notes(train, out: Output) -> tuple[str, str]:
+    """How a training run ended, and a sentence on a missing preview and what its run folder keeps, in the tab's
+    words (the widgets' labels for the flags, paths inside the folder relative)."""
+    from ..train import disk_note
+
+    state = f"Cancelled at step {train.steps}/{train.total}" if train.cancelled else "Done"
+    preview = f" The final sample grid was {train.preview_note}." if train.preview_note else ""
+    return state, f"{preview} {out.reword(disk_note(train))}."
 
 
 def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path: str, count: int, steps: int,
                 resolution: int, vram: str, l_sd: float, l_out: float, l_feat: float, name: str, resume: bool,
                 overwrite: bool, samples_every: int = 0, live: Live | None = None,
-                portable: bool = False) -> Callable[[ProgressFn], str]:
+                portable: bool = False, keep_state: bool = False) -> Callable[[ProgressFn], str]:
     """The tab's distil action: a student distilled on the GPU, exported into the host's checkpoint folder, with a
     sample grid (teacher beside student, fixed prompts and seeds) every `samples_every` steps and at the end."""
     from ..distill import LossWeights, distill, run_folder
@@ -121,20 +132,20 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
-        target = out.path(name, f"{Path(checkpoint).stem}-bk-{variant}-kd", ".safetensors", (teacher,))
+        target = out.path(name, f"{teacher.stem}-bk-{variant}-kd", ".safetensors", (teacher,))
         with out.worded():
             budget = parse_vram(vram, DISTIL_WIDGETS["--vram"])
             if live is not None:
                 live.run_dir = run_folder(target)
-            r = distill(teacher, variant, target, _data(kind, path, count), distil_config(steps, samples_every),
+            r = distill(teacher, variant, target, _data(kind, path, count), distil_config(steps, samples_every, keep_state),
                         LossWeights(l_sd, l_out, l_feat), resolution=int(resolution), vram=budget, resume=resume,
                         overwrite=overwrite, portable=portable, progress=progress)
         host.refresh()
         _output(live, r.exported.checkpoint if r.exported else None)
         where = out.shown(r.exported.checkpoint) if r.exported else "(no student written)"
-        state = f"Cancelled at step {r.train.steps}/{r.train.total} (tick Resume to continue)" if r.train.cancelled else "Done"
-        return (f"{state}: {where}; losses {', '.join(f'{k} {v:.4g}' for k, v in r.train.losses.items())}; "
-                f"run folder {out.shown(r.run_dir)}")
+        state, notes = run_notes(r.train, out)
+        return (f"{state}: {where}; losses {', '.join(f'{k} {v:.4g}' for k, v in r.train.losses.items())}."
+                + notes)
 
     return job
 
@@ -144,14 +155,14 @@ def lora_output(host: FolderHost) -> Output:
     return Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE, LORA_WIDGETS)
 
 
-def lora_config(steps: int, samples_every: int = 0) -> TrainConfig:
+def lora_config(steps: int, samples_every: int = 0, keep_state: bool = False) -> TrainConfig:
     """The training settings the LoRA fields give (the CLI's LoRA learning rate)."""
-    return TrainConfig(steps=int(steps), lr=1e-4, preview_every=max(0, int(samples_every or 0)))
+    return TrainConfig(steps=int(steps), lr=1e-4, preview_every=max(0, int(samples_every or 0)), keep_state=bool(keep_state))
 
 
 def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: float, steps: int, resolution: int,
              text_encoder: bool, name: str, resume: bool, overwrite: bool, vram: str = "", samples_every: int = 0,
-             live: Live | None = None) -> Callable[[ProgressFn], str]:
+             live: Live | None = None, keep_state: bool = False) -> Callable[[ProgressFn], str]:
     """The tab's LoRA action: train on an image folder, write the LoRA into the host's LoRA folder, with a sample
     grid (the model without, then with the LoRA) every `samples_every` steps and at the end."""
     from ..distill import run_folder
@@ -163,19 +174,20 @@ def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: f
         base = _teacher(host, checkpoint)
         if not folder.strip():
             raise SdkdError(f"give the {LORA_WIDGETS['--data']!r}")
-        target = out.path(name, f"{Path(checkpoint).stem}-lora", ".safetensors", (base,))
+        target = out.path(name, f"{base.stem}-lora", ".safetensors", (base,))
         with out.worded():
             budget = parse_vram(vram, LORA_WIDGETS["--vram"])
             if live is not None:
                 live.run_dir = run_folder(target)
             r = train_lora(base, Path(folder.strip()).expanduser(), target,
-                           LoraSpec(int(rank), float(alpha), text_encoder), lora_config(steps, samples_every),
+                           LoraSpec(int(rank), float(alpha), text_encoder), lora_config(steps, samples_every, keep_state),
                            resolution=int(resolution), vram=budget, resume=resume, overwrite=overwrite, progress=progress)
         host.refresh()
-        state = f"Cancelled at step {r.train.steps}/{r.train.total} (tick Resume to continue)" if r.train.cancelled else "Done"
+        state, notes = run_notes(r.train, out)
         if r.path is None:
             return f"{state}: no LoRA written"
-        return f"{state}: {out.shown(r.path)} ({r.modules} modules); use it as <lora:{r.path.stem}:1> in a prompt"
+        return (f"{state}: {out.shown(r.path)} ({r.modules} modules); use it as <lora:{r.path.stem}:1> in a prompt."
+                + notes)
 
     return job
 
@@ -211,11 +223,20 @@ def file_text(host: FolderHost, checkpoint: str) -> str:
 
     path = host.checkpoints().get(checkpoint or "")
     if path is None:
-        return "Pick a checkpoint to see what it is."
+        if host.own_checkpoints():
+            return "Pick a checkpoint to see what it is."
+        folders = ", ".join(f"`{d}`" for d in host.checkpoint_dirs)
+        demo = f" Meanwhile the shipped demo teacher (**{DEMO_LISTED}**) lets you try every section." if host.demo else ""
+        return f"No checkpoint found in {folders}: {host.models_hint}.{demo}"
     try:
-        return describe_file(checkpoint, describe(open_model(path)))
+        text = describe_file(checkpoint, describe(open_model(path)))
     except SdkdError as e:
         return f"Cannot read **{checkpoint}**: {e}"
+    if checkpoint == DEMO_LISTED and host.demo:
+        text += ("\n\nThis is sdkd's shipped demo teacher: a small model with SD1.5's layout trained to draw coloured "
+                 "shapes, so every section runs in minutes on a CPU (students it makes go to your checkpoint folder). "
+                 f"For your own models, {host.models_hint}.")
+    return text
 
 
 def _sd1_source(host: FolderHost, checkpoint: str, kinds: tuple[str, ...]):
@@ -247,7 +268,7 @@ def distil_estimate(host: FolderHost, checkpoint: str, variant: str, steps: int,
     plan = lambda cfg, v, device, say: fit(cfg, v, device, estimator, say, f"{variant} at {int(resolution)} px",  # noqa: E731
                                            "lower --resolution, pick a smaller --variant, or install bitsandbytes "
                                            "for 8-bit AdamW")
-    return estimate_text(plan, estimator, distil_config(steps, samples_every), budget, out)
+    return estimate_text(plan, estimator, distil_config(steps, samples_every), budget, out, host.memory_note)
 
 
 def lora_estimate(host: FolderHost, checkpoint: str, rank: int, alpha: float, steps: int, resolution: int,
@@ -270,7 +291,7 @@ def lora_estimate(host: FolderHost, checkpoint: str, rank: int, alpha: float, st
         return f"No estimate yet: {e}"
     res = int(resolution)
     return estimate_text(lambda cfg, v, device, say: plan_lora(cfg, v, layout, spec, res, device, say),
-                         lambda s: estimate_lora(layout, spec, res, s), lora_config(steps), budget, out)
+                         lambda s: estimate_lora(layout, spec, res, s), lora_config(steps), budget, out, host.memory_note)
 
 
 # ---- bench, LoRA port, rebase ---------------------------------------------------------------------------------------
@@ -325,7 +346,7 @@ def port_job(host: FolderHost, lora: str, to: str, name: str, alpha_equals_rank:
         if source is None:
             raise SdkdError(f"pick a LoRA to port (got {lora!r}); press Refresh if you just added it")
         target = to if to in VARIANTS else str(_teacher(host, to))
-        target_stem = to if to in VARIANTS else Path(to).stem
+        target_stem = to if to in VARIANTS else Path(target).stem
         path = out.path(name, f"{source.stem}-for-{target_stem}", ".safetensors", (source,))
         with out.worded():
             r = port_lora(source, target, path, overwrite=overwrite, alpha_equals_rank=alpha_equals_rank)
@@ -345,7 +366,7 @@ def rebase_job(host: FolderHost, community: str, base: str, student: str, streng
 
     def job(progress: ProgressFn) -> str:
         paths = [_teacher(host, c) for c in (community, base, student)]
-        target = out.path(name, f"{Path(community).stem}-{Path(student).stem}-rebased", ".safetensors", tuple(paths))
+        target = out.path(name, f"{paths[0].stem}-{paths[2].stem}-rebased", ".safetensors", tuple(paths))
         with out.worded():
             r, d = rebase(*paths, target, float(strength), dtype, overwrite, progress=progress)
         host.refresh()

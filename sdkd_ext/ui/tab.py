@@ -117,11 +117,21 @@ def few_step_section(gr, checkpoints: list[str]) -> Section:
     with gr.Row():
         name = gr.Textbox(label=fewstep.LCM_NAME, placeholder="blank: <checkpoint>-lcm")
         resume = gr.Checkbox(label=w["--resume"], value=False)
+        keep = gr.Checkbox(label=w["--keep-state"], value=False)
         overwrite = gr.Checkbox(label=fewstep.LCM_OVERWRITE, value=False)
     estimate = gr.Markdown("Pick a checkpoint to see the memory estimate.", elem_id="sdkd_fewstep_estimate")
     go = gr.Button("Train few-step LoRA", variant="primary", elem_id="sdkd_fewstep")
-    return Section([teacher, kind, path, count, steps, rank, resolution, guidance, vram, every, name, resume, overwrite],
-                   go, estimate=estimate, teacher=teacher, rank=rank, resolution=resolution)
+    return Section([teacher, kind, path, count, steps, rank, resolution, guidance, vram, every, name, resume, overwrite,
+                    keep], go, estimate=estimate, teacher=teacher, rank=rank, resolution=resolution)
+
+
+def picked(host: FolderHost, path: Path | None) -> tuple:
+    """The picker and "what this file is" set to `path` (the host's newly loaded checkpoint), for a host that
+    tells the tab when its own checkpoint changes."""
+    import gradio as gr
+
+    name = listed_name(host, path)
+    return gr.update(choices=list(host.checkpoints()), value=name), jobs.file_text(host, name or "")
 
 
 def build_tab(host: FolderHost):
@@ -145,6 +155,9 @@ def build_tab(host: FolderHost):
         with gr.Row():
             ckpt = gr.Dropdown(label="Checkpoint (teacher or student)", choices=names(), value=current,
                                elem_id="sdkd_checkpoint")
+            # the picker starts on the host's loaded checkpoint on every launch: A1111 would restore the value it held
+            # at an earlier launch from ui-config.json (modules/ui_loadsave.py skips components marked so)
+            ckpt.do_not_save_to_config = True
             refresh = gr.Button("Refresh", elem_id="sdkd_refresh")
         info = gr.Markdown(jobs.file_text(host, current), elem_id="sdkd_info")
         with gr.Tabs():
@@ -164,7 +177,9 @@ def build_tab(host: FolderHost):
             with gr.Tab("Distil"):
                 gr.Markdown("Train the student to imitate the teacher (output and per-block feature distillation). "
                             "The loss curve and sample grids (teacher row above student row, fixed prompts and seeds) "
-                            "show below while it trains. Cancel keeps a usable student; tick Resume to continue later.")
+                            "show below while it trains. Cancel keeps a usable student and the run's state; tick "
+                            "Resume to continue later. A finished run keeps only its loss log and samples unless Keep "
+                            "training state is ticked.")
                 with gr.Row():
                     d_variant = gr.Radio(label=DISTIL_WIDGETS["--variant"], choices=list(VARIANTS), value="small")
                     d_kind = gr.Radio(label="Training data", choices=list(DATA_KINDS), value=DATA_KINDS[2])
@@ -183,6 +198,7 @@ def build_tab(host: FolderHost):
                 with gr.Row():
                     d_name = gr.Textbox(label=DISTIL_NAME, placeholder="blank: <checkpoint>-bk-<variant>-kd")
                     d_resume = gr.Checkbox(label=DISTIL_WIDGETS["--resume"], value=False)
+                    d_keep = gr.Checkbox(label=DISTIL_WIDGETS["--keep-state"], value=False)
                     d_over = gr.Checkbox(label=DISTIL_OVERWRITE, value=False)
                     d_portable = gr.Checkbox(label=PORTABLE, value=False)
                 d_estimate = gr.Markdown("Pick a teacher to see the memory estimate.", elem_id="sdkd_distil_estimate")
@@ -203,6 +219,7 @@ def build_tab(host: FolderHost):
                 with gr.Row():
                     l_name = gr.Textbox(label=LORA_NAME, placeholder="blank: <checkpoint>-lora")
                     l_resume = gr.Checkbox(label=LORA_WIDGETS["--resume"], value=False)
+                    l_keep = gr.Checkbox(label=LORA_WIDGETS["--keep-state"], value=False)
                     l_over = gr.Checkbox(label=LORA_OVERWRITE, value=False)
                 l_estimate = gr.Markdown("Pick a checkpoint to see the memory estimate.", elem_id="sdkd_lora_estimate")
                 l_go = gr.Button("Train LoRA", variant="primary", elem_id="sdkd_lora")
@@ -297,21 +314,21 @@ def build_tab(host: FolderHost):
             return (run(jobs.prune_job(host, c, v, n, d, o, live, pt), progress, t, gpu=False), *wrote(live),
                     *refreshed())
 
-        def on_distill(t, c, v, k, p, n, st, r, vr, ev, a, b, f, nm, rs, o, pt, progress=gr.Progress()):
+        def on_distill(t, c, v, k, p, n, st, r, vr, ev, a, b, f, nm, rs, o, pt, ks=False, progress=gr.Progress()):
             keep = gr.update()
             yield ("planning...", keep, keep, keep, keep, jobs.distil_estimate(host, c, v, st, r, vr, ev),
                    *(keep for _ in lists))
             live = Live()
-            job = jobs.distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, ev, live, pt)
+            job = jobs.distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, ev, live, pt, ks)
             for frame in streamed(job, live, progress, t):
                 yield (*frame[:5], keep, *frame[5:])
 
-        def on_lora(t, c, fo, rk, al, st, r, vr, te, nm, rs, o, ev, progress=gr.Progress()):
+        def on_lora(t, c, fo, rk, al, st, r, vr, te, nm, rs, o, ev, ks=False, progress=gr.Progress()):
             keep = gr.update()
             yield ("planning...", keep, keep, keep, keep, jobs.lora_estimate(host, c, rk, al, st, r, te, vr),
                    *(keep for _ in lists))
             live = Live()
-            job = jobs.lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o, vr, ev, live)
+            job = jobs.lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o, vr, ev, live, ks)
             for frame in streamed(job, live, progress, t):
                 yield (*frame[:5], keep, *frame[5:])
 
@@ -369,10 +386,10 @@ def build_tab(host: FolderHost):
         # the status line, the host's own progress bar and the streamed images already show how the run goes
         live_view = {"show_progress": "hidden", **page}
         d_go.click(on_distill, inputs=[task, ckpt, d_variant, d_kind, d_path, d_count, d_steps, d_res, d_vram, d_every,
-                                       l_sd, l_out, l_feat, d_name, d_resume, d_over, d_portable],
+                                       l_sd, l_out, l_feat, d_name, d_resume, d_over, d_portable, d_keep],
                    outputs=[*long_outputs, d_estimate, *lists], **live_view)
         l_go.click(on_lora, inputs=[task, ckpt, l_folder, l_rank, l_alpha, l_steps, l_res, l_vram, l_te, l_name,
-                                    l_resume, l_over, l_every], outputs=[*long_outputs, l_estimate, *lists], **live_view)
+                                    l_resume, l_over, l_every, l_keep], outputs=[*long_outputs, l_estimate, *lists], **live_view)
         c_go.click(on_compare, inputs=[task, ckpt, c_students, c_prompts, c_seeds, c_size, c_steps, c_name],
                    outputs=[status, c_grid], **page)
         b_go.click(on_bench, inputs=[task, ckpt, b_students, b_size, b_steps, b_repeats, b_t2i, b_name],

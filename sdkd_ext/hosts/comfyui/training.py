@@ -15,9 +15,14 @@ DATA = ("built-in prompts", "prompt file", "image folder")
 # The CLI flags the core's messages name -> the node widgets that set them.
 DISTIL_WIDGETS = {"--variant": "variant", "--data": "data_path", "--prompts": "data_path", "--self": "prompt_count",
                   "--steps": "steps", "--resolution": "resolution", "--vram": "vram", "--l-sd": "l_sd",
-                  "--l-out": "l_out", "--l-feat": "l_feat", "--resume": "resume", "--lr": "lr", "--portable": "portable"}
+                  "--l-out": "l_out", "--l-feat": "l_feat", "--resume": "resume", "--lr": "lr", "--portable": "portable",
+                  "--keep-state": "keep_state"}
 LORA_WIDGETS = {"--data": "image_folder", "--text-encoder": "text_encoder", "--rank": "rank", "--alpha": "alpha",
-                "--steps": "steps", "--resolution": "resolution", "--resume": "resume", "--lr": "lr"}
+                "--steps": "steps", "--resolution": "resolution", "--resume": "resume", "--lr": "lr",
+                "--keep-state": "keep_state"}
+# An optional input (API prompts written before it existed still run, as False).
+KEEP_STATE = ("BOOLEAN", {"default": False, "tooltip": "keep the resumable training state (GBs) in the run folder after "
+                                                      "a finished run, to resume it for more steps later"})
 
 
 def data_spec(kind: str, path: str, count: int):
@@ -36,9 +41,15 @@ def data_spec(kind: str, path: str, count: int):
 
 def stopped(train) -> str:
     """How a run ended, in the node's words."""
-    if train.cancelled:
-        return f"interrupted at step {train.steps}/{train.total} (turn on 'resume' to continue)"
-    return f"{train.steps} steps"
+    return f"interrupted at step {train.steps}/{train.total}" if train.cancelled else f"{train.steps} steps"
+
+
+def left(train, out) -> str:
+    """A missing preview and what the run folder keeps on disk, in the node's words."""
+    from ...train import disk_note
+
+    preview = f" The final preview was {train.preview_note}." if train.preview_note else ""
+    return f"{preview} {out.reword(disk_note(train))}."
 
 
 def losses(train) -> str:
@@ -83,12 +94,12 @@ class SdkdDistil(Job):
             "filename": ("STRING", {"default": ""}),
             "resume": ("BOOLEAN", {"default": False}),
             "overwrite": ("BOOLEAN", {"default": False}),
-        }, "optional": {"portable": portable_input()}}
+        }, "optional": {"portable": portable_input(), "keep_state": KEEP_STATE}}
 
     @core_job
     def distil(self, ckpt_name: str, variant: str, data: str, data_path: str, prompt_count: int, steps: int,
             resolution: int, lr: float, vram: str, l_sd: float, l_out: float, l_feat: float, filename: str,
-            resume: bool, overwrite: bool, portable: bool = False) -> dict:
+            resume: bool, overwrite: bool, portable: bool = False, keep_state: bool = False) -> dict:
         """The core distillation into the first checkpoints folder; the student's name is output."""
         from ...distill import LossWeights, distill
         from ...train import TrainConfig
@@ -99,13 +110,12 @@ class SdkdDistil(Job):
             target = out.path(filename, f"{Path(ckpt_name).stem}-bk-{variant}-kd", ".safetensors", (teacher,))
             spec = data_spec(data, data_path, prompt_count)
             r = training(lambda progress: distill(
-                teacher, variant, target, spec, TrainConfig(steps=int(steps), lr=float(lr)),
+                teacher, variant, target, spec, TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)),
                 LossWeights(l_sd, l_out, l_feat), resolution=int(resolution), vram=(vram or "").strip() or None,
                 resume=resume, overwrite=overwrite, portable=portable, progress=progress))
         name = out.listed(r.exported.checkpoint)
         return result(f"{r.exported.variant} student, {stopped(r.train)} on {r.samples} samples "
-                      f"({losses(r.train)}): {name} in your checkpoints; loss log and previews in "
-                      f"{out.shown(r.run_dir)}", name)
+                      f"({losses(r.train)}): {name} in your checkpoints." + left(r.train, out), name)
 
 
 class SdkdTrainLora(Job):
@@ -131,11 +141,11 @@ class SdkdTrainLora(Job):
             "filename": ("STRING", {"default": ""}),
             "resume": ("BOOLEAN", {"default": False}),
             "overwrite": ("BOOLEAN", {"default": False}),
-        }}
+        }, "optional": {"keep_state": KEEP_STATE}}
 
     @core_job
     def train(self, ckpt_name: str, image_folder: str, rank: int, alpha: float, text_encoder: bool, steps: int,
-            resolution: int, lr: float, filename: str, resume: bool, overwrite: bool) -> dict:
+            resolution: int, lr: float, filename: str, resume: bool, overwrite: bool, keep_state: bool = False) -> dict:
         """The core LoRA training into the first loras folder; the LoRA's name is output, for a LoraLoader."""
         from ...lora.train import LoraSpec, train_lora
         from ...train import TrainConfig
@@ -150,8 +160,8 @@ class SdkdTrainLora(Job):
             target = out.path(filename, f"{Path(ckpt_name).stem}-lora", ".safetensors", (base,))
             r = training(lambda progress: train_lora(
                 base, folder, target, LoraSpec(int(rank), float(alpha), text_encoder),
-                TrainConfig(steps=int(steps), lr=float(lr)), resolution=int(resolution), resume=resume,
+                TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)), resolution=int(resolution), resume=resume,
                 overwrite=overwrite, progress=progress))
         name = out.listed(r.path)
         return result(f"LoRA for {ckpt_name}, {r.modules} modules, {stopped(r.train)} on {r.samples} images "
-                      f"({losses(r.train)}): {name} in your loras", name)
+                      f"({losses(r.train)}): {name} in your loras." + left(r.train, out), name)
