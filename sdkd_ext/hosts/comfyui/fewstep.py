@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...errors import SdkdError
 from .common import NONE, Job, chosen, core_job, model_path, names, optional_models, output, result
-from .training import DATA, data_spec, losses, stopped, training
+from .training import DATA, KEEP_STATE, data_spec, losses, stopped, training
 
 
 class ListedName(str):
@@ -25,7 +25,8 @@ NAME = ListedName("*")
 # The CLI flags the core's messages name -> the node widgets that set them.
 LCM_WIDGETS = {"--teacher": "teacher_name", "--data": "data_path", "--prompts": "data_path", "--self": "prompt_count",
                "--steps": "steps", "--rank": "rank", "--alpha": "rank", "--resolution": "resolution",
-               "--guidance": "guidance", "--vram": "vram", "--resume": "resume", "--lr": "lr"}
+               "--guidance": "guidance", "--vram": "vram", "--resume": "resume", "--lr": "lr",
+               "--keep-state": "keep_state"}
 FAST_WIDGETS = {"--target": "target", "--lora-out": "lora_filename", "--self": "prompt_count",
                 "--resolution": "resolution", "--vram": "vram",
                 "--resume": "the Distil node's 'resume'"}
@@ -91,12 +92,12 @@ class SdkdFewStepLora(Job):
             "filename": ("STRING", {"default": ""}),
             "resume": ("BOOLEAN", {"default": False}),
             "overwrite": ("BOOLEAN", {"default": False}),
-        }}
+        }, "optional": {"keep_state": KEEP_STATE}}
 
     @core_job
     def train(self, ckpt_name: str, teacher_name: str, data: str, data_path: str, prompt_count: int, steps: int,
               rank: int, resolution: int, guidance: float, lr: float, vram: str, filename: str, resume: bool,
-              overwrite: bool) -> dict:
+              overwrite: bool, keep_state: bool = False) -> dict:
         """The core few-step LoRA training into the first loras folder; the LoRA's name is output, for Load LoRA."""
         from ...lcm.job import LcmJob, few_step_lora
         from ...lcm.objective import ConsistencySpec
@@ -111,8 +112,8 @@ class SdkdFewStepLora(Job):
             g = float(guidance)
             job = LcmJob(model, target, data_spec(data, data_path, prompt_count), teachers[0] if teachers else None,
                          lora=LoraSpec(int(rank), float(rank)), consistency=ConsistencySpec((g, g)),
-                         train=TrainConfig(steps=int(steps), lr=float(lr)), resolution=int(resolution),
-                         overwrite=overwrite, resume=resume, vram=budget(vram))
+                         train=TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)),
+                         resolution=int(resolution), overwrite=overwrite, resume=resume, vram=budget(vram))
             r = training(lambda progress: few_step_lora(job, progress))
         name = out.listed(r.path)
         return result(f"few-step LoRA for {ckpt_name}, {r.modules} modules, {stopped(r.train)} on {r.samples} samples "
