@@ -1,8 +1,9 @@
 """Drive the standalone app's tab (`sdkd ui`) in a real headless Chromium (Debian's, through Playwright; no download).
 
 Run in the browser venv (tests/hosts/a1111.py's `browser_venv`), one JSON line out:
-  python tab_browser.py URL SHOTS_DIR   what the page showed at each step of: pick the teacher, Distil with samples
-                                        every step, Cancel, Load it now, Rebase, Bench
+  python tab_browser.py URL SHOTS_DIR   what the page showed at each step of: pick the teacher, Make it fast's plan,
+                                        the Few-step LoRA estimate, Distil with samples every step, Cancel, Load it
+                                        now, Rebase, Bench
 Element ids are those of /work/notes/IDS.md (sdkd_info, sdkd_distil_estimate, sdkd_loss, ...).
 """
 
@@ -68,6 +69,16 @@ def drive(url: str, shots: Path) -> dict:
             page.wait_for_function("() => document.querySelector('#sdkd_info table') !== null", timeout=60_000)
             seen["info"] = page.locator("#sdkd_info").inner_text()
             page.screenshot(path=str(shots / "standalone-tab-before.png"), full_page=True)
+
+            open_section(page, "Make it fast")  # the route, estimates and expected time on the click
+            page.locator("#sdkd_fast_show").click()
+            page.wait_for_function("() => /Route:/.test(document.querySelector('#sdkd_fast_plan').innerText)",
+                                   timeout=120_000)
+            seen["fast_plan"] = page.locator("#sdkd_fast_plan").inner_text()
+            open_section(page, "Few-step LoRA")  # its estimate follows the checkpoint picked above
+            page.wait_for_function("() => /Settings it will use/.test(document.querySelector('#sdkd_fewstep_estimate')"
+                                   ".innerText)", timeout=60_000)
+            seen["fewstep_estimate"] = page.locator("#sdkd_fewstep_estimate").inner_text()
 
             open_section(page, "Distil")
             page.locator('[data-testid="tiny-radio-label"]:visible').first.click()

@@ -1,6 +1,7 @@
 """The standalone app (`sdkd ui`, latest gradio) in a real headless Chromium: the new sections work in a browser.
 
-What tests/tab_browser.py does there: pick the teacher (its facts table shows), Distil with a sample grid every step
+What tests/tab_browser.py does there: pick the teacher (its facts table shows), Make it fast's plan (route, expected
+time, both estimates) and the Few-step LoRA estimate, Distil with a sample grid every step
 (the estimate, the status with it/s and ETA, the loss curve and two sample grids appear while it runs), Cancel (a
 student is kept), Load it now, Rebase (with the note on public students), Bench (figures and chart). Screenshots
 before, during and after go to ci-artifacts/. A1111 (gradio 3.41) and Forge (4.40) are driven by the host checks.
@@ -47,6 +48,9 @@ def test_standalone_tab_in_chromium(teacher_file, tmp_path):
         server.stop()
     assert "teacher.safetensors is an SD1.x teacher" in seen["info"] and "UNet parameters" in seen["info"], seen
     assert "Settings it will use" in seen["estimate"]
+    assert "Route: prune+kd" in seen["fast_plan"] and "Expected time" in seen["fast_plan"], seen["fast_plan"]
+    assert seen["fast_plan"].count("training peak") == 2  # the distil's and the few-step LoRA's estimates
+    assert "Settings it will use" in seen["fewstep_estimate"] and "trainable" in seen["fewstep_estimate"]
     assert any(re.match(r"distill \d+/100000 · loss \S+ · \S+ it/s · ETA \d+:\d\d:\d\d$", s) for s in seen["statuses"])
     assert seen["grids"] >= 2 and seen["curves"] >= 1, seen  # the sample grid and the curve updated in the page
     assert seen["distil"].startswith("Cancelled at step ") and "browser-kd.safetensors" in seen["distil"]

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..cache import Cache, component_hash
+from ..cache import Cache
 from ..checkpoint import Source, open_model, resolve
 from ..configs import VaeShape, sd15
 from ..convert import TEXT, UNET
@@ -112,10 +112,22 @@ def check_teacher(model: Opened, teacher: Opened) -> None:
     if full_topology(teacher.info.topology) != full_topology(model.info.topology):
         raise SdkdError(f"--teacher {teacher.path.name} has other widths than {model.path.name}; pass the checkpoint "
                         f"{model.path.name} was made from")
-    if (model.info.has_text_encoder and teacher.info.has_text_encoder
-            and component_hash(model.src, TEXT) != component_hash(teacher.src, TEXT)):
+    if model.info.has_text_encoder and teacher.info.has_text_encoder and not same_component(teacher.src, model.src, TEXT):
         raise SdkdError(f"--teacher {teacher.path.name} has another text encoder than {model.path.name}; pass the "
                         f"checkpoint {model.path.name} was made from")
+
+
+def same_component(a: Source, b: Source, prefix: str) -> bool:
+    """Whether `b` holds `a`'s component under `prefix` (e.g. its text encoder) at `b`'s precision: a student exported
+    in fp16 from an fp32 checkpoint has that checkpoint's encoder."""
+    keys = sorted(k for k in a.keys() if k.startswith(prefix))
+    if keys != sorted(k for k in b.keys() if k.startswith(prefix)):
+        return False
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if x.shape != y.shape or not torch.equal(x.to(y.dtype) if x.is_floating_point() else x, y):
+            return False
+    return True
 
 
 def init_targets(lora: Lora, layout: Layout) -> tuple[tuple[str, ...], int, float]:

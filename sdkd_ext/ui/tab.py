@@ -9,6 +9,7 @@ folders). The one keyword they spell differently (the page function run before a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +17,7 @@ from ..errors import SdkdError
 from ..hosts.base import FolderHost
 from ..sampling import DEFAULT_SAMPLER, SAMPLER_NAMES
 from ..variants import VARIANTS
-from . import jobs
+from . import fewstep, jobs
 from .jobs import (DATA_KINDS, DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS, LORA_NAME, LORA_OVERWRITE,
                    LORA_WIDGETS, PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS, PORTABLE, PRUNE_NAME, PRUNE_OVERWRITE,
                    PUBLIC_STUDENTS, REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS, REPORT_NAME, BENCH_NAME, BENCH_WIDGETS,
@@ -52,6 +53,80 @@ def load_checkpoint(host: FolderHost, name: str | None) -> str:
         return f"Error: {e}"
 
 
+@dataclass
+class Section:
+    """A tab section's widgets the handlers need: its fields in the job's order, its action buttons and its Markdown."""
+
+    fields: list
+    go: object
+    estimate: object = None
+    teacher: object = None
+    rank: object = None
+    resolution: object = None
+    plan: object = None
+    show: object = None
+
+
+def make_it_fast_section(gr) -> Section:
+    """The Make-it-fast widgets (fewstep.FastFields' order after the checkpoint)."""
+    from ..fast import TARGETS
+
+    gr.Markdown("Make the checkpoint above fast in one job: its BK-SDM **tiny** student (about 2x faster per step), "
+                "and a **4-step LoRA** for it (4 sampler steps at CFG 1 instead of 25). Where a converted public tiny "
+                "student and the checkpoint's base (e.g. SD1.5) are in your checkpoint list, the student is rebased and "
+                "polished; otherwise the checkpoint is pruned and distilled. No training images needed: the checkpoint "
+                "draws its own. Each step is also its own section (Distil, Rebase, Few-step LoRA).")
+    with gr.Row():
+        target = gr.Radio(label=fewstep.FAST_WIDGETS["--target"], choices=list(TARGETS.values()),
+                          value=TARGETS["tiny+lcm"])
+        student = gr.Textbox(label=fewstep.FAST_STUDENT, placeholder="blank: <checkpoint>-bk-tiny-fast")
+        lora = gr.Textbox(label=fewstep.FAST_LORA, placeholder="blank: <student>-lcm")
+    with gr.Row():
+        distil_steps = gr.Number(label=fewstep.FAST_STEPS["distil"], value=1000, precision=0)
+        lcm_steps = gr.Number(label=fewstep.FAST_STEPS["lcm"], value=1000, precision=0)
+        prompts = gr.Number(label=fewstep.FAST_WIDGETS["--self"], value=256, precision=0)
+        resolution = gr.Number(label=fewstep.FAST_WIDGETS["--resolution"], value=512, precision=0)
+        vram = gr.Textbox(label=fewstep.VRAM, value="auto")
+        overwrite = gr.Checkbox(label=fewstep.FAST_OVERWRITE, value=False)
+    plan = gr.Markdown("Press *Show route and time* to see what will run, the memory estimate and the time it expects.",
+                       elem_id="sdkd_fast_plan")
+    with gr.Row():
+        show = gr.Button("Show route and time", elem_id="sdkd_fast_show")
+        go = gr.Button("Make it fast", variant="primary", elem_id="sdkd_fast")
+    return Section([target, student, lora, distil_steps, lcm_steps, prompts, resolution, vram, overwrite], go,
+                   plan=plan, show=show)
+
+
+def few_step_section(gr, checkpoints: list[str]) -> Section:
+    """The Few-step LoRA widgets (fewstep.FewStepFields' order after the checkpoint)."""
+    w = fewstep.LCM_WIDGETS
+    gr.Markdown("Train a few-step (LCM) LoRA for the checkpoint above (a teacher or a BK-SDM student): with it the "
+                "model draws in 4 sampler steps at CFG 1. It learns to jump along the teacher's guided sampling (the "
+                "model itself, or for a student the checkpoint it was made from). It lands in your LoRA folder.")
+    with gr.Row():
+        teacher = gr.Dropdown(label=w["--teacher"], choices=[fewstep.NO_TEACHER, *checkpoints], value=fewstep.NO_TEACHER)
+        kind = gr.Radio(label="Training data", choices=list(DATA_KINDS), value=DATA_KINDS[2])
+    with gr.Row():
+        path = gr.Textbox(label=w["--data"])
+        count = gr.Number(label=w["--self"], value=500, precision=0)
+    with gr.Row():
+        steps = gr.Number(label=w["--steps"], value=1000, precision=0)
+        rank = gr.Number(label=w["--rank"], value=64, precision=0)
+        resolution = gr.Number(label=w["--resolution"], value=512, precision=0)
+        guidance = gr.Number(label=w["--guidance"], value=7.5)
+        vram = gr.Textbox(label=w["--vram"], value="auto")
+        every = gr.Number(label=w["--preview-every"], value=100, precision=0)
+    with gr.Row():
+        name = gr.Textbox(label=fewstep.LCM_NAME, placeholder="blank: <checkpoint>-lcm")
+        resume = gr.Checkbox(label=w["--resume"], value=False)
+        keep = gr.Checkbox(label=w["--keep-state"], value=False)
+        overwrite = gr.Checkbox(label=fewstep.LCM_OVERWRITE, value=False)
+    estimate = gr.Markdown("Pick a checkpoint to see the memory estimate.", elem_id="sdkd_fewstep_estimate")
+    go = gr.Button("Train few-step LoRA", variant="primary", elem_id="sdkd_fewstep")
+    return Section([teacher, kind, path, count, steps, rank, resolution, guidance, vram, every, name, resume, overwrite,
+                    keep], go, estimate=estimate, teacher=teacher, rank=rank, resolution=resolution)
+
+
 def picked(host: FolderHost, path: Path | None) -> tuple:
     """The picker and "what this file is" set to `path` (the host's newly loaded checkpoint), for a host that
     tells the tab when its own checkpoint changes."""
@@ -62,7 +137,8 @@ def picked(host: FolderHost, path: Path | None) -> tuple:
 
 
 def build_tab(host: FolderHost):
-    """The gradio Blocks of the sdkd tab for `host`: prune, distil, LoRA, compare, bench, LoRA port and rebase."""
+    """The gradio Blocks of the sdkd tab for `host`: make it fast, prune, distil, LoRA, few-step LoRA, compare, bench,
+    LoRA port and rebase."""
     import gradio as gr
 
     control = JobControl()
@@ -87,6 +163,8 @@ def build_tab(host: FolderHost):
             refresh = gr.Button("Refresh", elem_id="sdkd_refresh")
         info = gr.Markdown(jobs.file_text(host, current), elem_id="sdkd_info")
         with gr.Tabs():
+            with gr.Tab("Make it fast"):
+                fast = make_it_fast_section(gr)
             with gr.Tab("Prune"):
                 gr.Markdown("Cut the UNet down to a BK-SDM student, initialised from the teacher's own blocks. "
                             "The student appears in your checkpoint list.")
@@ -147,6 +225,8 @@ def build_tab(host: FolderHost):
                     l_over = gr.Checkbox(label=LORA_OVERWRITE, value=False)
                 l_estimate = gr.Markdown("Pick a checkpoint to see the memory estimate.", elem_id="sdkd_lora_estimate")
                 l_go = gr.Button("Train LoRA", variant="primary", elem_id="sdkd_lora")
+            with gr.Tab("Few-step LoRA"):
+                few = few_step_section(gr, names())
             with gr.Tab("Compare"):
                 gr.Markdown("The same prompts and seeds through the teacher (checkpoint above) and each student: "
                             "a grid and how closely each student agrees with the teacher.")
@@ -219,17 +299,19 @@ def build_tab(host: FolderHost):
         status = gr.Textbox(label="Status", interactive=False, elem_id="sdkd_status")
         with gr.Row():
             loss = gr.Image(label="Loss", type="pil", interactive=False, elem_id="sdkd_loss")
-            samples = gr.Image(label="Samples: teacher (top) and student; for a LoRA, without it (top) and with it",
+            samples = gr.Image(label="Samples: teacher (top) and student; for a LoRA, without it (top) and with it; "
+                                     "for a few-step LoRA, the teacher at 25 steps (top) and the LoRA at 4",
                                type="pil", interactive=False, elem_id="sdkd_samples")
 
         checkpoint_lists = [ckpt, c_students, b_students, r_base, r_student]
-        lists = [*checkpoint_lists, p_lora, c_lora, p_to]
+        lists = [*checkpoint_lists, p_lora, c_lora, p_to, few.teacher]
 
         def refreshed() -> tuple:
             """New choices for every list (gr.update: the one form gradio 3.41, 4.x and later share)."""
             loras = list(host.loras())
             return (*(gr.update(choices=names()) for _ in checkpoint_lists), gr.update(choices=loras),
-                    gr.update(choices=[NO_LORA, *loras]), gr.update(choices=jobs.port_targets(host)))
+                    gr.update(choices=[NO_LORA, *loras]), gr.update(choices=jobs.port_targets(host)),
+                    gr.update(choices=[fewstep.NO_TEACHER, *names()]))
 
         def wrote(live: Live) -> tuple:
             """The Load button and its state after a job: shown when the job wrote a listed checkpoint."""
@@ -290,6 +372,22 @@ def build_tab(host: FolderHost):
             status_line = run(jobs.rebase_job(host, c, ba, stu, sg, nm, d, o, live), progress, t, gpu=False)
             return (status_line, *wrote(live), *refreshed())
 
+        def planned(t: str, plan: str, job: Callable, live: Live):
+            """A few-step section's updates: its plan or estimate first, then the job's frames (its progress shows in
+            the status line and the host's bar; gradio's own overlay is hidden for long jobs)."""
+            keep = gr.update()
+            yield ("planning...", keep, keep, keep, keep, plan, *(keep for _ in lists))
+            for frame in streamed(job, live, None, t):
+                yield (*frame[:5], keep, *frame[5:])
+
+        def on_fast(t, *values):
+            fields, live = fewstep.FastFields(*values), Live()
+            yield from planned(t, fewstep.fast_plan(host, fields), fewstep.fast_job(host, fields, live), live)
+
+        def on_few(t, *values):
+            fields, live = fewstep.FewStepFields(*values), Live()
+            yield from planned(t, fewstep.lcm_estimate(host, fields), fewstep.lcm_job(host, fields, live), live)
+
         def on_checkpoint(c, v, st, r, vr, ev, rk, al, lst, lr, te, lvr):
             return (jobs.file_text(host, c), jobs.distil_estimate(host, c, v, st, r, vr, ev),
                     jobs.lora_estimate(host, c, rk, al, lst, lr, te, lvr))
@@ -320,6 +418,15 @@ def build_tab(host: FolderHost):
         p_go.click(on_port, inputs=[task, p_lora, p_to, p_name, p_alpha, p_over], outputs=[status, *lists], **page)
         r_go.click(on_rebase, inputs=[task, ckpt, r_base, r_student, r_strength, r_name, r_dtype, r_over],
                    outputs=[status, load, written, *lists], **page)
+        fast_fields = [ckpt, *fast.fields]
+        fast.show.click(lambda *a: fewstep.fast_plan(host, fewstep.FastFields(*a)), inputs=fast_fields,
+                        outputs=[fast.plan])
+        fast.go.click(on_fast, inputs=[task, *fast_fields], outputs=[*long_outputs, fast.plan, *lists], **live_view)
+        few_inputs = [ckpt, *few.fields]
+        for changed in (ckpt, few.teacher, few.rank, few.resolution):
+            changed.change(lambda *a: fewstep.lcm_estimate(host, fewstep.FewStepFields(*a)), inputs=few_inputs,
+                           outputs=[few.estimate])
+        few.go.click(on_few, inputs=[task, *few_inputs], outputs=[*long_outputs, few.estimate, *lists], **live_view)
         load.click(lambda n: load_checkpoint(host, n), inputs=[written], outputs=[status])
         stop.click(control.cancel, outputs=[status], queue=False)
     return tab
