@@ -1,10 +1,12 @@
 """Memory planner: estimate the peak accelerator memory of a distillation run per part, and choose settings that fit.
 
 Parameters are counted on models built on the `meta` device (no memory, no weights needed). The
-student's activation memory is traced on `meta` too: the bytes autograd saves for backward in one
-fp32 forward pass, excluding parameters; with gradient checkpointing, only each checkpointed unit's
-inputs stay, plus one unit's recompute at a time. 16-bit autocast saves most activations in half
-precision but keeps norms and activations in fp32: counted as 0.8 of the fp32 trace.
+student's activations are traced on fake tensors (shapes and dtypes, no memory) under the device's
+16-bit autocast policy: every tensor autograd saves in one training forward pass, in order (parameters
+excluded, autocast's weight copies included), each checkpointable unit's input and each module's
+gradients. The step's peak walks backward in reverse: saved tensors are freed as gradients are made,
+and with gradient checkpointing a unit's tensors come back while backward is inside it. Checked
+against torch's allocator accounting by benchmarks/plan_memory.py (README: Memory planner).
 """
 
 from __future__ import annotations
