@@ -96,22 +96,25 @@ def unet_params(topology: Topology) -> int:
 
 @dataclass(frozen=True)
 class Trace:
-    """What one training forward pass at batch 1 leaves for backward, in forward order (saved bytes scale with the
-    batch, gradients do not): each tensor autograd saves (parameters excluded, 16-bit autocast copies of fp32 weights
-    included), each checkpointable unit's input (what checkpointing keeps instead), each module's fp32 gradients."""
+    """What one training forward pass at batch 1 leaves for backward, in forward order: each tensor autograd saves
+    (parameters excluded; "save" scales with the batch, "copy", autocast's 16-bit copy of a weight, does not), each
+    checkpointable unit's input (what checkpointing keeps instead), each module's fp32 gradients."""
 
-    events: tuple[tuple[str, int, int], ...]  # (kind: "save" | "input" | "grad", bytes, unit index or -1)
+    events: tuple[tuple[str, int, int], ...]  # (kind: "save" | "copy" | "input" | "grad", bytes, unit index or -1)
     largest: int  # the largest saved tensor (backward needs a few such buffers at once)
     features: int  # elements of the feature-KD hook outputs (one side)
 
-    @property
-    def saved(self) -> int:
-        """Everything saved for backward, without checkpointing."""
-        return sum(n for kind, n, _ in self.events if kind == "save")
+    @staticmethod
+    def _size(kind: str, n: int, batch: int) -> int:
+        return n * batch if kind in ("save", "input") else n
 
-    def checkpointed(self) -> int:
+    def saved(self, batch: int = 1) -> int:
+        """Everything saved for backward at `batch`, without checkpointing."""
+        return sum(self._size(k, n, batch) for k, n, _ in self.events if k in ("save", "copy"))
+
+    def checkpointed(self, batch: int = 1) -> int:
         """Saved bytes with every unit checkpointed: what is saved outside units plus the units' inputs."""
-        return sum(n for kind, n, u in self.events if u < 0 and kind == "save" or kind == "input")
+        return sum(self._size(k, n, batch) for k, n, u in self.events if u < 0 and k in ("save", "copy") or k == "input")
 
     def peak(self, batch: int, checkpointing: bool, grads: bool = True, held: float = 0.0) -> float:
         """The most bytes live at once from the end of the forward pass through backward, which walks the events in
@@ -120,15 +123,15 @@ class Trace:
         saved tensors as the gradient buffers in flight. `held` bytes (the loss's inputs) go in backward's first op."""
         units: dict[int, int] = {}
         for kind, n, u in self.events:
-            if kind == "save" and u >= 0:
-                units[u] = units.get(u, 0) + n
-        live = (self.checkpointed() if checkpointing else self.saved) * batch
+            if kind in ("save", "copy") and u >= 0:
+                units[u] = units.get(u, 0) + self._size(kind, n, batch)
+        live = self.checkpointed(batch) if checkpointing else self.saved(batch)
         top, inside = live + held, -1
         for kind, n, u in reversed(self.events):
             if checkpointing and u >= 0 and u != inside and kind != "input":
-                inside, live = u, live + units.get(u, 0) * batch  # the unit's recompute
-            if kind == "save":
-                live -= n * batch
+                inside, live = u, live + units.get(u, 0)  # the unit's recompute
+            if kind in ("save", "copy"):
+                live -= self._size(kind, n, batch)
             elif kind == "grad" and grads:
                 live += n
             elif kind == "input" and checkpointing:
@@ -201,6 +204,7 @@ def trace(topology: Topology, latent: int, hooked: tuple[str, ...] = (), autocas
         for p in unet.parameters() if frozen_half else ():
             p.data = p.data.to(torch.bfloat16)
         param_ids = {id(p) for p in unet.parameters()}
+        param_shapes = {tuple(p.shape) for p in unet.parameters()}
         events: list[tuple[str, int, int]] = []
         seen: set[int] = set()
         unit = [-1]
@@ -212,7 +216,8 @@ def trace(topology: Topology, latent: int, hooked: tuple[str, ...] = (), autocas
             if id(t) not in param_ids and id(base) not in param_ids and id(t) not in seen:
                 seen.add(id(t))
                 n = t.numel() * t.element_size()
-                events.append(("save", n, unit[0]))
+                copy = t.dtype != torch.float32 and base.dtype == t.dtype and tuple(base.shape) in param_shapes
+                events.append(("copy" if copy else "save", n, unit[0]))
                 largest[0] = max(largest[0], n)
             return t
 

@@ -31,18 +31,22 @@ def test_counts_match_a_real_forward_pass(variant):
         unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), encoder_hidden_states=torch.randn(1, 77, 32))
     real = sum(t.numel() * t.element_size() for t in saved.values())
     traced = trace(topo, 16)
-    assert traced.saved == real, "the fake-tensor trace saves what a real CPU forward saves"
-    assert 0 < traced.checkpointed() < traced.saved / 2
-    assert trace(topo, 32).saved > 3.5 * traced.saved, "activations grow with the latent area"
+    assert traced.saved() == real, "the fake-tensor trace saves what a real CPU forward saves"
+    assert 0 < traced.checkpointed() < traced.saved() / 2
+    assert trace(topo, 32).saved() > 3.5 * traced.saved(), "activations grow with the latent area"
     assert sum(n for kind, n, _ in traced.events if kind == "grad") == 4 * unet_params(topo)
 
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
         unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), encoder_hidden_states=torch.randn(1, 77, 32))
     half = sum(t.numel() * t.element_size() for t in saved.values())
-    assert trace(topo, 16, (), "cpu").saved == pytest.approx(half, rel=0.01), "under CPU autocast: 16-bit activations, weight copies"
-    assert trace(topo, 16, (), "cuda").saved > half, "CUDA's autocast keeps norms in fp32"
-    assert trace(topo, 16, (), "cpu", frozen_half=True).saved < half - unet_params(topo), "16-bit weights: no copies"
+    assert trace(topo, 16, (), "cpu").saved() == pytest.approx(half, rel=0.01), "under CPU autocast: 16-bit activations, weight copies"
+    assert trace(topo, 16, (), "cuda").saved() > half, "CUDA's autocast keeps norms in fp32"
+    assert trace(topo, 16, (), "cpu", frozen_half=True).saved() < half - unet_params(topo), "16-bit weights: no copies"
+    autocast = trace(topo, 16, (), "cpu")
+    copies = sum(n for kind, n, _ in autocast.events if kind == "copy")
+    assert copies == pytest.approx(2 * unet_params(topo), rel=0.05), "each weight's 16-bit copy is found as one"
+    assert autocast.saved(2) == pytest.approx(2 * autocast.saved() - copies), "weight copies do not grow with the batch"
 
 
 def test_estimate_parts_follow_the_settings():
@@ -113,6 +117,6 @@ def test_training_parts_for_a_partly_trainable_model():
     p = unet_params(SD15)
     assert full["model (fp32)"] == 4 * p and lora["model (frozen)"] == 2 * p and lora["trainable (fp32)"] == 4e6
     assert lora["gradients"] == 4e6 and lora["optimiser"] == 8e6
-    saved = trace(SD15, 64, (), "cuda", frozen_half=True).saved
+    saved = trace(SD15, 64, (), "cuda", frozen_half=True).saved()
     assert saved < lora["activations"] < full["activations"] + full["gradients"], \
         "gradients flow through the whole UNet, but its 16-bit weights need no autocast copies"
