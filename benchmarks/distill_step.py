@@ -238,7 +238,8 @@ def main() -> None:
     teacher = make_inputs(folder, a.width, max(8, 2 * a.batch), a.resolution, a.teacher)
     print(f"teacher {a.teacher or f'width {a.width}'}, {a.resolution} px, batch {a.batch}, {a.steps} steps, device {a.device}, "
           f"{a.threads} threads (step s: median after 2 warm-up steps; wall and CPU s per step over the whole "
-          "training call; peak: during the training steps)")
+          "training call; peak: during the training steps, allocated on CUDA, RSS growth on CPU, which the planner's allocation "
+          "count does not model: benchmarks/plan_memory.py compares the planner with the CPU allocator's own accounting)")
     print(f"{'variant':<8}{'data':<7}{'step s':>8}{'wall s':>8}{'CPU s':>8}{'CPU/wall':>9}{'samples/s':>11}"
           f"{'peak GiB':>10}{'planner GiB':>13}")
     phase_rows = []
