@@ -19,6 +19,17 @@ LOAD = """async (name) => {
 }"""
 
 
+REGISTERED = """async (names) => {
+    const known = window.LiteGraph?.registered_node_types;
+    if (!known) return false;
+    for (const name of names) {
+        const flow = await (await fetch(`/api/workflow_templates/sdkd/${name}.json`)).json();
+        if (flow.nodes.some((n) => !(n.type in known))) return false;
+    }
+    return true;
+}"""
+
+
 def main(url: str, names: list[str]) -> None:
     """Open the page once, load each workflow in turn, print what it made of them."""
     with sync_playwright() as p:
@@ -26,6 +37,9 @@ def main(url: str, names: list[str]) -> None:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url, timeout=120_000)
         page.wait_for_function("window.comfyAPI?.app?.app?.graph", timeout=120_000)
+        # the graph exists before the node definitions are registered: a workflow loaded earlier gets nodes without a
+        # class (its prompt says UNKNOWN), so wait until every type the workflows use is known to the page
+        page.wait_for_function(REGISTERED, arg=names, timeout=120_000)
         print(json.dumps({name: page.evaluate(LOAD, name) for name in names}))
         browser.close()
 
