@@ -64,6 +64,7 @@ def module_from_file(name: str, path: Path) -> types.ModuleType:
     """A script (a benchmark, install.py) imported as module `name`, so tests call its functions."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # registered before it runs, as an import does: its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
