@@ -1,5 +1,5 @@
 """Distillation step time, samples/s and peak memory per variant, with and without the latent/text cache,
-beside the memory planner's estimate; then the planner's SD1.5-size table.
+beside the memory planner's estimate; each run's phase split; then the planner's SD1.5-size table.
 
 Each measurement runs the real training loop (`train.run_training` with the KD objective) in a fresh
 process. Peak memory is taken during the training steps only (not while models load): allocated CUDA
@@ -11,6 +11,13 @@ the cache costs); "cache" reads the precomputed latents and embeddings.
     python benchmarks/distill_step.py [--width 32] [--resolution 256] [--batch 2] [--steps 6] [--device cpu]
     python benchmarks/distill_step.py --width 320 --resolution 512 --batch 1 --device cuda   # SD1.5 size, on a GPU
     python benchmarks/distill_step.py --teacher demo --resolution 64 --batch 4 --steps 20 --modes cache --profile 15
+
+The phase split is each steady-state step's process CPU seconds (steps after the first 2) in data, teacher forward,
+student forward, backward, optimizer (clipping and the step) and other (loss log, progress), from marks the
+benchmark patches into the loop (benchmarks/step_phases.py), beside the same `teacher_pass` timed alone (on a fixed
+batch, twice after every step from the progress callback, the second one timed: interleaved with the steps, left
+out of the step and whole-call times) and the teacher forward of steps in distill-sd's order (student forward
+first; written here, run after training).
 
 `--profile N` runs the training call under torch.profiler (CPU activities) and prints its N top
 operators by self CPU time, to see where a step's time goes besides the models' own math (a profiled
@@ -30,6 +37,9 @@ CHILD = r"""
 import contextlib, json, statistics, sys, time
 from pathlib import Path
 import torch
+import torch.nn.functional as F
+sys.path.insert(0, "benchmarks")
+from step_phases import PHASES, StepPhases
 torch.set_num_threads(int(sys.argv[8]))
 top = int(sys.argv[10])
 from sdkd_ext.bench import PeakMemory, _rss
@@ -82,11 +92,63 @@ objective = KDObjective(t_unet, hook_pairs(get_variant(variant), info.topology),
 cfg = TrainConfig(steps=steps, batch=batch, lr=1e-5, device=device, checkpoint_every=10**9,
                   precision="auto", grad_checkpointing=False, optimizer="adamw")
 run_dir = Path(images).parent / f"run-{variant}-{mode}"
-wall, cpu = time.perf_counter(), time.process_time()
+batch_ = {k: torch.stack([data.get(i, i)[k] for i in range(batch)]).to(dev) for k in ("latents", "text")}
+batch_["seed"] = torch.arange(batch)
+noisy, t, noise = objective.inputs(batch_)
+phases, alone, aside = StepPhases(), [], [0.0, 0.0]
+lone = KDObjective.teacher_pass  # unmarked: the phase patches below must not count the lone passes as the step's
+
+def beside(event):
+    # after every step, the same teacher_pass on a fixed batch, twice, the second (warm) one timed: interleaved with the
+    # steps, so the machine's load drifts alike for both; marked apart, so no step phase counts it
+    phases.mark("alone")
+    w0, c0 = time.perf_counter(), time.process_time()
+    lone(objective, noisy, t, batch_["text"])
+    c = time.process_time()
+    lone(objective, noisy, t, batch_["text"])
+    alone.append(time.process_time() - c)
+    aside[0] += time.perf_counter() - w0
+    aside[1] += time.process_time() - c0
+    phases.mark("other")
+
 profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if top else contextlib.nullcontext()
-with PeakMemory(dev) as memory, profiler:  # the training steps only: loading and setup peaks are behind us
-    run_training(objective, student, data, cfg, run_dir, fingerprint={}, accelerator=acc, overwrite=True)
-wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+wall, cpu = time.perf_counter(), time.process_time()
+with PeakMemory(dev) as memory, profiler, phases.patched():  # the training steps only: loading and setup peaks are behind us
+    run_training(objective, student, data, cfg, run_dir, fingerprint={}, accelerator=acc, overwrite=True,
+                 progress=beside if not top else None)
+wall, cpu = time.perf_counter() - wall - aside[0], time.process_time() - cpu - aside[1]  # without the alone passes
+steady = phases.steps()[2:]  # the first steps warm up
+split = {k: statistics.median(s[k] for s in steady) for k in PHASES}
+alone = statistics.median(alone[2:]) if alone else float("nan")
+
+# a Segmind-style step (distill-sd's order): student forward, then the teacher under no_grad, plain hooks into dicts
+feats = {"t": {}, "s": {}}
+def keep(side, name):
+    def hook(module, args, output):
+        feats[side][name] = output[0] if isinstance(output, (tuple, list)) else output
+    return hook
+for tn, sn in objective.pairs:
+    t_unet.get_submodule(tn).register_forward_hook(keep("t", tn))
+    student.get_submodule(sn).register_forward_hook(keep("s", sn))
+opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5, fused=dev.type in ("cpu", "cuda"))
+seg = []
+for i in range(max(steps, 5) + 2):
+    c = [time.process_time()]
+    s_eps = student(noisy, t, encoder_hidden_states=batch_["text"]).sample
+    c.append(time.process_time())
+    with torch.no_grad():
+        t_eps = t_unet(noisy.to(half), t, encoder_hidden_states=batch_["text"].to(half)).sample
+    c.append(time.process_time())
+    loss = F.mse_loss(s_eps.float(), noise) + F.mse_loss(s_eps.float(), t_eps.float()) + sum(
+        F.mse_loss(feats["s"][sn].float(), feats["t"][tn].float()) for tn, sn in objective.pairs)
+    loss.backward()
+    c.append(time.process_time())
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    c.append(time.process_time())
+    seg.append([b - a for a, b in zip(c, c[1:])])
+segmind = {k: statistics.median(x[j] for x in seg[2:]) for j, k in enumerate(("student forward", "teacher forward", "backward", "optimizer"))}
 if top:
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48))
 rows = (run_dir / "loss.csv").read_text().splitlines()[1:]
@@ -94,7 +156,8 @@ times = [float(r.split(",")[-1]) for r in rows][2:]  # the first steps warm up
 precision = "fp32" if dev.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
 est = estimate(variant, res, Settings(batch=batch, precision=precision, device=dev.type if dev.type == "cuda" else "cpu"),
                info.topology)
-print(json.dumps({"step_s": statistics.median(times), "samples_s": batch / statistics.median(times),
+print(json.dumps({"phases": split, "teacher_alone": alone, "segmind": segmind,
+                  "step_s": statistics.median(times), "samples_s": batch / statistics.median(times),
                   "wall_step_s": wall / steps, "cpu_step_s": cpu / steps,
                   "peak_gib": (memory.peak - base) / 2**30, "estimate_gib": est.training / 2**30}))
 """
@@ -155,7 +218,9 @@ def compact(s) -> str:
 
 
 def main() -> None:
-    """Measure each variant with and without the cache, then print the SD1.5 planner table."""
+    """Measure each variant with and without the cache, print each run's phase split, then the SD1.5 planner table."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from step_phases import PHASES
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--width", type=int, default=32, help="teacher base width (320 = SD1.5)")
     p.add_argument("--resolution", type=int, default=256)
@@ -174,9 +239,11 @@ def main() -> None:
     teacher = make_inputs(folder, a.width, max(8, 2 * a.batch), a.resolution, a.teacher)
     print(f"teacher {a.teacher or f'width {a.width}'}, {a.resolution} px, batch {a.batch}, {a.steps} steps, device {a.device}, "
           f"{a.threads} threads (step s: median after 2 warm-up steps; wall and CPU s per step over the whole "
-          "training call; peak: during the training steps)")
+          "training call; peak: during the training steps, allocated on CUDA, RSS growth on CPU, which the planner's allocation "
+          "count does not model: benchmarks/plan_memory.py compares the planner with the CPU allocator's own accounting)")
     print(f"{'variant':<8}{'data':<7}{'step s':>8}{'wall s':>8}{'CPU s':>8}{'CPU/wall':>9}{'samples/s':>11}"
           f"{'peak GiB':>10}{'planner GiB':>13}")
+    phase_rows = []
     for variant in a.variants.split(","):
         for mode in ("prepare", *a.modes.split(",")):
             r = measure(teacher, folder / "images", variant, mode, a.resolution, a.batch, a.steps, a.threads, a.device,
@@ -186,6 +253,18 @@ def main() -> None:
             print(f"{variant:<8}{mode:<7}{r['step_s']:>8.3f}{r['wall_step_s']:>8.3f}{r['cpu_step_s']:>8.3f}"
                   f"{r['cpu_step_s'] / r['wall_step_s']:>9.2f}{r['samples_s']:>11.2f}{r['peak_gib']:>10.3f}"
                   f"{r['estimate_gib']:>13.3f}")
+            phase_rows.append((variant, mode, r))
+    print("\nphase split, process CPU s per step (median of the steady-state steps, after 2 warm-up steps); 'teacher alone': "
+          "the same teacher_pass on a fixed batch, run twice after every step and the second timed (interleaved, so load drift "
+          "hits both alike); 'segmind-style': distill-sd's order (student forward, then the teacher under no_grad), timed "
+          "after training in the same process")
+    print(f"{'variant':<8}{'data':<7}" + "".join(f"{k:>17}" for k in PHASES[:5]) + f"{'other':>8}" + f"{'teacher alone':>15}{'t. / alone':>11}"
+          f"{'segmind-style teacher':>23}")
+    for variant, mode, r in phase_rows:
+        ph = r["phases"]
+        print(f"{variant:<8}{mode:<7}" + "".join(f"{ph[k]:>17.4f}" for k in PHASES[:5]) + f"{ph['other']:>8.4f}"
+              f"{r['teacher_alone']:>15.4f}"
+              f"{ph['teacher forward'] / r['teacher_alone']:>11.3f}{r['segmind']['teacher forward']:>23.4f}")
     if not a.no_sd15:
         sd15_table()
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdkd_ext.cache import Cache  # noqa: E402
 from sdkd_ext.checkpoint import DictSource, open_model, resolve  # noqa: E402
-from sdkd_ext.compare import compare  # noqa: E402
+from sdkd_ext.compare import CompareSpec, compare  # noqa: E402
 from sdkd_ext.configs import sd15  # noqa: E402
 from sdkd_ext.data import FolderData, PromptData  # noqa: E402
 from sdkd_ext.detect import describe  # noqa: E402
@@ -42,6 +42,7 @@ from sdkd_ext.lora.train import DenoisingObjective, LoraSpec, train_lora  # noqa
 from sdkd_ext.pipeline import load_pipeline  # noqa: E402
 from sdkd_ext.prune import prune, teacher_metadata  # noqa: E402
 from sdkd_ext.rebase import measure, rebase  # noqa: E402
+from sdkd_ext.sampling import Sampler  # noqa: E402
 from sdkd_ext.shapes import ShapeSpec, accuracy, caption, parse_caption, read_attributes, render, sample_specs, split_specs  # noqa: E402
 from sdkd_ext.tiny import make_unet, to_ldm  # noqa: E402
 from sdkd_ext.train import TrainConfig, run_training  # noqa: E402
@@ -134,7 +135,8 @@ def swap_reading(images: list, specs: list[ShapeSpec]) -> tuple[float, float]:
 def score(community: Path, models: dict[str, Path], specs: list[ShapeSpec]) -> list[dict]:
     """Agreement with `community` and the swapped colour's accuracy, per model."""
     prompts = [caption(s) for s in specs]
-    result = compare(community, list(models.values()), prompts, [0], SIZE, STEPS, GUIDANCE)
+    drawn = Sampler(steps=STEPS, guidance=GUIDANCE)
+    result = compare(community, list(models.values()), CompareSpec(tuple(prompts), (0,), SIZE, drawn, drawn))
     rows = []
     for label, run in zip(["community", *models], result.models):
         images = [s.image for s in run.samples]

@@ -23,6 +23,7 @@ import torch
 
 from .errors import SdkdError
 from .progress import ProgressFn, report
+from .sampling import Sampler, add_sampler_options, from_args, scheduler_for
 
 PROMPT = "a photograph of an astronaut riding a horse"
 # aten ops that multiply activations by activations (attention scores and values); the rest multiply by weights
@@ -66,9 +67,9 @@ class ModelBench:
     variant: str | None
     unet_params: int
     macs: Macs
-    unet_step: Stat  # one UNet call as the pipeline makes it per step (batch doubled by guidance)
+    unet_step: Stat  # one UNet call as the pipeline makes it per step (batch doubled by guidance above 1)
     unet_cpu: Stat  # process CPU seconds of that call: with one thread, barely inflated by other programs' load
-    text_to_image: Stat  # prompt -> decoded images, `steps` steps
+    text_to_image: Stat  # prompt -> decoded images with the run's sampler and steps
     memory: int  # bytes the model adds while loading and generating (weights + working memory)
     mac_ratio: float = 1.0
     unet_speedup: float = 1.0
@@ -115,8 +116,8 @@ class BenchResult:
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         s = self.settings
-        lines.append(f"{s['device']} {s['dtype']}, {s['size']} px, batch {s['batch']}, {s['steps']} steps, guidance "
-                     f"{s['guidance']}; GMACs: convs+linears per image (attention products add "
+        lines.append(f"{s['device']} {s['dtype']}, {s['size']} px, batch {s['batch']}, {s['sampler']} "
+                     f"{s['steps']} steps, guidance {s['guidance']}; GMACs: convs+linears per image (attention products add "
                      + ", ".join(f"{m.macs.attention / 1e9:.1f}" for m in self.models) + ")")
         return "\n".join(lines)
 
@@ -221,7 +222,7 @@ class _Model:
     runs: dict[str, list[float]] = field(default_factory=lambda: {"unet": [], "unet_cpu": [], "t2i": []})
 
 
-def _load(path: str, label: str, device: torch.device, dtype: torch.dtype, size: int, batch: int, guidance: float,
+def _load(path: str, label: str, device: torch.device, dtype: torch.dtype, size: int, batch: int, sampling: Sampler,
           prompt: str) -> _Model:
     """Load one model, build its UNet-step and text-to-image calls, and measure its memory over a first run of each."""
     from .pipeline import load_pipeline
@@ -229,8 +230,9 @@ def _load(path: str, label: str, device: torch.device, dtype: torch.dtype, size:
     with PeakMemory(device) as mem:
         loaded = load_pipeline(path, device=device, dtype=dtype)
         pipe = loaded.pipe
+        pipe.scheduler = scheduler_for(sampling)
         unet = pipe.unet
-        n = batch * (2 if guidance > 1 else 1)  # classifier-free guidance runs the UNet on a doubled batch
+        n = batch * (2 if sampling.guided else 1)  # classifier-free guidance runs the UNet on a doubled batch
         gen = torch.Generator("cpu").manual_seed(0)
         latents = torch.randn(n, unet.config.in_channels, size // 8, size // 8, generator=gen).to(device, dtype)
         context = torch.randn(n, 77, unet.config.cross_attention_dim, generator=gen).to(device, dtype)
@@ -241,7 +243,7 @@ def _load(path: str, label: str, device: torch.device, dtype: torch.dtype, size:
                 return unet(latents, t, context)
 
         def t2i_call(n_steps: int) -> object:
-            return pipe([prompt] * batch, num_inference_steps=n_steps, guidance_scale=guidance, height=size,
+            return pipe([prompt] * batch, num_inference_steps=n_steps, guidance_scale=sampling.guidance, height=size,
                         width=size, generator=torch.Generator("cpu").manual_seed(0)).images
 
         unet_call()
@@ -261,11 +263,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def bench(teacher: str | Path, students: list[str | Path], device: str = "cpu", dtype: str | None = None,
-          size: int = 512, steps: int = 25, batch: int = 1, guidance: float = 7.5, repeats: int = 5, warmup: int = 1,
+          size: int = 512, sampling: Sampler = Sampler(), batch: int = 1, repeats: int = 5, warmup: int = 1,
           t2i_repeats: int = 3, prompt: str = PROMPT, interleave: bool = True, threads: int | None = None,
           progress: ProgressFn | None = None) -> BenchResult:
     """Time the teacher and each student on this machine and count their MACs; models[0] of the result is the teacher.
 
+    Text-to-image runs use `sampling` (sampler, steps, guidance: above 1 doubles the UNet batch); the UNet step is
+    timed on the batch that guidance gives.
     interleave=True keeps every model loaded and times them in turn each round (robust to background
     load); False loads, times and frees one model at a time (needs memory for one model only).
     `threads` sets torch's CPU threads for the run (default: as configured).
@@ -274,7 +278,7 @@ def bench(teacher: str | Path, students: list[str | Path], device: str = "cpu", 
     try:
         if threads:
             torch.set_num_threads(threads)
-        return _bench(teacher, students, device, dtype, size, steps, batch, guidance, repeats, warmup, t2i_repeats,
+        return _bench(teacher, students, device, dtype, size, sampling, batch, repeats, warmup, t2i_repeats,
                       prompt, interleave, progress)
     finally:
         torch.set_num_threads(before)
@@ -285,13 +289,12 @@ def _warm_up_libraries() -> None:
     from diffusers import StableDiffusionPipeline  # noqa: F401
 
     from .pipeline import tokenizer
-    from .sampling import Sampler, scheduler_for
 
     tokenizer(), scheduler_for(Sampler())
 
 
-def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: str | None, size: int, steps: int,
-           batch: int, guidance: float, repeats: int, warmup: int, t2i_repeats: int, prompt: str, interleave: bool,
+def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: str | None, size: int,
+           sampling: Sampler, batch: int, repeats: int, warmup: int, t2i_repeats: int, prompt: str, interleave: bool,
            progress: ProgressFn | None) -> BenchResult:
     """`bench` with torch's thread count already set."""
     from .devices import usable_device
@@ -299,8 +302,8 @@ def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: 
 
     if size % 8 or size < 64:
         raise SdkdError(f"--size {size}: the image side must be a multiple of 8 and at least 64 pixels")
-    if min(steps, batch, repeats, t2i_repeats) < 1 or warmup < 0:
-        raise SdkdError("steps, batch and repeats must be at least 1, warm-up at least 0")
+    if min(batch, repeats, t2i_repeats) < 1 or warmup < 0:
+        raise SdkdError("batch and repeats must be at least 1, warm-up at least 0")
     if not students:
         raise SdkdError("give at least one student to compare with the teacher")
     dev = usable_device(device)
@@ -315,14 +318,14 @@ def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: 
     for group in groups:
         models: dict[int, _Model] = {}
         for i in group:
-            models[i] = _load(paths[i], labels[i], dev, dt, size, batch, guidance, prompt)
+            models[i] = _load(paths[i], labels[i], dev, dt, size, batch, sampling, prompt)
             done += 1
             report(progress, "bench", done, total, f"loaded {labels[i]}")
         phases = (("warm-up", warmup, None), ("UNet step", repeats, "unet"), ("text-to-image", t2i_repeats, "t2i"))
         for phase, count, kind in phases:
             for _ in range(count):
                 for m in models.values():  # one call of each model per round
-                    secs, cpu = _timed(lambda: m.t2i_call(steps) if kind == "t2i" else m.unet_call(), dev)
+                    secs, cpu = _timed(lambda: m.t2i_call(sampling.steps) if kind == "t2i" else m.unet_call(), dev)
                     if kind:
                         m.runs[kind].append(secs)
                     if kind == "unet":
@@ -347,9 +350,9 @@ def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: 
         m.t2i_speedup = base.text_to_image.median / m.text_to_image.median
     import diffusers
 
-    settings = dict(device=str(dev), dtype=str(dt).replace("torch.", ""), size=size, steps=steps, batch=batch,
-                    guidance=guidance, repeats=repeats, warmup=warmup, t2i_repeats=t2i_repeats, prompt=prompt,
-                    interleave=interleave, threads=torch.get_num_threads(), torch=torch.__version__,
+    settings = dict(device=str(dev), dtype=str(dt).replace("torch.", ""), size=size, sampler=sampling.name,
+                    steps=sampling.steps, batch=batch, guidance=sampling.guidance, repeats=repeats, warmup=warmup,
+                    t2i_repeats=t2i_repeats, prompt=prompt, interleave=interleave, threads=torch.get_num_threads(), torch=torch.__version__,
                     diffusers=diffusers.__version__,
                     gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None)
     return BenchResult(ordered, settings)
@@ -400,7 +403,8 @@ def chart(result: BenchResult, width: int = 900):
             y += row
         y += pad
     s = result.settings
-    draw.text((pad, y), f"{s['device']} {s['dtype']}, {s['size']} px, batch {s['batch']}, {s['steps']} steps",
+    draw.text((pad, y), f"{s['device']} {s['dtype']}, {s['size']} px, batch {s['batch']}, {s['sampler']} "
+              f"{s['steps']} steps, guidance {s['guidance']}",
               fill="#555555", font=font)
     return img
 
@@ -430,7 +434,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     for path in bench_files(Path(a.out)):
         Outputs(a.overwrite).check(path)  # before any model is timed
-    result = bench(a.teacher, a.students, a.device, a.dtype, a.size, a.steps, a.batch, a.guidance, a.repeats,
+    # no few-step-LoRA warning here: bench keeps no images, and a merged LoRA does not change the time per step
+    result = bench(a.teacher, a.students, a.device, a.dtype, a.size, from_args(a), a.batch, a.repeats,
                    a.warmup, a.t2i_repeats, a.prompt, not a.sequential, a.threads, tqdm_progress())
     js, png = write_outputs(result, Path(a.out), a.overwrite)
     print(result.table())
@@ -446,9 +451,8 @@ def add_commands(sub) -> None:
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp32 on CPU, fp16 elsewhere")
     s.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    s.add_argument("--steps", type=int, default=25, help="denoising steps of the text-to-image runs (default 25)")
+    add_sampler_options(s, what="the text-to-image runs")
     s.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
-    s.add_argument("--guidance", type=float, default=7.5, help="guidance scale; above 1 doubles the UNet batch")
     s.add_argument("--repeats", type=int, default=5, help="timed UNet calls per model (default 5)")
     s.add_argument("--warmup", type=int, default=1, help="untimed UNet calls per model first (default 1)")
     s.add_argument("--t2i-repeats", type=int, default=3, help="timed text-to-image runs per model (default 3)")

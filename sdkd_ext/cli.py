@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__
 from .errors import SdkdError
 from .portable import add_portable_option
+from .sampling import add_sampler_options
 from .variants import VARIANT_NAMES
 # Feature modules that add their own subcommands through `add_commands(sub)`.
 COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora.cli", "lcm.cli", "fast", "distill", "plan", "public", "rebase")
@@ -62,17 +63,23 @@ def cmd_generate(a: argparse.Namespace) -> int:
     """Generate one image from a checkpoint."""
     from .export import atomic_outputs
     from .lora.apply import apply_lora, parse_spec
-    from .pipeline import generate, load_pipeline
+    from .lora.kind import lacks_few_step, poor_images_line
+    from .pipeline import load_pipeline, render
     from .progress import tqdm_progress
+    from .sampling import from_args
 
+    spec = from_args(a)
+    loras = [parse_spec(s) for s in a.lora]
+    if lacks_few_step(spec.name, [a.file, *(p for p, _ in loras)]):
+        print(f"sdkd: warning: {poor_images_line(Path(a.file).name, 'add one with --lora FILE')}", file=sys.stderr)
     loaded = load_pipeline(a.file, device=a.device, ema=a.ema)
-    for spec in a.lora:
-        apply_lora(loaded.pipe, *parse_spec(spec))
-    image = generate(loaded.pipe, a.prompt, a.negative, a.steps, a.seed, a.size, a.guidance, tqdm_progress())
+    for path, weight in loras:
+        apply_lora(loaded.pipe, path, weight)
+    image, _ = render(loaded.pipe, a.prompt, spec, a.seed, a.size, a.negative, tqdm_progress())
     out = Path(a.out)
     with atomic_outputs(a.overwrite) as outs:
         image.save(outs.temp(out), format="PNG")
-    print(f"{out} ({loaded.info.variant}, {a.size}px, {a.steps} steps, seed {a.seed})")
+    print(f"{out} ({loaded.info.variant}, {a.size}px, {spec.describe()}, seed {a.seed})")
     return 0
 
 
@@ -125,10 +132,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--prompt", required=True)
     s.add_argument("--negative", default="")
-    s.add_argument("--steps", type=int, default=25)
+    add_sampler_options(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=512, help="image side in pixels")
-    s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     s.add_argument("--ema", action="store_true", help="use EMA UNet weights")
     s.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",

@@ -34,7 +34,7 @@ from .plan import check_resolution, fit, kd_estimator
 from .portable import add_portable_option, refuse_middle_block
 from .progress import Cancelled, Meter, ProgressFn, tqdm_progress
 from .prune import Exported, checkpoint_path, default_out, export_model, student_names, teacher_metadata
-from .sampling import Sampler, sample_latents
+from .sampling import DEFAULT_SAMPLER, Flags, Sampler, check as check_sampler, sample_latents
 from .train import (RUN_CACHE, TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, disk_note, image_grid,
                     make_accelerator, noise_scheduler, run_training, unwrap)
 from .variants import SD15, Topology, get_variant, hook_pairs
@@ -332,13 +332,13 @@ def make_preview(teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Ten
         meter.start(f"{n} images per row, {side * 8} px, {k} steps")
         tick = meter.advance
         if not teacher_row:
-            z = sample_latents(teacher, Sampler(steps=k, guidance=guidance), cond[:n], uncond, seeds[:n], side, on_step=tick)
+            z = sample_latents(teacher, Sampler(steps=k, guidance=guidance), cond[:n], uncond, seeds[:n], side, progress=lambda _: tick())
             teacher_row.extend(to_images(vae, z, scaling, device, tick))
         was_training = student.training
         student.eval()
         try:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                z = sample_latents(student, Sampler(steps=k, guidance=guidance), cond[:n], uncond, seeds[:n], side, on_step=tick)
+                z = sample_latents(student, Sampler(steps=k, guidance=guidance), cond[:n], uncond, seeds[:n], side, progress=lambda _: tick())
         finally:
             student.train(was_training)
         grid = image_grid([teacher_row, to_images(vae, z.float(), scaling, device, tick)], [labels[0], f"{labels[1]} {step}"])
@@ -366,7 +366,7 @@ def self_generate(teacher: torch.nn.Module, data: PromptData, text_keys: list[st
         chunk = todo[start:start + batch]
         cond = torch.stack([cache.load(TEXT_KIND, text_keys[i])["text"] for i in chunk]).to(device)
         z = sample_latents(teacher, spec, cond, uncond, [derive_seed(seed, "gen", i) for i in chunk], latent,
-                           on_step=meter.advance)
+                           progress=lambda _: meter.advance())
         for i, zi in zip(chunk, z):
             cache.save(LATENT_KIND, keys[i], {"mean": zi / scaling})
     return keys
@@ -540,6 +540,7 @@ def data_spec(a: argparse.Namespace) -> DataSpec:
     """The data source the arguments name."""
     if a.data:
         return FolderData(Path(a.data).expanduser(), flip=a.flip)
+    check_sampler(DEFAULT_SAMPLER, a.sample_steps, a.guidance, Flags(steps="--sample-steps"))  # before any work
     prompts = read_prompts(a.prompts) if a.prompts else builtin_prompts(a.self_n, a.seed)
     origin = f"prompts {Path(a.prompts).name}" if a.prompts else "built-in prompts"
     return PromptData(tuple(prompts), a.negative, a.guidance, a.sample_steps, origin)

@@ -20,7 +20,7 @@ import torch
 
 from .cache import Cache
 from .checkpoint import Source
-from .compare import Comparison, ModelRun, compare, write_report
+from .compare import CompareSpec, Comparison, ModelRun, compare, write_report
 from .export import atomic_outputs
 from .metrics import latent_mse, psnr
 from .progress import ProgressFn
@@ -85,7 +85,9 @@ def fidelity(teacher: str | Path, students: Sequence[str | Path], n: int = 24, s
              progress: ProgressFn | None = None) -> Fidelity:
     """Render `n` held-out shapes captions x `seeds` with the teacher and each student; score accuracy and agreement."""
     prompts = [caption(s) for s in check_specs(n, spec_seed)]
-    result = compare(teacher, list(students), prompts, list(seeds), SIZE, steps, guidance, device=device, progress=progress)
+    drawn = Sampler(steps=steps, guidance=guidance)
+    result = compare(teacher, list(students), CompareSpec(tuple(prompts), tuple(seeds), SIZE, drawn, drawn), device,
+                     progress=progress)
     return Fidelity(result, [model_accuracy(m) for m in result.models])
 
 

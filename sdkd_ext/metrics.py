@@ -80,3 +80,18 @@ def latent_mse(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         raise SdkdError(f"latents differ in shape ({tuple(a.shape)} vs {tuple(b.shape)}); compare at the same size")
     return torch.mean((a.detach().cpu().double() - b.detach().cpu().double()) ** 2).item()
+
+
+INTERVAL_METHOD = ("95% interval of the mean over the n = prompts x seeds images: mean +- 1.96 * sd / sqrt(n) "
+                   "(normal approximation, sd with n - 1; none for n < 2 or an infinite value)")
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float] | None:
+    """(mean, low, high): the mean and its 95% interval by INTERVAL_METHOD; None where it is undefined."""
+    n = len(values)
+    if n < 2 or not all(math.isfinite(v) for v in values):
+        return None
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = 1.96 * sd / math.sqrt(n)
+    return mean, mean - half, mean + half

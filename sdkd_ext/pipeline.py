@@ -15,7 +15,7 @@ from .convert import TEXT, UNET, VAE, unet_map, vae_map
 from .detect import ModelInfo, describe, text_encoder_shape, vae_shape
 from .errors import SdkdError
 from .progress import ProgressFn, report
-from .sampling import Sampler, scheduler_for
+from .sampling import Sampler, sample_latents, scheduler_for
 from .speed import prepack_convs
 
 
@@ -119,14 +119,14 @@ def load_pipeline(model: str | Path | Source, device: str | torch.device = "cpu"
     return Loaded(pipe, info)
 
 
-def generate(pipe, prompt: str, negative: str = "", steps: int = 25, seed: int = 0, size: int = 512,
-             guidance: float = 7.5, progress: ProgressFn | None = None):
-    """One image (PIL) from `prompt`, reproducible by seed."""
-    gen = torch.Generator("cpu").manual_seed(seed)
-
-    def step_end(p, i, t, kwargs):
-        report(progress, "generate", i + 1, steps)
-        return kwargs
-
-    return pipe(prompt, negative_prompt=negative or None, num_inference_steps=steps, guidance_scale=guidance,
-                height=size, width=size, generator=gen, callback_on_step_end=step_end).images[0]
+def render(pipe, prompt: str, spec: Sampler, seed: int = 0, size: int = 512, negative: str = "",
+           progress: ProgressFn | None = None) -> tuple[object, torch.Tensor]:
+    """One image (PIL) and its final latents (what the VAE decodes), drawn by sdkd's sampler: reproducible by seed on
+    any device, the same as the training previews draw."""
+    unet, vae = pipe.unet, pipe.vae
+    device = next(unet.parameters()).device
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(prompt, device, 1, True, negative or None)
+        latents = sample_latents(unet, spec, cond, uncond, [seed], size // 8, unet.config.in_channels, progress)
+        decoded = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type="pil")[0], latents[0].float().cpu()

@@ -1,10 +1,12 @@
 """Memory planner: estimate the peak accelerator memory of a distillation run per part, and choose settings that fit.
 
 Parameters are counted on models built on the `meta` device (no memory, no weights needed). The
-student's activation memory is traced on `meta` too: the bytes autograd saves for backward in one
-fp32 forward pass, excluding parameters; with gradient checkpointing, only each checkpointed unit's
-inputs stay, plus one unit's recompute at a time. 16-bit autocast saves most activations in half
-precision but keeps norms and activations in fp32: counted as 0.8 of the fp32 trace.
+student's activations are traced on fake tensors (shapes and dtypes, no memory) under the device's
+16-bit autocast policy: every tensor autograd saves in one training forward pass, in order (parameters
+excluded, autocast's weight copies included), each checkpointable unit's input and each module's
+gradients. The step's peak walks backward in reverse: saved tensors are freed as gradients are made,
+and with gradient checkpointing a unit's tensors come back while backward is inside it. Checked
+against torch's allocator accounting by benchmarks/plan_memory.py (README: Memory planner).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from .train import TrainConfig, autocast_dtype, bitsandbytes
 from .variants import SD15, Topology, get_variant
 
 GIB = 2**30
-AUTOCAST_ACTIVATION_FACTOR = 0.8
 CUDA_RESERVE = 0.75 * GIB  # CUDA context and allocator slack, outside max_memory_allocated
-OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2}  # per trainable parameter: two moments, fp32 or 8-bit
+OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2 + 8 / 256}  # per trainable parameter: two moments, fp32 or 8-bit with
+# an fp32 scale per 256 values (bitsandbytes' blockwise state)
 
 
 @dataclass(frozen=True)
@@ -94,17 +96,48 @@ def unet_params(topology: Topology) -> int:
 
 @dataclass(frozen=True)
 class Trace:
-    """Activation bytes of one fp32 training forward pass at batch 1 (they scale linearly with the batch)."""
+    """What one training forward pass at batch 1 leaves for backward, in forward order: each tensor autograd saves
+    (parameters excluded; "save" scales with the batch, "copy", autocast's 16-bit copy of a weight, does not), each
+    checkpointable unit's input (what checkpointing keeps instead), each module's fp32 gradients."""
 
-    saved: int  # everything autograd keeps for backward, parameters excluded
-    units_saved: tuple[int, ...]  # of that, what each checkpointable unit (resnet, attention) keeps
-    units_input: tuple[int, ...]  # each unit's input, what checkpointing keeps instead
+    events: tuple[tuple[str, int, int], ...]  # (kind: "save" | "copy" | "input" | "grad", bytes, unit index or -1)
     largest: int  # the largest saved tensor (backward needs a few such buffers at once)
-    features: int  # bytes of the feature-KD hook outputs (one side)
+    features: int  # elements of the feature-KD hook outputs (one side)
 
-    def checkpointed(self) -> int:
-        """Saved bytes with every unit checkpointed: unit inputs plus one unit's recompute."""
-        return self.saved - sum(self.units_saved) + sum(self.units_input) + max(self.units_saved, default=0)
+    @staticmethod
+    def _size(kind: str, n: int, batch: int) -> int:
+        return n * batch if kind in ("save", "input") else n
+
+    def saved(self, batch: int = 1) -> int:
+        """Everything saved for backward at `batch`, without checkpointing."""
+        return sum(self._size(k, n, batch) for k, n, _ in self.events if k in ("save", "copy"))
+
+    def checkpointed(self, batch: int = 1) -> int:
+        """Saved bytes with every unit checkpointed: what is saved outside units plus the units' inputs."""
+        return sum(self._size(k, n, batch) for k, n, u in self.events if u < 0 and k in ("save", "copy") or k == "input")
+
+    def peak(self, batch: int, checkpointing: bool, grads: bool = True, held: float = 0.0) -> float:
+        """The most bytes live at once from the end of the forward pass through backward, which walks the events in
+        reverse: each saved tensor is freed once its op's backward ran, each module's gradients are made there, and a
+        checkpointed unit's saved tensors come back (recomputed) while backward is inside it; plus two of the largest
+        saved tensors as the gradient buffers in flight. `held` bytes (the loss's inputs) go in backward's first op."""
+        units: dict[int, int] = {}
+        for kind, n, u in self.events:
+            if kind in ("save", "copy") and u >= 0:
+                units[u] = units.get(u, 0) + self._size(kind, n, batch)
+        live = self.checkpointed(batch) if checkpointing else self.saved(batch)
+        top, inside = live + held, -1
+        for kind, n, u in reversed(self.events):
+            if checkpointing and u >= 0 and u != inside and kind != "input":
+                inside, live = u, live + units.get(u, 0)  # the unit's recompute
+            if kind in ("save", "copy"):
+                live -= self._size(kind, n, batch)
+            elif kind == "grad" and grads:
+                live += n
+            elif kind == "input" and checkpointing:
+                live, inside = live - n * batch, -1
+            top = max(top, live)
+        return top + 2 * self.largest * batch
 
 
 class _FlashLikeAttention(torch.autograd.Function):
@@ -147,50 +180,82 @@ def _fused_attention() -> Iterator[None]:
             F.scaled_dot_product_attention, _TRACING.on = original, False
 
 
+class _Fp32Norms(torch.overrides.TorchFunctionMode):
+    """CUDA autocast's policy beside the CPU's: group and layer norms run in fp32 (the CPU's runs them in 16 bits)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        import torch.nn.functional as F
+
+        if func in (F.group_norm, F.layer_norm) and args[0].dtype != torch.float32:
+            args = (args[0].float(), *args[1:])
+        return func(*args, **(kwargs or {}))
+
+
 @lru_cache(maxsize=32)
-def trace(topology: Topology, latent: int, hooked: tuple[str, ...] = ()) -> Trace:
-    """Trace one forward pass of a UNet of `topology` on `meta` at `latent` x `latent`, batch 1."""
-    unet = _unet(topology).train()
-    param_ids = {id(p) for p in unet.parameters()}
-    saved: dict[int, torch.Tensor] = {}
-    stack: list[set[int]] = []
-    units_saved, units_input, features = [], [], []
+def trace(topology: Topology, latent: int, hooked: tuple[str, ...] = (), autocast: str = "", frozen_half: bool = False) -> Trace:
+    """Trace one training forward pass of a UNet of `topology` at `latent` x `latent`, batch 1, on fake tensors (shapes
+    and dtypes, no memory): fp32 weights, under `autocast`'s 16-bit policy ("cuda", "cpu"; "": fp32 throughout), or
+    with `frozen_half` 16-bit frozen weights (LoRA), whose autocast makes no copies."""
+    from diffusers import UNet2DConditionModel
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        base = t._base if t._base is not None else t
-        if id(t) not in param_ids and id(base) not in param_ids and id(t) not in saved:
-            saved[id(t)] = t
-            for frame in stack:
-                frame.add(id(t))
-        return t
+    with FakeTensorMode():
+        unet = UNet2DConditionModel.from_config(unet_config(topology)).train()
+        for p in unet.parameters() if frozen_half else ():
+            p.data = p.data.to(torch.bfloat16)
+        param_ids = {id(p) for p in unet.parameters()}
+        param_shapes = {tuple(p.shape) for p in unet.parameters()}
+        events: list[tuple[str, int, int]] = []
+        seen: set[int] = set()
+        unit = [-1]
+        largest = [0]
+        features = [0]
 
-    def enter(module, args, kwargs=None):
-        stack.append(set())
-        units_input.append(sum(a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor)))
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            base = t._base if t._base is not None else t
+            if id(t) not in param_ids and id(base) not in param_ids and id(t) not in seen:
+                seen.add(id(t))
+                n = t.numel() * t.element_size()
+                copy = t.dtype != torch.float32 and base.dtype == t.dtype and tuple(base.shape) in param_shapes
+                events.append(("copy" if copy else "save", n, unit[0]))
+                largest[0] = max(largest[0], n)
+            return t
 
-    def leave(module, args, output):
-        ids = stack.pop()
-        units_saved.append(sum(saved[i].numel() * saved[i].element_size() for i in ids))
+        def enter(index: int) -> Callable:
+            def hook(module, args):
+                unit[0] = index
+                events.append(("input", sum(a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor)), index))
+            return hook
 
-    def grab(module, args, output):
-        out = output[0] if isinstance(output, tuple) else output
-        features.append(out.numel() * out.element_size())
+        def leave(module, args, output):
+            unit[0] = -1
 
-    handles = []
-    for name, m in unet.named_modules():
-        parts = name.split(".")
-        if len(parts) >= 2 and parts[-2] in ("resnets", "attentions"):
-            handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
-        if name in hooked:
-            handles.append(m.register_forward_hook(grab))
-    x = torch.empty(1, topology.in_channels, latent, latent, device="meta")
-    ctx = torch.empty(1, 77, topology.context_dim, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _fused_attention():
-        unet(x, torch.tensor([500], device="meta"), encoder_hidden_states=ctx)
-    for h in handles:
-        h.remove()
-    sizes = [t.numel() * t.element_size() for t in saved.values()]
-    return Trace(sum(sizes), tuple(units_saved), tuple(units_input), max(sizes), sum(features))
+        def made(module, args, output):
+            n = sum(p.numel() * 4 for p in module.parameters(recurse=False))
+            if n:
+                events.append(("grad", n, unit[0]))
+
+        def grab(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            features[0] += out.numel()
+
+        handles = []
+        for name, m in unet.named_modules():
+            parts = name.split(".")
+            if len(parts) >= 2 and parts[-2] in ("resnets", "attentions"):
+                handles += [m.register_forward_pre_hook(enter(len(handles))), m.register_forward_hook(leave)]
+            handles.append(m.register_forward_hook(made))
+            if name in hooked:
+                handles.append(m.register_forward_hook(grab))
+        x = torch.empty(1, topology.in_channels, latent, latent)
+        ctx = torch.empty(1, 77, topology.context_dim)
+        policy = _Fp32Norms() if autocast == "cuda" else contextlib.nullcontext()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _fused_attention(), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(autocast) or frozen_half), policy:
+            unet(x, torch.tensor([500]), encoder_hidden_states=ctx)
+        for h in handles:
+            h.remove()
+    return Trace(tuple(events), largest[0], features[0])
 
 
 @lru_cache(maxsize=8)
@@ -223,46 +288,57 @@ def frozen_width(settings: Settings) -> int:
     return 2 if settings.device == "cuda" else 4
 
 
-def training_parts(model: Topology, resolution: int, settings: Settings, trainable: int | None = None) -> dict[str, float]:
+def autocast_policy(settings: Settings) -> str:
+    """Whose 16-bit autocast policy the student trains under ("" for fp32)."""
+    return "" if settings.precision == "fp32" else settings.device
+
+
+def training_parts(model: Topology, resolution: int, settings: Settings, trainable: int | None = None,
+                   held: float = 0.0) -> dict[str, float]:
     """Memory of training a UNet of topology `model` (every part but a teacher), in bytes.
 
-    `trainable=None` trains every weight (fp32 master copies); a count (e.g. LoRA parameters) trains
-    only that many fp32 parameters beside a frozen model, stored in the autocast dtype as LoRA training does."""
+    `trainable=None` trains every weight (fp32 master copies); a count (e.g. LoRA parameters) trains only that many
+    fp32 parameters beside a frozen model, stored in the autocast dtype as LoRA training does. "activations" is the
+    step's peak beyond every gradient: backward frees saved activations (and autocast's 16-bit weight copies) as it
+    makes gradients, so the two never peak together; `held` bytes (a teacher's outputs) live until backward starts."""
     latent, b = resolution // 8, settings.batch
     p = unet_params(model)
     n = p if trainable is None else trainable
     half = settings.precision != "fp32"
-    t = trace(model, latent)
-    saved = t.checkpointed() if settings.grad_checkpointing else t.saved
-    parts = {
+    t = trace(model, latent, (), autocast_policy(settings), frozen_half=trainable is not None and half)
+    peak = t.peak(b, settings.grad_checkpointing, grads=trainable is None, held=held)
+    grads = n * 4.0
+    if trainable is not None:
+        peak += grads  # a few adapters: all of their gradients at once
+    return {
         "model (fp32)" if trainable is None else "model (frozen)": p * (4.0 if trainable is None else 2.0 if half else 4.0),
         **({} if trainable is None else {"trainable (fp32)": n * 4.0}),
-        "gradients": n * 4.0,
+        "gradients": grads,
         "optimiser": n * float(OPTIMIZER_BYTES[settings.optimizer]),
-        "activations": (saved * (AUTOCAST_ACTIVATION_FACTOR if half else 1.0) + 2 * t.largest) * b,
+        "activations": peak - grads,
         "cache (batch data)": b * (4 * latent * latent + 77 * model.context_dim) * 4.0,
+        **({"EMA": n * 4.0} if settings.ema else {}),
     }
-    if half and trainable is None and not settings.grad_checkpointing:
-        parts["autocast weight copies"] = p * 2.0  # 16-bit copies of the weights, saved for backward
-    if settings.ema:
-        parts["EMA"] = n * 4.0
-    return parts
 
 
 def estimate(variant: str, resolution: int, settings: Settings, teacher: Topology = SD15,
              vae: VaeShape | None = None) -> Estimate:
-    """Estimated peak memory, per part, of distilling `teacher` into `variant` at `resolution` with `settings`."""
+    """Estimated peak memory, per part, of distilling `teacher` into `variant` at `resolution` with `settings`: the
+    teacher's forward (no gradients) runs first, its fp32 outputs and features live through the student's forward."""
     from .variants import hook_pairs
 
     v = get_variant(variant)
     pairs = hook_pairs(v, teacher)
     latent, b, width = resolution // 8, settings.batch, frozen_width(settings)
     t_trace = trace(teacher, latent, tuple(t for t, _ in pairs))
-    parts = {
-        "teacher (frozen)": unet_params(teacher) * width + t_trace.largest * b * 3 * width / 4,
-        **{("student (fp32)" if k == "model (fp32)" else k): x for k, x in training_parts(v.student(teacher), resolution, settings).items()},
-    }
-    parts["activations"] += t_trace.features * b * (width + 4) / 4  # teacher features, and their fp32 copies
+    s_trace = trace(v.student(teacher), latent, tuple(s for _, s in pairs), autocast_policy(settings))
+    out = b * 4 * latent * latent * 4.0
+    held = (t_trace.features * 4.0 + out) * b + s_trace.features * 4.0 * b  # teacher's fp32 outputs; student's fp32 copies
+    parts = {"teacher (frozen)": unet_params(teacher) * width,
+             **{("student (fp32)" if k == "model (fp32)" else k): x
+                for k, x in training_parts(v.student(teacher), resolution, settings, held=held).items()}}
+    teacher_forward = t_trace.largest * b * 3 * width / 4  # a few of its largest activations at once, nothing saved
+    parts["activations"] = max(parts["activations"], teacher_forward - parts["gradients"])
     return Estimate(settings, parts, cache_phase(resolution, vae or VaeShape(), teacher.context_dim, settings.precision != "fp32"))
 
 

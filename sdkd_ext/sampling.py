@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from .data import derive_seed, seeded_randn
 from .errors import SdkdError
+from .progress import ProgressFn, report
 
 # sampler name -> (diffusers scheduler class, settings over SD1.5's scheduler config)
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -57,7 +57,7 @@ class Sampler:
     @property
     def guided(self) -> bool:
         """Whether the UNet also runs unconditionally (guidance 1 is the conditional prediction alone)."""
-        return self.guidance != 1
+        return self.guidance > 1
 
     def describe(self) -> str:
         """One line for logs, reports and metadata."""
@@ -65,19 +65,41 @@ class Sampler:
 
 
 def check(name: str, steps: int, guidance: float, flags: Flags = CLI_FLAGS) -> None:
-    """Refuse an unknown sampler, steps outside 1-50 or a guidance scale below 0, naming the setting as `flags` do."""
+    """Refuse an unknown sampler, steps outside 1-50 or a guidance scale below 1, naming the setting as `flags` do."""
     if name not in SCHEDULERS:
         raise SdkdError(f"{flags.sampler} {name}: unknown sampler; choose one of {', '.join(SAMPLER_NAMES)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise SdkdError(f"{flags.steps} {steps}: choose between 1 and {MAX_STEPS} sampler steps")
-    if not math.isfinite(guidance) or guidance < 0:
-        raise SdkdError(f"{flags.guidance} {guidance}: the guidance scale must be a number from 0 up (1: no guidance)")
+    if not math.isfinite(guidance) or guidance < 1:
+        raise SdkdError(f"{flags.guidance} {guidance:g}: the guidance scale must be 1 or more (1: no guidance, "
+                        "as for LCM LoRAs; 7.5: SD1.5's usual)")
 
 
 def sampler(name: str, steps: int, guidance: float, flags: Flags = CLI_FLAGS) -> Sampler:
     """A checked `Sampler`, its errors naming the settings as `flags` do (e.g. --reference-steps)."""
     check(name, steps, guidance, flags)
     return Sampler(name, steps, guidance)
+
+
+def add_sampler_options(parser, prefix: str = "", what: str = "") -> None:
+    """--sampler, --steps and --guidance (or --PREFIX-sampler ...) on a command, `what` naming whose settings they are."""
+    for_ = f" for {what}" if what else ""
+    parser.add_argument(f"--{prefix}sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER,
+                        help=f"sampler{for_} (default {DEFAULT_SAMPLER}; lcm: 4-8 steps at guidance 1 with an LCM LoRA)")
+    parser.add_argument(f"--{prefix}steps", type=int, default=25, help=f"sampler steps{for_}, 1-{MAX_STEPS} (default 25)")
+    parser.add_argument(f"--{prefix}guidance", type=float, default=7.5,
+                        help=f"classifier-free guidance scale{for_} (default 7.5; 1: none, one UNet pass per step)")
+
+
+def flags(prefix: str = "") -> Flags:
+    """The flags `add_sampler_options(parser, prefix)` adds: --sampler ... or --reference-sampler ..."""
+    return Flags(f"--{prefix}sampler", f"--{prefix}steps", f"--{prefix}guidance")
+
+
+def from_args(a, prefix: str = "") -> Sampler:
+    """The checked `Sampler` of parsed `add_sampler_options(parser, prefix)` arguments, errors naming those flags."""
+    key = prefix.replace("-", "_")
+    return sampler(getattr(a, f"{key}sampler"), getattr(a, f"{key}steps"), getattr(a, f"{key}guidance"), flags(prefix))
 
 
 def scheduler_for(spec: Sampler):
@@ -103,16 +125,16 @@ def _step_noise(seeds: list[int], step: int) -> dict:
 
 @torch.no_grad()
 def sample_latents(unet: torch.nn.Module, spec: Sampler, cond: torch.Tensor, uncond: torch.Tensor, seeds: list[int],
-                   latent_size: int, on_step: Callable[[], None] | None = None) -> torch.Tensor:
+                   latent_size: int, channels: int = 4, progress: ProgressFn | None = None) -> torch.Tensor:
     """Text-to-image latents (UNet space, unscaled by the VAE factor) for B prompts, each sample seeded by its own seed.
 
     `cond` is B x 77 x C; `uncond` one embedding (1 x 77 x C) or B of them, unused at guidance 1 (one UNet pass
-    per step instead of a doubled batch); `on_step` is called after each sampler step (progress, cancellation)."""
+    per step instead of a doubled batch); `progress` hears of each step."""
     p = next(unet.parameters())
     device, dtype = p.device, p.dtype
     sched = scheduler_for(spec)
     sched.set_timesteps(spec.steps, device=device)
-    shape = (unet.config.in_channels, latent_size, latent_size)
+    shape = (channels, latent_size, latent_size)
     latents = seeded_randn(seeds, shape, device, torch.float32) * sched.init_noise_sigma
     n = len(seeds)
     context = (torch.cat([uncond.expand(n, -1, -1), cond]) if spec.guided else cond).to(device, dtype)
@@ -123,6 +145,5 @@ def sample_latents(unet: torch.nn.Module, spec: Sampler, cond: torch.Tensor, unc
             e_u, e_c = eps.chunk(2)
             eps = e_u + spec.guidance * (e_c - e_u)
         latents = sched.step(eps, t, latents, **_step_noise(seeds, i)).prev_sample
-        if on_step is not None:
-            on_step()
+        report(progress, "generate", i + 1, spec.steps)
     return latents

@@ -593,9 +593,9 @@ def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cf
             try:
                 draw(step)
             except Cancelled:
-                result.preview_note = "cancelled; the student is written"
+                result.preview_note = "cancelled after the export"
             except RuntimeError as e:  # e.g. out of memory: the student is written already
-                result.preview_note = f"failed ({str(e).splitlines()[0][:200]}); the student is written"
+                result.preview_note = f"not drawn ({str(e).splitlines()[0][:200]}); the export is written"
     acc.wait_for_everyone()
     return result
 

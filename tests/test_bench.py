@@ -13,6 +13,7 @@ from sdkd_ext.cli import main
 from sdkd_ext.configs import unet_config
 from sdkd_ext.detect import describe
 from sdkd_ext.errors import SdkdError
+from sdkd_ext.sampling import Sampler
 from sdkd_ext.variants import SD15, VARIANTS
 
 # host-facts section 1: UNet GMACs at 512 px, batch 1 (convs + linears; BK-SDM's convention)
@@ -23,8 +24,8 @@ ORDER = ["base", "small", "tiny"]
 @pytest.fixture(scope="module")
 def result(teacher_file, students):
     """A short benchmark of the tiny teacher against every student."""
-    return bench(teacher_file, [students[v].checkpoint for v in ORDER], size=64, steps=2, repeats=3, warmup=1,
-                 t2i_repeats=2)
+    return bench(teacher_file, [students[v].checkpoint for v in ORDER], size=64, sampling=Sampler(steps=2), repeats=3,
+                 warmup=1, t2i_repeats=2)
 
 
 def test_every_model_is_measured_and_ratios_come_from_the_measurements(result, teacher_file, students):

@@ -223,6 +223,8 @@ def test_nodes_refuse_bad_input_in_their_own_terms_and_write_nothing(host):
                                               student_name="teacher.safetensors")),
         "seeds 'a b'": ("SdkdCompare", dict(ckpt_name="teacher.safetensors", student_name="teacher-tiny.safetensors",
                                             seeds="a b")),
+        "'reference_steps' 0: choose between 1 and 50": ("SdkdCompare", dict(
+            ckpt_name="teacher.safetensors", student_name="teacher-tiny.safetensors", reference_steps=0)),
     }
     for needle, (node, inputs) in cases.items():
         with pytest.raises(SdkdError) as e:
@@ -292,6 +294,25 @@ def test_compare_and_bench_return_an_image_and_their_figures(host, one_thread):
     (chart, table), ui = run(host, "SdkdBench", ckpt_name="teacher.safetensors", student_name="teacher-tiny.safetensors",
                              size=64, steps=1, repeats=1)
     assert chart[0].shape[0] == 1 and chart[0].shape[-1] == 3 and "speed-up" in table[0] and ui["text"] == table
+
+
+@pytest.mark.slow
+def test_compare_node_draws_students_with_their_sampler_and_lora(host, one_thread):
+    ckpts, loras = host.dirs["checkpoints"], host.dirs["loras"]
+    for model, name in (("teacher-tiny", "tiny-style"), ("teacher", "teacher-style")):
+        lora = random_lora(layout_of(ckpts / f"{model}.safetensors"), rank=4, alpha=4.0, seed=2, unet_only=True)
+        write_kohya(lora, loras / f"{name}.safetensors", kohya_metadata(lora, None), overwrite=True)
+    inputs = dict(ckpt_name="teacher.safetensors", student_name="teacher-tiny.safetensors", prompts="a red square",
+                  seeds="0 1", size=64, steps=2, guidance=1.0, sampler="lcm", reference_steps=3)
+    (grid, text), _ = run(host, "SdkdCompare", lora_name="tiny-style.safetensors", **inputs)
+    assert "teacher (teacher, " in text[0] and "dpmpp_2m, 3 steps, cfg 7.5): teacher (reference)" in text[0], text
+    assert "teacher-tiny + tiny-style.safetensors:1 (tiny, " in text[0] and "lcm, 2 steps, cfg 1): PSNR" in text[0], text
+    assert text[0].endswith("the lcm sampler without an LCM LoRA draws poor images; pick an LCM LoRA as lora_name "
+                            "(a LoRA from sdkd lcm, or lcm-lora-sdv1-5)"), text
+    with pytest.raises(error_of(host)) as e:
+        run(host, "SdkdCompare", lora_name="teacher-style.safetensors", **inputs)
+    assert str(e.value).startswith("'lora_name' for teacher-tiny.safetensors: teacher-style.safetensors: this LoRA "
+                                   "was made for the full SD1.x model"), e.value
 
 
 def test_example_workflows_use_declared_nodes_and_widgets(host):

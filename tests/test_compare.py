@@ -2,15 +2,17 @@
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
 from PIL import Image
 
 from sdkd_ext.cli import main
-from sdkd_ext.compare import compare, write_report
+from sdkd_ext.compare import CompareSpec, compare, write_report
 from sdkd_ext.convert import UNET
 from sdkd_ext.errors import SdkdError
+from sdkd_ext.sampling import Sampler
 from sdkd_ext.tiny import save
 
 PROMPTS = ["a small red circle at the top left on a blue background", "a big green square"]
@@ -31,8 +33,9 @@ def result(teacher_sd, teacher_file, students, tmp_path_factory):
     d = tmp_path_factory.mktemp("cmp")
     light = perturbed(teacher_sd, 0.01, d / "light.safetensors", {"sdkd_distill_steps": "123"})
     heavy = perturbed(teacher_sd, 0.1, d / "heavy.safetensors")
-    return compare(teacher_file, [teacher_file, light, heavy, students["tiny"].checkpoint], PROMPTS, SEEDS,
-                   size=64, steps=3)
+    drawn = Sampler(steps=3, guidance=7.5)
+    return compare(teacher_file, [teacher_file, light, heavy, students["tiny"].checkpoint],
+                   CompareSpec(tuple(PROMPTS), tuple(SEEDS), 64, drawn, drawn))
 
 
 def test_a_model_compared_with_itself_agrees_perfectly(result):
@@ -83,3 +86,99 @@ def test_cli_compare(teacher_file, students, tmp_path, capsys):
     assert data["settings"]["seeds"] == [0, 1] and len(data["models"][1]["samples"]) == 2
     assert "PSNR" in capsys.readouterr().out
     assert main(args) == 2  # the report exists: no overwrite without --overwrite
+
+
+# ---- students at their own sampler settings, with a LoRA; intervals; times -------------------------------------------
+
+def lora_file(model, path, metadata: dict | None = None, seed: int = 1):
+    """A random LoRA on every layer of `model`'s own topology, written as a kohya file."""
+    from sdkd_ext.lora.file import kohya_metadata, write_kohya
+    from test_lora import layout_of, random_lora
+
+    lora = random_lora(layout_of(model), rank=4, alpha=4.0, seed=seed, unet_only=True)
+    return write_kohya(lora, path, {**kohya_metadata(lora, None), **(metadata or {})})
+
+
+@pytest.fixture(scope="module")
+def few_step(teacher_file, students, tmp_path_factory):
+    """The teacher against itself and the tiny student with and without a LoRA, the students at lcm 2 steps cfg 1,
+    the teacher at its own 3 steps cfg 7.5."""
+    tiny = students["tiny"].checkpoint
+    lora = lora_file(tiny, tmp_path_factory.mktemp("lora") / "tiny-lcm.safetensors")
+    reference, fast = Sampler("dpmpp_2m", 3, 7.5), Sampler("lcm", 2, 1.0)
+    plain = CompareSpec(tuple(PROMPTS), tuple(SEEDS), 64, reference, fast)
+    return (compare(teacher_file, [teacher_file, tiny], plain),
+            compare(teacher_file, [tiny], CompareSpec(tuple(PROMPTS), tuple(SEEDS), 64, reference, fast, ((lora, 1.0),))),
+            lora)
+
+
+def test_students_are_drawn_at_their_own_settings_the_teacher_at_its_own(few_step, result):
+    plain, with_lora, _ = few_step
+    teacher, itself, _ = plain.models
+    assert plain.settings["reference"] == {"sampler": "dpmpp_2m", "steps": 3, "guidance": 7.5}
+    assert plain.settings["students"] == {"sampler": "lcm", "steps": 2, "guidance": 1.0}
+    assert teacher.sampler == "dpmpp_2m, 3 steps, cfg 7.5" and itself.sampler == "lcm, 2 steps, cfg 1"
+    # the teacher as a student, drawn at other settings, no longer matches its reference images
+    assert all(math.isfinite(s.psnr) and s.latent_mse > 0 for s in itself.samples)
+    # the reference is the teacher at its settings: what `result` drew with the same settings (steps 3, cfg 7.5)
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(teacher.samples, result.models[0].samples))
+
+
+def test_the_lora_is_applied_to_the_students_only(few_step):
+    plain, with_lora, lora = few_step
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(plain.models[0].samples, with_lora.models[0].samples))
+    assert with_lora.models[1].loras == [f"{lora.name}:1"] and with_lora.models[0].loras == []
+    assert with_lora.settings["loras"] == [f"{lora.name}:1"]
+    assert all(not torch.allclose(a.latents, b.latents) for a, b in zip(plain.models[2].samples, with_lora.models[1].samples))
+
+
+def test_each_figure_has_a_95_percent_interval_over_prompts_and_seeds(few_step, tmp_path):
+    plain = few_step[0]
+    tiny = plain.models[2]
+    for key, iv in tiny.intervals().items():
+        values = [getattr(s, key) for s in tiny.samples]
+        assert len(values) == len(PROMPTS) * len(SEEDS) == 4
+        half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
+        assert iv["mean"] == pytest.approx(statistics.fmean(values))
+        assert (iv["low"], iv["high"]) == pytest.approx((iv["mean"] - half, iv["mean"] + half))
+        assert iv["low"] < iv["mean"] < iv["high"]
+    assert plain.models[0].intervals()["psnr"] is None  # the teacher against itself: PSNR inf, no interval
+    data = json.loads(write_report(plain, tmp_path / "r")["json"].read_text())
+    assert data["settings"]["interval"].startswith("95% interval of the mean over the n = prompts x seeds images")
+    row = data["models"][2]
+    assert row["intervals"]["ssim"]["low"] == tiny.intervals()["ssim"]["low"]
+    assert row["seconds_per_image"] > 0 and row["cpu_seconds_per_image"] > 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert f"({tiny.intervals()['psnr']['low']:.2f} to {tiny.intervals()['psnr']['high']:.2f})" in page
+
+
+def test_cli_compare_reference_settings_lora_and_the_lcm_warning(teacher_file, students, few_step, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS[1] + "\n")
+    tiny = students["tiny"].checkpoint
+    args = ["compare", str(teacher_file), str(tiny), "--prompts", str(prompts), "--size", "64", "--sampler", "lcm",
+            "--steps", "2", "--guidance", "1", "--reference-steps", "3"]
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    out = capsys.readouterr()
+    warned = [line for line in out.err.splitlines() if line.startswith("sdkd: warning")]
+    assert len(warned) == 1 and "tiny.safetensors: the lcm sampler without an LCM LoRA draws poor images" in warned[0]
+    assert "PSNR dB" in out.out and "CPU s)" in out.out
+    data = json.loads((tmp_path / "plain" / "compare.json").read_text())
+    assert data["settings"]["reference"]["steps"] == 3 and data["settings"]["students"]["sampler"] == "lcm"
+    assert main(args + ["--lora", f"{few_step[2]}:1", "--out", str(tmp_path / "lora")]) == 0
+    assert "poor images" not in capsys.readouterr().err  # the LoRA's name says lcm
+    assert main(args[:-1] + ["0", "--out", str(tmp_path / "bad")]) == 2
+    assert capsys.readouterr().err.startswith("sdkd: error: --reference-steps 0: choose between 1 and 50")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_lora_of_another_topology_is_refused_before_anything_is_drawn(teacher_file, students, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red box\n")
+    teachers = lora_file(teacher_file, tmp_path / "teacher-style.safetensors")
+    args = ["compare", str(teacher_file), str(students["tiny"].checkpoint), "--prompts", str(prompts), "--size", "64",
+            "--lora", str(teachers), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sdkd: error: --lora for ") and "teacher-style.safetensors" in err, err
+    assert not (tmp_path / "out").exists()

@@ -25,6 +25,7 @@ from sdkd_ext.hosts.base import FolderHost
 from sdkd_ext.names import UnsafeName, path_in_folder
 from sdkd_ext.progress import Event
 from sdkd_ext.ui import JobControl, compare_job, lora_job, prune_job, run_in_host
+from sdkd_ext.ui.jobs import CompareForm
 from test_hosts import ldm_as_a1111_loads_it
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +170,7 @@ def test_tab_refuses_names_leading_out_of_its_folders(models, tmp_path):
                                                    "../escape", False, True))
     assert status.startswith("Error: LoRA name '../escape'"), status
     status = run_in_host(models, control, compare_job(models, "teacher.safetensors", ["teacher.safetensors"], "a", "0",
-                                                      64, 1, "/tmp"))
+                                                      CompareForm(64, steps=1), "/tmp"))
     assert status.startswith("Error: Report name '/tmp'"), status
     status = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "teacher", "fp16", True))
     assert status.startswith("Error: Output name 'teacher'") and "never overwrites its input" in status
@@ -218,7 +219,8 @@ def test_tab_words_core_messages_with_its_widgets(models, tmp_path):
     (run / STATE_FILE).write_bytes(b"")  # a run folder from an earlier distil of the same name
     statuses = {
         "use 'Resume' to continue it or 'Overwrite' to start over": distil("built-in", "", "kd", False),
-        "no checkpoint in fresh.run; run again without 'Resume'": distil("built-in", "", "fresh", True),
+        "no checkpoint in fresh.run (a finished run keeps none unless 'Keep training state'); run again without "
+        "'Resume'": distil("built-in", "", "fresh", True),
         f"Error: {DISTIL_WIDGETS['--data']!r}": distil("image folder", str(tmp_path / "nowhere"), "x", False),
         "'Rank' must be at least 1 and 'Alpha' positive": run_in_host(models, JobControl(), lora_job(
             models, "teacher.safetensors", str(tmp_path), 0, 4, 1, 64, False, "l", False, False)),

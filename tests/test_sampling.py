@@ -99,7 +99,7 @@ def test_schedules_match_the_hosts():
 
 @pytest.mark.parametrize("bad, flag", [(dict(name="lcm", steps=0), "--steps 0"), (dict(name="euler", steps=51), "--steps 51"),
                                        (dict(name="dpm", steps=4), "--sampler dpm"),
-                                       (dict(name="lcm", steps=4, guidance=-1.0), "--guidance -1.0")])
+                                       (dict(name="lcm", steps=4, guidance=0.5), "--guidance 0.5")])
 def test_bad_settings_are_refused_naming_the_flag(bad, flag):
     with pytest.raises(SdkdError, match="^" + flag):
         Sampler(**bad)

@@ -136,6 +136,17 @@ def test_the_export_comes_before_the_final_preview_which_is_its_own_cancellable_
     assert not (tmp_path / "run" / "previews" / "step-000004.png").exists()
 
 
+def test_a_preview_that_runs_out_of_memory_leaves_the_export(tmp_path):
+    """21.1: on a GPU a preview can run out of memory after hours of training; the student is already written."""
+    def preview(m, step, path):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={}, preview=preview,
+                     on_export=lambda m, res: "written")
+    assert r.exported == "written" and not r.cancelled
+    assert r.preview_note == "not drawn (CUDA out of memory. Tried to allocate 2.00 GiB); the export is written"
+
+
 def test_a_finished_run_keeps_no_state_unless_asked_and_an_interrupted_one_says_what_it_keeps(tmp_path):
     """22.5: a finished run's folder holds the loss log and previews only; --keep-state and a cancel keep the state."""
     from sdkd_ext.train import RUN_CACHE, disk_note

@@ -8,6 +8,7 @@ A job given a `Live` records there the run folder its loss curve and samples go 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,7 @@ from ..errors import SdkdError
 from ..hosts.base import DEMO_LISTED, FolderHost
 from ..names import Output
 from ..progress import ProgressFn
+from ..sampling import DEFAULT_SAMPLER
 from ..train import TrainConfig
 from ..variants import VARIANTS
 from .facts import describe_file, estimate_text, parse_vram, table, train_device
@@ -39,7 +41,12 @@ LORA_WIDGETS = {"--data": "Image folder (with .txt captions or metadata.jsonl)",
                 "--rank": "Rank", "--alpha": "Alpha", "--steps": "Steps", "--resolution": "Resolution", "--resume": "Resume",
                 "--vram": "VRAM budget (GB or auto)", "--preview-every": "Samples every N steps",
                 "--keep-state": "Keep training state"}
-BENCH_WIDGETS = {"--size": "Size", "--steps": "Steps", "--repeats": "Timed UNet calls", "--t2i-repeats": "Timed images"}
+COMPARE_WIDGETS = {"--size": "Size", "--sampler": "Student sampler", "--steps": "Student steps",
+                   "--guidance": "Student guidance", "--lora": "Student LoRA", "--reference-steps": "Teacher steps",
+                   "--reference-guidance": "Teacher guidance"}
+COMPARE_LORA_WEIGHT, NO_LORA = "LoRA weight", "(none)"
+BENCH_WIDGETS = {"--size": "Size", "--sampler": "Sampler", "--steps": "Steps", "--guidance": "Guidance",
+                 "--repeats": "Timed UNet calls", "--t2i-repeats": "Timed images"}
 PORT_WIDGETS = {"--to": "Port to", "--alpha-equals-rank": "Alpha = rank (for a LoRA that states no alpha)"}
 REBASE_WIDGETS = {"--base": "Base (what the checkpoint was made from)", "--student": "Student to rebase",
                   "--strength": "Strength", "--dtype": "Weights"}
@@ -192,26 +199,57 @@ def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: f
     return job
 
 
-def compare_job(host: FolderHost, teacher: str, students: list[str], prompts: str, seeds: str, size: int,
-                steps: int, name: str) -> Callable[[ProgressFn], tuple[str, str | None]]:
-    """The tab's compare action: same prompts and seeds through each model, a grid and agreement figures."""
-    from ..compare import compare, write_report
+@dataclass(frozen=True)
+class CompareForm:
+    """The tab's Compare settings as its widgets give them: image size, the students' sampling and LoRA (a name from
+    the host's LoRA list, or none), the teacher's (the reference's) steps and guidance."""
 
-    out = Output(host.report_dir(), "the sdkd-compare folder", REPORT_NAME)  # a same-named report is replaced
+    size: int = 512
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = 25
+    guidance: float = 7.5
+    lora: str | None = None
+    lora_weight: float = 1.0
+    reference_steps: int = 25
+    reference_guidance: float = 7.5
+
+
+def compare_job(host: FolderHost, teacher: str, students: list[str], prompts: str, seeds: str, form: CompareForm,
+                name: str) -> Callable[[ProgressFn], tuple[str, str | None]]:
+    """The tab's compare action: same prompts and seeds through each model, a grid and agreement figures."""
+    from ..compare import CompareSpec, compare, lacking_few_step, write_report
+    from ..lora.kind import poor_images_line
+    from ..sampling import flags, sampler
+
+    # a same-named report is replaced
+    out = Output(host.report_dir(), "the sdkd-compare folder", REPORT_NAME, widgets=COMPARE_WIDGETS)
 
     def job(progress: ProgressFn) -> tuple[str, str | None]:
         folder = out.path(name, "report")
         lines = [p.strip() for p in prompts.splitlines() if p.strip()]
         if not students:
             raise SdkdError("pick at least one student to compare with the teacher")
-        result = compare(_teacher(host, teacher), [_teacher(host, s) for s in students], lines,
-                         [int(x) for x in seeds.replace(",", " ").split()] or [0], int(size), int(steps), progress=progress)
+        loras = host.loras()
+        lora = None if form.lora in (None, "", NO_LORA) else form.lora
+        if lora and lora not in loras:
+            raise SdkdError(f"{COMPARE_WIDGETS['--lora']} {lora!r} is not in the LoRA list; press Refresh if you just "
+                            "added it")
+        with out.worded():
+            picked = tuple(int(x) for x in seeds.replace(",", " ").split()) or (0,)
+            spec = CompareSpec(tuple(lines), picked, int(form.size),
+                               sampler(DEFAULT_SAMPLER, int(form.reference_steps), float(form.reference_guidance),
+                                       flags("reference-")),
+                               sampler(form.sampler, int(form.steps), float(form.guidance)),
+                               ((loras[lora], float(form.lora_weight)),) if lora else ())
+            paths = [_teacher(host, s) for s in students]
+            result = compare(_teacher(host, teacher), paths, spec, progress=progress)
         files = write_report(result, folder, overwrite=True)
-        return f"Report: {out.shown(files['report'])}", str(files["grid"])
+        poor = lacking_few_step(_teacher(host, teacher), paths, spec)
+        fix = f"pick an LCM LoRA as {COMPARE_WIDGETS['--lora']!r}"
+        note = f"; {poor_images_line(', '.join(poor), fix)}" if poor else ""
+        return f"Report: {out.shown(files['report'])}{note}", str(files["grid"])
 
     return job
-
-
 
 
 # ---- before a job: what the file is, and whether the run fits ----------------------------------------------------
@@ -304,14 +342,27 @@ def bench_markdown(result) -> str:
     s = result.settings
     return (table(("model", "variant", "UNet params", "UNet step", "speed-up", "MAC ratio", "text-to-image",
                    "speed-up", "memory"), rows)
-            + f"\n\n{s['device']} {s['dtype']}, {s['size']} px, {s['steps']} steps, guidance {s['guidance']}; medians of "
-              "repeated runs, every model timed in turn.")
+            + f"\n\n{s['device']} {s['dtype']}, {s['size']} px, {s['sampler']} {s['steps']} steps, guidance {s['guidance']}; "
+              "medians of repeated runs, every model timed in turn.")
 
 
-def bench_job(host: FolderHost, teacher: str, students: list[str], size: int, steps: int, repeats: int,
-              t2i_repeats: int, name: str) -> Callable[[ProgressFn], tuple[str, str, object]]:
+@dataclass(frozen=True)
+class BenchForm:
+    """The tab's Bench settings as its widgets give them."""
+
+    size: int = 512
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = 25
+    guidance: float = 7.5
+    repeats: int = 5
+    t2i_repeats: int = 3
+
+
+def bench_job(host: FolderHost, teacher: str, students: list[str], form: BenchForm,
+              name: str) -> Callable[[ProgressFn], tuple[str, str, object]]:
     """The tab's bench action: teacher vs students on this machine's GPU (or CPU); (status, figures, chart)."""
     from ..bench import bench, chart, write_outputs
+    from ..sampling import sampler
 
     out = Output(host.bench_dir(), "the sdkd-bench folder", BENCH_NAME, widgets=BENCH_WIDGETS)  # a same name is replaced
 
@@ -321,8 +372,8 @@ def bench_job(host: FolderHost, teacher: str, students: list[str], size: int, st
             raise SdkdError("pick at least one student to bench against the teacher")
         with out.worded():
             result = bench(_teacher(host, teacher), [_teacher(host, s) for s in students], train_device().type,
-                           size=int(size), steps=int(steps), repeats=int(repeats), t2i_repeats=int(t2i_repeats),
-                           progress=progress)
+                           size=int(form.size), sampling=sampler(form.sampler, int(form.steps), float(form.guidance)),
+                           repeats=int(form.repeats), t2i_repeats=int(form.t2i_repeats), progress=progress)
         js, _ = write_outputs(result, folder, overwrite=True)
         return f"Bench: {out.shown(js)}", bench_markdown(result), chart(result)
 

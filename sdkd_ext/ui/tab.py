@@ -15,11 +15,16 @@ from typing import Callable
 
 from ..errors import SdkdError
 from ..hosts.base import FolderHost
+from ..sampling import DEFAULT_SAMPLER, SAMPLER_NAMES
 from ..variants import VARIANTS
-from . import fewstep, jobs
+from .fewstep import (FAST_LORA, FAST_OVERWRITE, FAST_STEPS, FAST_STUDENT, FAST_WIDGETS, LCM_NAME, LCM_OVERWRITE, LCM_WIDGETS,
+                      NO_TEACHER, VRAM, FastFields, FewStepFields, fast_job, fast_plan, lcm_estimate, lcm_job)
 from .jobs import (DATA_KINDS, DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS, LORA_NAME, LORA_OVERWRITE,
                    LORA_WIDGETS, PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS, PORTABLE, PRUNE_NAME, PRUNE_OVERWRITE,
-                   PUBLIC_STUDENTS, REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS, REPORT_NAME, BENCH_NAME, BENCH_WIDGETS)
+                   PUBLIC_STUDENTS, REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS, REPORT_NAME, BENCH_NAME, BENCH_WIDGETS,
+                   BenchForm, COMPARE_LORA_WEIGHT, COMPARE_WIDGETS, NO_LORA, CompareForm, bench_job, compare_job,
+                   distil_estimate, distill_job, file_text, lora_estimate, lora_job, port_job, port_targets, prune_job,
+                   rebase_job)
 from .run import JobControl, Live, run_in_host, stream
 
 
@@ -66,7 +71,7 @@ class Section:
 
 
 def make_it_fast_section(gr) -> Section:
-    """The Make-it-fast widgets (fewstep.FastFields' order after the checkpoint)."""
+    """The Make-it-fast widgets (FastFields' order after the checkpoint)."""
     from ..fast import TARGETS
 
     gr.Markdown("Make the checkpoint above fast in one job: its BK-SDM **tiny** student (about 2x faster per step), "
@@ -75,17 +80,17 @@ def make_it_fast_section(gr) -> Section:
                 "polished; otherwise the checkpoint is pruned and distilled. No training images needed: the checkpoint "
                 "draws its own. Each step is also its own section (Distil, Rebase, Few-step LoRA).")
     with gr.Row():
-        target = gr.Radio(label=fewstep.FAST_WIDGETS["--target"], choices=list(TARGETS.values()),
+        target = gr.Radio(label=FAST_WIDGETS["--target"], choices=list(TARGETS.values()),
                           value=TARGETS["tiny+lcm"])
-        student = gr.Textbox(label=fewstep.FAST_STUDENT, placeholder="blank: <checkpoint>-bk-tiny-fast")
-        lora = gr.Textbox(label=fewstep.FAST_LORA, placeholder="blank: <student>-lcm")
+        student = gr.Textbox(label=FAST_STUDENT, placeholder="blank: <checkpoint>-bk-tiny-fast")
+        lora = gr.Textbox(label=FAST_LORA, placeholder="blank: <student>-lcm")
     with gr.Row():
-        distil_steps = gr.Number(label=fewstep.FAST_STEPS["distil"], value=1000, precision=0)
-        lcm_steps = gr.Number(label=fewstep.FAST_STEPS["lcm"], value=1000, precision=0)
-        prompts = gr.Number(label=fewstep.FAST_WIDGETS["--self"], value=256, precision=0)
-        resolution = gr.Number(label=fewstep.FAST_WIDGETS["--resolution"], value=512, precision=0)
-        vram = gr.Textbox(label=fewstep.VRAM, value="auto")
-        overwrite = gr.Checkbox(label=fewstep.FAST_OVERWRITE, value=False)
+        distil_steps = gr.Number(label=FAST_STEPS["distil"], value=1000, precision=0)
+        lcm_steps = gr.Number(label=FAST_STEPS["lcm"], value=1000, precision=0)
+        prompts = gr.Number(label=FAST_WIDGETS["--self"], value=256, precision=0)
+        resolution = gr.Number(label=FAST_WIDGETS["--resolution"], value=512, precision=0)
+        vram = gr.Textbox(label=VRAM, value="auto")
+        overwrite = gr.Checkbox(label=FAST_OVERWRITE, value=False)
     plan = gr.Markdown("Press *Show route and time* to see what will run, the memory estimate and the time it expects.",
                        elem_id="sdkd_fast_plan")
     with gr.Row():
@@ -96,13 +101,13 @@ def make_it_fast_section(gr) -> Section:
 
 
 def few_step_section(gr, checkpoints: list[str]) -> Section:
-    """The Few-step LoRA widgets (fewstep.FewStepFields' order after the checkpoint)."""
-    w = fewstep.LCM_WIDGETS
+    """The Few-step LoRA widgets (FewStepFields' order after the checkpoint)."""
+    w = LCM_WIDGETS
     gr.Markdown("Train a few-step (LCM) LoRA for the checkpoint above (a teacher or a BK-SDM student): with it the "
                 "model draws in 4 sampler steps at CFG 1. It learns to jump along the teacher's guided sampling (the "
                 "model itself, or for a student the checkpoint it was made from). It lands in your LoRA folder.")
     with gr.Row():
-        teacher = gr.Dropdown(label=w["--teacher"], choices=[fewstep.NO_TEACHER, *checkpoints], value=fewstep.NO_TEACHER)
+        teacher = gr.Dropdown(label=w["--teacher"], choices=[NO_TEACHER, *checkpoints], value=NO_TEACHER)
         kind = gr.Radio(label="Training data", choices=list(DATA_KINDS), value=DATA_KINDS[2])
     with gr.Row():
         path = gr.Textbox(label=w["--data"])
@@ -115,10 +120,10 @@ def few_step_section(gr, checkpoints: list[str]) -> Section:
         vram = gr.Textbox(label=w["--vram"], value="auto")
         every = gr.Number(label=w["--preview-every"], value=100, precision=0)
     with gr.Row():
-        name = gr.Textbox(label=fewstep.LCM_NAME, placeholder="blank: <checkpoint>-lcm")
+        name = gr.Textbox(label=LCM_NAME, placeholder="blank: <checkpoint>-lcm")
         resume = gr.Checkbox(label=w["--resume"], value=False)
         keep = gr.Checkbox(label=w["--keep-state"], value=False)
-        overwrite = gr.Checkbox(label=fewstep.LCM_OVERWRITE, value=False)
+        overwrite = gr.Checkbox(label=LCM_OVERWRITE, value=False)
     estimate = gr.Markdown("Pick a checkpoint to see the memory estimate.", elem_id="sdkd_fewstep_estimate")
     go = gr.Button("Train few-step LoRA", variant="primary", elem_id="sdkd_fewstep")
     return Section([teacher, kind, path, count, steps, rank, resolution, guidance, vram, every, name, resume, overwrite,
@@ -131,7 +136,7 @@ def picked(host: FolderHost, path: Path | None) -> tuple:
     import gradio as gr
 
     name = listed_name(host, path)
-    return gr.update(choices=list(host.checkpoints()), value=name), jobs.file_text(host, name or "")
+    return gr.update(choices=list(host.checkpoints()), value=name), file_text(host, name or "")
 
 
 def build_tab(host: FolderHost):
@@ -159,7 +164,7 @@ def build_tab(host: FolderHost):
             # at an earlier launch from ui-config.json (modules/ui_loadsave.py skips components marked so)
             ckpt.do_not_save_to_config = True
             refresh = gr.Button("Refresh", elem_id="sdkd_refresh")
-        info = gr.Markdown(jobs.file_text(host, current), elem_id="sdkd_info")
+        info = gr.Markdown(file_text(host, current), elem_id="sdkd_info")
         with gr.Tabs():
             with gr.Tab("Make it fast"):
                 fast = make_it_fast_section(gr)
@@ -232,10 +237,21 @@ def build_tab(host: FolderHost):
                 c_prompts = gr.Textbox(label="Prompts, one per line", lines=4)
                 with gr.Row():
                     c_seeds = gr.Textbox(label="Seeds", value="0 1")
-                    c_size = gr.Number(label="Size", value=512, precision=0)
-                    c_steps = gr.Number(label="Steps", value=25, precision=0)
+                    c_size = gr.Number(label=COMPARE_WIDGETS["--size"], value=512, precision=0)
                     c_name = gr.Textbox(label=REPORT_NAME, value="report",
                                         placeholder="a folder in sdkd-compare beside your checkpoints")
+                gr.Markdown("Students are drawn at their own settings, the teacher at its own (the reference): e.g. "
+                            "students with an LCM LoRA at lcm, 4 steps, guidance 1 against the teacher at 25 steps, 7.5.")
+                with gr.Row():
+                    c_sampler = gr.Dropdown(label=COMPARE_WIDGETS["--sampler"], choices=list(SAMPLER_NAMES),
+                                            value=DEFAULT_SAMPLER)
+                    c_steps = gr.Number(label=COMPARE_WIDGETS["--steps"], value=25, precision=0)
+                    c_guidance = gr.Number(label=COMPARE_WIDGETS["--guidance"], value=7.5)
+                    c_lora = gr.Dropdown(label=COMPARE_WIDGETS["--lora"], choices=[NO_LORA, *host.loras()], value=NO_LORA)
+                    c_weight = gr.Number(label=COMPARE_LORA_WEIGHT, value=1.0)
+                with gr.Row():
+                    c_ref_steps = gr.Number(label=COMPARE_WIDGETS["--reference-steps"], value=25, precision=0)
+                    c_ref_guidance = gr.Number(label=COMPARE_WIDGETS["--reference-guidance"], value=7.5)
                 c_go = gr.Button("Compare", variant="primary", elem_id="sdkd_compare")
                 c_grid = gr.Image(label="Grid", type="pil", interactive=False)
             with gr.Tab("Bench"):
@@ -244,7 +260,10 @@ def build_tab(host: FolderHost):
                 b_students = gr.Dropdown(label="Students", choices=names(), multiselect=True)
                 with gr.Row():
                     b_size = gr.Number(label=BENCH_WIDGETS["--size"], value=512, precision=0)
+                    b_sampler = gr.Dropdown(label=BENCH_WIDGETS["--sampler"], choices=list(SAMPLER_NAMES),
+                                            value=DEFAULT_SAMPLER)
                     b_steps = gr.Number(label=BENCH_WIDGETS["--steps"], value=25, precision=0)
+                    b_guidance = gr.Number(label=BENCH_WIDGETS["--guidance"], value=7.5)
                     b_repeats = gr.Number(label=BENCH_WIDGETS["--repeats"], value=5, precision=0)
                     b_t2i = gr.Number(label=BENCH_WIDGETS["--t2i-repeats"], value=3, precision=0)
                     b_name = gr.Textbox(label=BENCH_NAME, value="bench",
@@ -258,7 +277,7 @@ def build_tab(host: FolderHost):
                             "kept are renamed to their new place, those in removed blocks are dropped.")
                 with gr.Row():
                     p_lora = gr.Dropdown(label="LoRA", choices=list(host.loras()))
-                    p_to = gr.Dropdown(label=PORT_WIDGETS["--to"], choices=jobs.port_targets(host), value="small")
+                    p_to = gr.Dropdown(label=PORT_WIDGETS["--to"], choices=port_targets(host), value="small")
                 with gr.Row():
                     p_name = gr.Textbox(label=PORT_NAME, placeholder="blank: <lora>-for-<target>")
                     p_alpha = gr.Checkbox(label=PORT_WIDGETS["--alpha-equals-rank"], value=False)
@@ -288,12 +307,14 @@ def build_tab(host: FolderHost):
                                type="pil", interactive=False, elem_id="sdkd_samples")
 
         checkpoint_lists = [ckpt, c_students, b_students, r_base, r_student]
-        lists = [*checkpoint_lists, p_lora, p_to, few.teacher]
+        lists = [*checkpoint_lists, p_lora, c_lora, p_to, few.teacher]
 
         def refreshed() -> tuple:
             """New choices for every list (gr.update: the one form gradio 3.41, 4.x and later share)."""
-            return (*(gr.update(choices=names()) for _ in checkpoint_lists), gr.update(choices=list(host.loras())),
-                    gr.update(choices=jobs.port_targets(host)), gr.update(choices=[fewstep.NO_TEACHER, *names()]))
+            loras = list(host.loras())
+            return (*(gr.update(choices=names()) for _ in checkpoint_lists), gr.update(choices=loras),
+                    gr.update(choices=[NO_LORA, *loras]), gr.update(choices=port_targets(host)),
+                    gr.update(choices=[NO_TEACHER, *names()]))
 
         def wrote(live: Live) -> tuple:
             """The Load button and its state after a job: shown when the job wrote a listed checkpoint."""
@@ -311,29 +332,30 @@ def build_tab(host: FolderHost):
 
         def on_prune(t, c, v, n, d, o, pt, progress=gr.Progress()):
             live = Live()
-            return (run(jobs.prune_job(host, c, v, n, d, o, live, pt), progress, t, gpu=False), *wrote(live),
+            return (run(prune_job(host, c, v, n, d, o, live, pt), progress, t, gpu=False), *wrote(live),
                     *refreshed())
 
         def on_distill(t, c, v, k, p, n, st, r, vr, ev, a, b, f, nm, rs, o, pt, ks=False, progress=gr.Progress()):
             keep = gr.update()
-            yield ("planning...", keep, keep, keep, keep, jobs.distil_estimate(host, c, v, st, r, vr, ev),
+            yield ("planning...", keep, keep, keep, keep, distil_estimate(host, c, v, st, r, vr, ev),
                    *(keep for _ in lists))
             live = Live()
-            job = jobs.distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, ev, live, pt, ks)
+            job = distill_job(host, c, v, k, p, n, st, r, vr, a, b, f, nm, rs, o, ev, live, pt, ks)
             for frame in streamed(job, live, progress, t):
                 yield (*frame[:5], keep, *frame[5:])
 
         def on_lora(t, c, fo, rk, al, st, r, vr, te, nm, rs, o, ev, ks=False, progress=gr.Progress()):
             keep = gr.update()
-            yield ("planning...", keep, keep, keep, keep, jobs.lora_estimate(host, c, rk, al, st, r, te, vr),
+            yield ("planning...", keep, keep, keep, keep, lora_estimate(host, c, rk, al, st, r, te, vr),
                    *(keep for _ in lists))
             live = Live()
-            job = jobs.lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o, vr, ev, live, ks)
+            job = lora_job(host, c, fo, rk, al, st, r, te, nm, rs, o, vr, ev, live, ks)
             for frame in streamed(job, live, progress, t):
                 yield (*frame[:5], keep, *frame[5:])
 
-        def on_compare(t, c, ss, pr, se, sz, st, nm, progress=gr.Progress()):
-            result = run(jobs.compare_job(host, c, ss or [], pr, se, sz, st, nm), progress, t)
+        def on_compare(t, c, ss, pr, se, nm, sz, sa, st, g, lo, w, rst, rg, progress=gr.Progress()):
+            form = CompareForm(sz, sa, st, g, lo, w, rst, rg)
+            result = run(compare_job(host, c, ss or [], pr, se, form, nm), progress, t)
             if not isinstance(result, tuple):
                 return result, None
             from PIL import Image
@@ -341,16 +363,16 @@ def build_tab(host: FolderHost):
             with Image.open(result[1]) as grid:
                 return result[0], grid.convert("RGB")
 
-        def on_bench(t, c, ss, sz, st, rp, t2i, nm, progress=gr.Progress()):
-            result = run(jobs.bench_job(host, c, ss or [], sz, st, rp, t2i, nm), progress, t)
+        def on_bench(t, c, ss, sz, sa, st, g, rp, t2i, nm, progress=gr.Progress()):
+            result = run(bench_job(host, c, ss or [], BenchForm(sz, sa, st, g, rp, t2i), nm), progress, t)
             return result if isinstance(result, tuple) else (result, gr.update(), gr.update())
 
         def on_port(t, lo, to, nm, ar, o, progress=gr.Progress()):
-            return (run(jobs.port_job(host, lo, to, nm, ar, o), progress, t, gpu=False), *refreshed())
+            return (run(port_job(host, lo, to, nm, ar, o), progress, t, gpu=False), *refreshed())
 
         def on_rebase(t, c, ba, stu, sg, nm, d, o, progress=gr.Progress()):
             live = Live()
-            status_line = run(jobs.rebase_job(host, c, ba, stu, sg, nm, d, o, live), progress, t, gpu=False)
+            status_line = run(rebase_job(host, c, ba, stu, sg, nm, d, o, live), progress, t, gpu=False)
             return (status_line, *wrote(live), *refreshed())
 
         def planned(t: str, plan: str, job: Callable, live: Live):
@@ -362,22 +384,22 @@ def build_tab(host: FolderHost):
                 yield (*frame[:5], keep, *frame[5:])
 
         def on_fast(t, *values):
-            fields, live = fewstep.FastFields(*values), Live()
-            yield from planned(t, fewstep.fast_plan(host, fields), fewstep.fast_job(host, fields, live), live)
+            fields, live = FastFields(*values), Live()
+            yield from planned(t, fast_plan(host, fields), fast_job(host, fields, live), live)
 
         def on_few(t, *values):
-            fields, live = fewstep.FewStepFields(*values), Live()
-            yield from planned(t, fewstep.lcm_estimate(host, fields), fewstep.lcm_job(host, fields, live), live)
+            fields, live = FewStepFields(*values), Live()
+            yield from planned(t, lcm_estimate(host, fields), lcm_job(host, fields, live), live)
 
         def on_checkpoint(c, v, st, r, vr, ev, rk, al, lst, lr, te, lvr):
-            return (jobs.file_text(host, c), jobs.distil_estimate(host, c, v, st, r, vr, ev),
-                    jobs.lora_estimate(host, c, rk, al, lst, lr, te, lvr))
+            return (file_text(host, c), distil_estimate(host, c, v, st, r, vr, ev),
+                    lora_estimate(host, c, rk, al, lst, lr, te, lvr))
 
         distil_fields = [d_variant, d_steps, d_res, d_vram, d_every]
         lora_fields = [l_rank, l_alpha, l_steps, l_res, l_te, l_vram]
         refresh.click(refreshed, outputs=lists)
         ckpt.change(on_checkpoint, inputs=[ckpt, *distil_fields, *lora_fields], outputs=[info, d_estimate, l_estimate])
-        d_variant.change(lambda c, *a: jobs.distil_estimate(host, c, *a), inputs=[ckpt, *distil_fields],
+        d_variant.change(lambda c, *a: distil_estimate(host, c, *a), inputs=[ckpt, *distil_fields],
                          outputs=[d_estimate])
         go.click(on_prune, inputs=[task, ckpt, variant, name, dtype, overwrite, portable],
                  outputs=[status, load, written, *lists], **page)
@@ -390,20 +412,22 @@ def build_tab(host: FolderHost):
                    outputs=[*long_outputs, d_estimate, *lists], **live_view)
         l_go.click(on_lora, inputs=[task, ckpt, l_folder, l_rank, l_alpha, l_steps, l_res, l_vram, l_te, l_name,
                                     l_resume, l_over, l_every, l_keep], outputs=[*long_outputs, l_estimate, *lists], **live_view)
-        c_go.click(on_compare, inputs=[task, ckpt, c_students, c_prompts, c_seeds, c_size, c_steps, c_name],
+        c_form = [c_size, c_sampler, c_steps, c_guidance, c_lora, c_weight, c_ref_steps, c_ref_guidance]  # CompareForm's order
+        c_go.click(on_compare, inputs=[task, ckpt, c_students, c_prompts, c_seeds, c_name, *c_form],
                    outputs=[status, c_grid], **page)
-        b_go.click(on_bench, inputs=[task, ckpt, b_students, b_size, b_steps, b_repeats, b_t2i, b_name],
+        b_go.click(on_bench, inputs=[task, ckpt, b_students, b_size, b_sampler, b_steps, b_guidance, b_repeats, b_t2i,
+                                     b_name],
                    outputs=[status, b_table, b_chart], **page)
         p_go.click(on_port, inputs=[task, p_lora, p_to, p_name, p_alpha, p_over], outputs=[status, *lists], **page)
         r_go.click(on_rebase, inputs=[task, ckpt, r_base, r_student, r_strength, r_name, r_dtype, r_over],
                    outputs=[status, load, written, *lists], **page)
         fast_fields = [ckpt, *fast.fields]
-        fast.show.click(lambda *a: fewstep.fast_plan(host, fewstep.FastFields(*a)), inputs=fast_fields,
+        fast.show.click(lambda *a: fast_plan(host, FastFields(*a)), inputs=fast_fields,
                         outputs=[fast.plan])
         fast.go.click(on_fast, inputs=[task, *fast_fields], outputs=[*long_outputs, fast.plan, *lists], **live_view)
         few_inputs = [ckpt, *few.fields]
         for changed in (ckpt, few.teacher, few.rank, few.resolution):
-            changed.change(lambda *a: fewstep.lcm_estimate(host, fewstep.FewStepFields(*a)), inputs=few_inputs,
+            changed.change(lambda *a: lcm_estimate(host, FewStepFields(*a)), inputs=few_inputs,
                            outputs=[few.estimate])
         few.go.click(on_few, inputs=[task, *few_inputs], outputs=[*long_outputs, few.estimate, *lists], **live_view)
         load.click(lambda n: load_checkpoint(host, n), inputs=[written], outputs=[status])

@@ -37,7 +37,7 @@ RENAMED = {name: DEMO_NAMES for name in ORDER} | {"sdkd_prune_in_memory": {"v1-5
                                                  "sdkd_lcm_tiny_4_steps": {"v1-5-pruned-emaonly-bk-tiny": LCM_TINY}}
 SHRUNK = {
     "SdkdTrainLora": {"steps": 2, "resolution": 64, "rank": 4, "alpha": 4.0, "lr": 1e-2},
-    "SdkdCompare": {"size": 64, "steps": 2, "seeds": "0"},
+    "SdkdCompare": {"size": 64, "steps": 2, "reference_steps": 2, "seeds": "0"},
     "SdkdBench": {"size": 64, "steps": 1, "repeats": 1},
     "SdkdDistil": {"prompt_count": 2, "steps": 2, "resolution": 64},
     "EmptyLatentImage": {"width": 64, "height": 64},
@@ -436,7 +436,6 @@ def run_entry(server: Server, pid: str, timeout: float = 900) -> dict:
             raise RuntimeError(f"ComfyUI exited with {server.proc.returncode}")
         time.sleep(0.5)
     raise RuntimeError(f"prompt {pid} not finished after {timeout:.0f}s")
-
 
 
 def lcm_graph(ckpt: str, tag: str, lora: str | None = None) -> dict:

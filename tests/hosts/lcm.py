@@ -18,7 +18,7 @@ Sampler = Callable[[Path, "Path | None", str], tuple[Path, list[str]]]
 
 
 def sdkd_lcm_lora(model: Path, out: Path, seed: int = 0) -> Path:
-    """An LCM LoRA the way sdkd writes one: a module on every conv and linear layer of the model's UNet (its Layout),
+    """An LCM LoRA the way sdkd writes one: a module on every conv and linear layer `sdkd lcm` adapts (FULL_UNET_TARGETS),
     kohya LDM names, fp16, metadata `sdkd_lora_kind` = lcm; random weights (see tests/lcm_public.random_pair)."""
     import torch
 
@@ -27,6 +27,7 @@ def sdkd_lcm_lora(model: Path, out: Path, seed: int = 0) -> Path:
     from sdkd_ext.detect import describe
     from sdkd_ext.lora.file import DOWN, UP, Lora, LoraModule, kohya_metadata, write_kohya
     from sdkd_ext.lora.names import layout_of_source
+    from sdkd_ext.lora.peft import FULL_UNET_TARGETS
     from tests.lcm_public import random_pair
 
     src = open_model(model)
@@ -34,7 +35,8 @@ def sdkd_lcm_lora(model: Path, out: Path, seed: int = 0) -> Path:
     g = torch.Generator().manual_seed(seed)
     modules = {}
     for module_id, shape in layout.shapes.items():
-        if module_id.startswith(UNET) and len(shape) >= 2:
+        name = layout.diffusers_name(module_id) if module_id.startswith(UNET) else ""
+        if len(shape) >= 2 and any(name == t or name.endswith("." + t) for t in FULL_UNET_TARGETS):
             down, up = random_pair(shape, RANK, SCALE, g)
             modules[module_id] = LoraModule({DOWN: down, UP: up}, float(RANK))
     lora = Lora(modules)

@@ -4,8 +4,9 @@ figures) and bench (speed and memory on this machine's device). Both return an I
 from __future__ import annotations
 
 from ...errors import SdkdError
-from .common import (Job, chosen, comfy_progress, core_job, free_device, image_tensor, model_path, names, optional_models,
-                     result, wording)
+from ...sampling import DEFAULT_SAMPLER, MAX_STEPS, SAMPLER_NAMES
+from .common import (NONE, Job, chosen, comfy_progress, core_job, free_device, image_tensor, model_path, names,
+                     optional_models, result, wording)
 
 STUDENT_WIDGETS = ("student_name", "student_2", "student_3")
 
@@ -35,18 +36,25 @@ def device() -> str:
 
 
 def compare_text(comparison) -> str:
-    """One line per model: its mean agreement with the teacher and its time per image."""
+    """One line per model: how it was drawn, its mean agreement with the teacher (95% interval where defined) and its
+    time per image."""
     lines = []
     for m in comparison.models:
-        s = m.summary()
-        score = ("teacher" if m is comparison.models[0] else
-                 f"PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}, latent MSE {s['latent_mse']:.4g}")
-        lines.append(f"{m.label} ({m.variant or '?'}, {m.unet_params / 1e6:.1f}M UNet params): {score}; "
-                     f"{m.seconds_per_image:.2f} s/image")
+        s, iv = m.summary(), m.intervals()["psnr"]
+        interval = f" ({iv['low']:.2f} to {iv['high']:.2f})" if iv else ""
+        score = ("teacher (reference)" if m is comparison.models[0] else
+                 f"PSNR {s['psnr']:.2f}{interval} dB, SSIM {s['ssim']:.3f}, latent MSE {s['latent_mse']:.4g}")
+        lora = "".join(f" + {n}" for n in m.loras)
+        lines.append(f"{m.label}{lora} ({m.variant or '?'}, {m.unet_params / 1e6:.1f}M UNet params, {m.sampler}): "
+                     f"{score}; {m.seconds_per_image:.2f} s/image ({m.cpu_seconds_per_image:.2f} CPU s)")
     c = comparison.settings
-    lines.append(f"{len(c['prompts'])} prompt(s) x seeds {c['seeds']}, {c['size']} px, {c['steps']} steps, "
-                 f"guidance {c['guidance']}, {c['device']} {c['dtype']}")
+    lines.append(f"{len(c['prompts'])} prompt(s) x seeds {c['seeds']}, {c['size']} px, {c['device']} {c['dtype']}")
     return "\n".join(lines)
+
+
+def sampler_input() -> tuple:
+    """The sampler widget (optional, so API prompts written before it existed still run with the default)."""
+    return (list(SAMPLER_NAMES), {"default": DEFAULT_SAMPLER, "tooltip": "lcm: 4-8 steps at guidance 1, with an LCM LoRA"})
 
 
 class SdkdCompare(Job):
@@ -58,7 +66,8 @@ class SdkdCompare(Job):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        """Node inputs: teacher, students, prompts, seeds, image size, sampling steps, guidance."""
+        """Node inputs: teacher, students, prompts, seeds, image size, the students' steps and guidance; optional: the
+        students' sampler and LoRA, the teacher's (reference's) steps and guidance."""
         return {"required": {
             "ckpt_name": (names("checkpoints"), {"tooltip": "the teacher"}),
             **student_inputs(),
@@ -66,25 +75,45 @@ class SdkdCompare(Job):
                                    "multiline": True}),
             "seeds": ("STRING", {"default": "0 1"}),
             "size": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 8}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": 200}),
-            "guidance": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.5}),
+            "steps": ("INT", {"default": 25, "min": 1, "max": MAX_STEPS, "tooltip": "the students' sampler steps"}),
+            "guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5,
+                                   "tooltip": "the students' guidance (1: none, as for LCM LoRAs)"}),
+        }, "optional": {
+            "sampler": sampler_input(),
+            "lora_name": (optional_models("loras"), {"default": NONE, "tooltip": "a LoRA applied to every student"}),
+            "lora_strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
+            "reference_steps": ("INT", {"default": 25, "min": 1, "max": MAX_STEPS, "tooltip": "the teacher's steps"}),
+            "reference_guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5,
+                                             "tooltip": "the teacher's guidance"}),
         }}
 
     @core_job
     def compare(self, ckpt_name: str, student_name: str, student_2: str, student_3: str, prompts: str, seeds: str,
-            size: int, steps: int, guidance: float) -> dict:
+            size: int, steps: int, guidance: float, sampler: str = DEFAULT_SAMPLER, lora_name: str = NONE,
+            lora_strength: float = 1.0, reference_steps: int = 25, reference_guidance: float = 7.5) -> dict:
         """The core comparison on ComfyUI's device: the grid as IMAGE, the figures as text."""
-        from ...compare import compare, grid
+        from ...compare import CompareSpec, compare, grid, lacking_few_step
+        from ...lora.kind import poor_images_line
+        from ...sampling import flags, sampler as checked
 
-        words = wording({"--size": "size", "--steps": "steps"})
+        words = wording({"--size": "size", "--steps": "steps", "--guidance": "guidance", "--sampler": "sampler",
+                         "--reference-steps": "reference_steps", "--reference-guidance": "reference_guidance",
+                         "--lora": "lora_name"})
         teacher = model_path("checkpoints", ckpt_name, "ckpt_name")
         students = chosen("checkpoints", dict(zip(STUDENT_WIDGETS, (student_name, student_2, student_3))))
+        loras = chosen("loras", {"lora_name": lora_name})
         lines = [p.strip() for p in prompts.splitlines() if p.strip()]
         free_device()
         with words.worded():
-            c = compare(teacher, students, lines, seeds_of(seeds), int(size), int(steps), float(guidance),
-                        device=device(), progress=comfy_progress())
-        text = compare_text(c)
+            spec = CompareSpec(tuple(lines), tuple(seeds_of(seeds)), int(size),
+                               checked(DEFAULT_SAMPLER, int(reference_steps), float(reference_guidance),
+                                       flags("reference-")),
+                               checked(sampler, int(steps), float(guidance)),
+                               tuple((p, float(lora_strength)) for p in loras))
+            c = compare(teacher, students, spec, device=device(), progress=comfy_progress())
+        poor = lacking_few_step(teacher, students, spec)
+        note = f"\n{poor_images_line(', '.join(poor), 'pick an LCM LoRA as lora_name')}" if poor else ""
+        text = compare_text(c) + note
         return result(text, image_tensor(grid(c)), text)
 
 
@@ -97,27 +126,34 @@ class SdkdBench(Job):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        """Node inputs: teacher, students, image size, steps, repeats."""
+        """Node inputs: teacher, students, image size, steps, repeats; optional: sampler and guidance."""
         return {"required": {
             "ckpt_name": (names("checkpoints"), {"tooltip": "the teacher"}),
             **student_inputs(),
             "size": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 8}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": 200}),
+            "steps": ("INT", {"default": 25, "min": 1, "max": MAX_STEPS}),
             "repeats": ("INT", {"default": 5, "min": 1, "max": 100}),
+        }, "optional": {
+            "sampler": sampler_input(),
+            "guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5,
+                                   "tooltip": "above 1 doubles the UNet batch; LCM LoRAs draw at 1"}),
         }}
 
     @core_job
     def bench(self, ckpt_name: str, student_name: str, student_2: str, student_3: str, size: int, steps: int,
-            repeats: int) -> dict:
+            repeats: int, sampler: str = DEFAULT_SAMPLER, guidance: float = 7.5) -> dict:
         """The core benchmark (after ComfyUI's own models leave the device): the chart as IMAGE, the table as text."""
         from ...bench import bench, chart
+        from ...sampling import sampler as checked
 
         teacher = model_path("checkpoints", ckpt_name, "ckpt_name")
-        words = wording({"--size": "size", "--steps": "steps", "--repeats": "repeats"})
+        words = wording({"--size": "size", "--steps": "steps", "--repeats": "repeats", "--sampler": "sampler",
+                         "--guidance": "guidance"})
         students = chosen("checkpoints", dict(zip(STUDENT_WIDGETS, (student_name, student_2, student_3))))
         free_device()
         with words.worded():
-            r = bench(teacher, students, device(), size=int(size), steps=int(steps), repeats=int(repeats),
+            drawn = checked(sampler, int(steps), float(guidance))
+            r = bench(teacher, students, device(), size=int(size), sampling=drawn, repeats=int(repeats),
                       t2i_repeats=min(3, int(repeats)), progress=comfy_progress())
         text = r.table()
         return result(text, image_tensor(chart(r)), text)
