@@ -110,8 +110,8 @@ def test_few_step_lora_streams_and_lands_in_the_lora_folder_with_the_sampler_lin
     assert teachers[0] == NO_TEACHER and "teacher.safetensors" in teachers
     assert not (host.lora_dir() / "fewstep.run" / STATE_FILE).exists()  # a finished run keeps no state unless asked
     again = run_in_host(host, JobControl(), lcm_job(host, few()))
-    assert again.endswith("fewstep.safetensors already exists in your LoRA folder; choose another Few-step LoRA name "
-                          "or turn on 'Overwrite'"), again
+    assert again == ("Error: fewstep.safetensors in your LoRA folder already exists; choose another Few-step LoRA name "
+                     "or turn on 'Overwrite'"), again
 
 
 def test_following_points_the_live_view_at_the_phase_now_training(tmp_path):
