@@ -41,3 +41,10 @@ def manager_install(venv: Path, src: Path, manager: Path, node: Path) -> str:
     folder; then its environment fixes); returns what it printed."""
     return run_py(venv, str(manager / "cm-cli.py"), "post-install", str(node), cwd=src,
                   env={"COMFYUI_PATH": str(src), "PYTHONNOUSERSITE": "1"})
+
+
+def venv() -> tuple[Path, Path, Path]:
+    """(ComfyUI's tree, ComfyUI-Manager's tree, venv), built once per scratch folder: ComfyUI's and the Manager's
+    requirements with our CPU torch, and none of sdkd's packages (the Manager's install of sdkd adds them)."""
+    src, manager = unpack(ARCHIVE), unpack(MANAGER)
+    return src, manager, build_venv(ARCHIVE, requirements(src, manager))

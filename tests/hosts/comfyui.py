@@ -195,8 +195,9 @@ def manager_install(report: Report, venv: Path, src: Path, manager: Path, node: 
     from .a1111 import freeze
 
     with report.check(HOST, "manager-install") as r:
+        baseline = comfy_setup.bare_freeze(venv, src, manager)  # first: on a new venv it is written before sdkd is in
         said = comfy_setup.manager_install(venv, src, manager, node)
-        bare = dict(l.lower().split("==", 1) for l in comfy_setup.bare_freeze(venv, src, manager).read_text().splitlines() if "==" in l)
+        bare = dict(l.lower().split("==", 1) for l in baseline.read_text().splitlines() if "==" in l)
         after = freeze(venv)
         moved = {k: f"{v}->{after.get(k, 'removed')}" for k, v in bare.items() if after.get(k) != v}
         added = sorted(f"{k}=={v}" for k, v in after.items() if k not in bare)
