@@ -201,7 +201,9 @@ def manager_install(report: Report, venv: Path, src: Path, manager: Path, node: 
         after = freeze(venv)
         moved = {k: f"{v}->{after.get(k, 'removed')}" for k, v in bare.items() if after.get(k) != v}
         added = sorted(f"{k}=={v}" for k, v in after.items() if k not in bare)
-        steps = [l.split("=> ", 1)[1] for l in said.splitlines() if "ComfyUI-Manager: EXECUTE =>" in l]
+        lines = said.splitlines()  # "## ComfyUI-Manager: EXECUTE => " then the command, on the same line or the next
+        steps = [l.split("=> ", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+                 for i, l in enumerate(lines) if "ComfyUI-Manager: EXECUTE =>" in l]
         r["figure"] = (f"moved={moved or 'none'} added={len(added)}({','.join(added)}) manager_steps={len(steps)} "
                        f"sdkd_said={[l for l in said.splitlines() if l.startswith('sdkd:')]}")
         r["ok"] = (not moved and any("install.py" in c for c in steps)
