@@ -51,7 +51,9 @@ def test_standalone_tab_in_chromium(teacher_file, tmp_path):
     assert "Route: prune+kd" in seen["fast_plan"] and "Expected time" in seen["fast_plan"], seen["fast_plan"]
     assert seen["fast_plan"].count("training peak") == 2  # the distil's and the few-step LoRA's estimates
     assert "Settings it will use" in seen["fewstep_estimate"] and "trainable" in seen["fewstep_estimate"]
-    assert any(re.match(r"distill \d+/100000 · loss \S+ · \S+ it/s · ETA \d+:\d\d:\d\d$", s) for s in seen["statuses"])
+    # a grid every step: on a CPU the preview stage outlasts the training step, so the page may sample either stage
+    assert any(re.match(r"(distill \d+/100000 · loss \S+|preview \d+/\d+)( · .*)? · \S+ it/s · ETA \d+:\d\d", s)
+               for s in seen["statuses"]), seen["statuses"]
     assert seen["grids"] >= 2 and seen["curves"] >= 1, seen  # the sample grid and the curve updated in the page
     assert seen["distil"].startswith("Cancelled at step ") and "browser-kd.safetensors" in seen["distil"]
     assert seen["load"] == "Loaded browser-kd.safetensors into sdkd's pipeline (CPU) as this app's checkpoint"
