@@ -67,6 +67,7 @@ def cmd_lcm(a: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     """Register `sdkd lcm`."""
     from ..distill import add_run_options
+    from ..lora.cli import add_loop_options
 
     s = sub.add_parser("lcm", help="train a few-step (LCM) LoRA for an SD1.x checkpoint or BK-SDM student: "
                                    "4 sampler steps at CFG 1 instead of 25 at 7.5")
@@ -95,13 +96,7 @@ def add_commands(sub) -> None:
     s.add_argument("--sample-guidance", dest="sample_guidance", type=float, default=7.5,
                    help="data-free: CFG scale of the teacher's training samples (default 7.5)")
     s.add_argument("--sample-steps", type=int, default=25, help="data-free: sampler steps per teacher sample")
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast (auto: bf16 where supported, else fp16 on CUDA; fp32 on CPU)")
-    s.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
-    s.add_argument("--optimizer", default="auto", choices=["auto", "adamw", "adamw8bit"])
-    s.add_argument("--vram", help="'auto' or GiB: let the memory planner choose batch split and checkpointing")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: accelerate's choice (GPU if any)")
-    s.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
+    add_loop_options(s)
     s.add_argument("--preview-every", type=int, default=0,
                    help="steps between sample grids (the teacher at 25 steps above the model + LoRA at 4 LCM steps; "
                         "also at the end) in <out>.run/previews/ (default 0: at the end only)")

@@ -50,6 +50,18 @@ def cmd_port(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_loop_options(s: argparse.ArgumentParser) -> None:
+    """The training loop's options a LoRA run takes as they are (sdkd lora, sdkd lcm): precision, checkpointing,
+    optimizer, memory plan, device and checkpoint interval."""
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast (auto: bf16 where supported, else fp16 on CUDA; fp32 on CPU)")
+    s.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
+    s.add_argument("--optimizer", default="auto", choices=["auto", "adamw", "adamw8bit"])
+    s.add_argument("--vram", help="'auto' or GiB: let the memory planner choose batch split and checkpointing")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: accelerate's choice (GPU if any)")
+    s.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
+
+
 def add_commands(sub) -> None:
     """Register the LoRA subcommands."""
     from ..distill import add_run_options
@@ -67,13 +79,7 @@ def add_commands(sub) -> None:
     s.add_argument("--batch", type=int, default=1, help="micro-batch per process (default 1)")
     s.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
     s.add_argument("--flip", action="store_true", help="also train on mirror images")
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast (auto: bf16 where supported, else fp16 on CUDA; fp32 on CPU)")
-    s.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
-    s.add_argument("--optimizer", default="auto", choices=["auto", "adamw", "adamw8bit"])
-    s.add_argument("--vram", help="'auto' or GiB: let the memory planner choose batch split and checkpointing")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: accelerate's choice (GPU if any)")
-    s.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
+    add_loop_options(s)
     s.add_argument("--preview-every", type=int, default=0,
                    help="steps between sample grids (the model without, then with the LoRA; also at the end) in "
                         "<out>.run/previews/ (default 0: none)")
