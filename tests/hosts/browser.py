@@ -147,6 +147,8 @@ def prune_all(url: str, tab: str, checkpoint: str, shot: str, variants: list[str
         browser, page = launch(p)
         try:
             root = open_tab(page, url, tab, checkpoint)
+            # Make it fast is the first section: open Prune's
+            root.get_by_role("tab", name="Prune", exact=True).or_(root.get_by_role("button", name="Prune", exact=True)).first.click()
             status = root.locator("#sdkd_status textarea")
             for v in variants:
                 root.locator(f'[data-testid="{v}-radio-label"]:visible').first.click()
