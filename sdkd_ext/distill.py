@@ -536,6 +536,16 @@ def stop_on_ctrl_c(progress: ProgressFn) -> Iterator[ProgressFn]:
         signal.signal(signal.SIGINT, previous)
 
 
+def run_stoppable(call: Callable[[ProgressFn], object]) -> object | None:
+    """`call(progress)` with the CLI's bars and Ctrl-C handling; None, said on stderr, when cancelled before training."""
+    with stop_on_ctrl_c(tqdm_progress()) as progress:
+        try:
+            return call(progress)
+        except Cancelled:
+            print("sdkd: cancelled before training started (the cache written so far is kept)", file=sys.stderr)
+            return None
+
+
 def data_spec(a: argparse.Namespace) -> DataSpec:
     """The data source the arguments name."""
     if a.data:

@@ -41,16 +41,12 @@ def job_of(a: argparse.Namespace):
 
 def cmd_lcm(a: argparse.Namespace) -> int:
     """Train a few-step LoRA and say where it went and how to sample with it."""
-    from ..distill import print_run_notes, stop_on_ctrl_c
-    from ..progress import Cancelled, tqdm_progress
+    from ..distill import print_run_notes, run_stoppable
     from .job import USE, few_step_lora
 
-    with stop_on_ctrl_c(tqdm_progress()) as progress:
-        try:
-            r = few_step_lora(job_of(a), progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
-        except Cancelled:
-            print("sdkd: cancelled before training started (the cache written so far is kept)", file=sys.stderr)
-            return 130
+    r = run_stoppable(lambda progress: few_step_lora(job_of(a), progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr)))
+    if r is None:
+        return 130
     if r.path is None:  # a non-main process of a multi-process run
         return 0
     t = r.train

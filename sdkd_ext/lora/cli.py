@@ -9,9 +9,8 @@ import sys
 def cmd_train(a: argparse.Namespace) -> int:
     """Train a LoRA and say where it went."""
     from ..data import read_prompts
-    from ..distill import print_run_notes, stop_on_ctrl_c
+    from ..distill import print_run_notes, run_stoppable
     from .train import LoraSpec, train_lora
-    from ..progress import Cancelled, tqdm_progress
     from ..train import TrainConfig
 
     cfg = TrainConfig(steps=a.steps, batch=a.batch, accum=a.accum, lr=a.lr, precision=a.precision,
@@ -19,15 +18,13 @@ def cmd_train(a: argparse.Namespace) -> int:
                       checkpoint_every=a.checkpoint_every, preview_every=a.preview_every, seed=a.seed, device=a.device,
                       keep_state=a.keep_state)
     vram = None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram)
-    with stop_on_ctrl_c(tqdm_progress()) as progress:
-        try:
-            r = train_lora(a.base, a.data, a.out, LoraSpec(a.rank, a.alpha, a.text_encoder), cfg, resolution=a.resolution,
-                           flip=a.flip, dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, cache_dir=a.cache_dir,
-                           vram=vram, preview_prompts=read_prompts(a.preview_prompts) if a.preview_prompts else None,
-                           progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
-        except Cancelled:
-            print("sdkd: cancelled before training started (the cache written so far is kept)", file=sys.stderr)
-            return 130
+    r = run_stoppable(lambda progress: train_lora(
+        a.base, a.data, a.out, LoraSpec(a.rank, a.alpha, a.text_encoder), cfg, resolution=a.resolution, flip=a.flip,
+        dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, cache_dir=a.cache_dir, vram=vram,
+        preview_prompts=read_prompts(a.preview_prompts) if a.preview_prompts else None, progress=progress,
+        log=lambda m: print(f"sdkd: {m}", file=sys.stderr)))
+    if r is None:
+        return 130
     if r.path is None:  # a non-main process of a multi-process run
         return 0
     t = r.train
