@@ -38,7 +38,7 @@ def main() -> None:
     src = open_model(resolve("demo"))
     info = describe(src)
     teacher = teacher_model(src, info, torch.device("cpu"))
-    student, _ = student_model(src, info, a.variant)
+    student, _ = student_model(src, info, get_variant(a.variant))
     obj = KDObjective(teacher, hook_pairs(get_variant(a.variant), info.topology), LossWeights())
     obj.student_tap.attach(student)
     g = torch.Generator().manual_seed(0)
