@@ -228,7 +228,7 @@ def run(case: Case) -> dict:
         free, total = torch.cuda.mem_get_info(dev)
         out = {"peak": torch.cuda.max_memory_allocated(dev), "reserved": torch.cuda.max_memory_reserved(dev),
                "in_use": total - free}
-    est = estimate(get_variant(case.variant), case.resolution, settings, teacher_topo)
+    est = estimate(v, case.resolution, settings, teacher_topo)
     return {**out, "estimate": est.training, "parts": est.parts, "wall_s": wall, "cpu_s": cpu,
             "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 

@@ -108,8 +108,9 @@ def one_run(src, info, teacher: torch.nn.Module, dataset: CachedDataset, variant
             seed: int, curve: Curve, work: Path, cap_steps: int) -> dict:
     """Distil `variant` with `changes` and `seed`, scored along the way by `curve`; returns the curve and the outcome."""
     cfg, weights = settings({**changes, "preview_every": curve.every}, seed, cap_steps)
-    student, _ = student_model(src, info, get_variant(variant))
-    objective = KDObjective(teacher, hook_pairs(get_variant(variant), info.topology), weights)
+    v = get_variant(variant)
+    student, _ = student_model(src, info, v)
+    objective = KDObjective(teacher, hook_pairs(v, info.topology), weights)
     curve.start()
     run_training(objective, student, dataset, cfg, Run(work / "run", {}, overwrite=True, stage="distill"),
                  progress=curve.progress, preview=curve.preview)
