@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdkd_ext.bench import bench, write_outputs  # noqa: E402
+from sdkd_ext.bench import BenchSpec, bench, write_outputs  # noqa: E402
 from sdkd_ext.configs import VaeShape  # noqa: E402
 from sdkd_ext.progress import tqdm_progress  # noqa: E402
-from sdkd_ext.prune import prune  # noqa: E402
+from sdkd_ext.prune import PruneJob, prune  # noqa: E402
 from sdkd_ext.sampling import Sampler  # noqa: E402
 from sdkd_ext.tiny import make_text_encoder, make_unet, make_vae, save, to_ldm  # noqa: E402
 from sdkd_ext.variants import SD15, VARIANTS  # noqa: E402
@@ -66,9 +66,10 @@ def main() -> None:
     students = []
     for v in names:
         out = work / f"sd15-random-bk-{v}.safetensors"
-        students.append(out if out.exists() else prune(teacher, v, out).checkpoint)
-    result = bench(teacher, students, size=a.size, sampling=Sampler(steps=a.steps, guidance=a.guidance),
-                   repeats=a.repeats, t2i_repeats=a.t2i_repeats, threads=a.threads, interleave=not a.sequential, progress=tqdm_progress())
+        students.append(out if out.exists() else prune(PruneJob(teacher, VARIANTS[v], out)).checkpoint)
+    spec = BenchSpec(size=a.size, sampling=Sampler(steps=a.steps, guidance=a.guidance), repeats=a.repeats,
+                     t2i_repeats=a.t2i_repeats, interleave=not a.sequential, threads=a.threads)
+    result = bench(teacher, students, spec, tqdm_progress())
     js, png = write_outputs(result, work / f"out-{'-'.join(names)}-t{a.threads or torch.get_num_threads()}", overwrite=True)
     print(result.table())
     print("GMACs (convs + linears) counted vs BK-SDM's published figures: "

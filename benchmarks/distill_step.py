@@ -47,10 +47,10 @@ from sdkd_ext.cache import Cache
 from sdkd_ext.checkpoint import open_model, resolve
 from sdkd_ext.data import FolderData, load_image, scan_folder
 from sdkd_ext.detect import describe
-from sdkd_ext.distill import KDObjective, LossWeights, frozen_dtype, place, prepare_data, student_model, teacher_model
+from sdkd_ext.distill import Encoder, KDObjective, LossWeights, frozen_dtype, place, prepare_data, student_model, teacher_model
 from sdkd_ext.pipeline import build_text_encoder, build_vae, tokenizer
 from sdkd_ext.plan import Settings, estimate
-from sdkd_ext.train import TrainConfig, make_accelerator, run_training
+from sdkd_ext.train import Run, TrainConfig, make_accelerator, run_training
 from sdkd_ext.variants import hook_pairs, get_variant
 
 teacher, images, variant, mode, res, batch, steps, _, device = sys.argv[1:10]
@@ -62,8 +62,8 @@ src = open_model(resolve(teacher)); info = describe(src)
 t_unet = teacher_model(src, info, dev)
 half = frozen_dtype(dev)
 if mode in ("prepare", "cache"):  # "prepare" fills the cache first, so the "cache" run never loads the VAE/TE
-    data, _, _ = prepare_data(FolderData(Path(images)), src, Cache(Path(images).parent / "cache"), t_unet, res, res // 8,
-                              0.18215, 0, [], dev, print, None, lambda: {})
+    data, _, _ = prepare_data(FolderData(Path(images)), t_unet, [],
+                              Encoder(src, Cache(Path(images).parent / "cache"), res, 0, dev, print, None, lambda: {}))
     if mode == "prepare":
         sys.exit(0)
 
@@ -87,7 +87,7 @@ class Live:
 
 if mode == "live":
     data = Live()
-student, _ = student_model(src, info, variant)
+student, _ = student_model(src, info, get_variant(variant))
 objective = KDObjective(t_unet, hook_pairs(get_variant(variant), info.topology), LossWeights())
 cfg = TrainConfig(steps=steps, batch=batch, lr=1e-5, device=device, checkpoint_every=10**9,
                   precision="auto", grad_checkpointing=False, optimizer="adamw")
@@ -114,7 +114,7 @@ def beside(event):
 profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if top else contextlib.nullcontext()
 wall, cpu = time.perf_counter(), time.process_time()
 with PeakMemory(dev) as memory, profiler, phases.patched():  # the training steps only: loading and setup peaks are behind us
-    run_training(objective, student, data, cfg, run_dir, fingerprint={}, accelerator=acc, overwrite=True,
+    run_training(objective, student, data, cfg, Run(run_dir, {}, overwrite=True, accelerator=acc),
                  progress=beside if not top else None)
 wall, cpu = time.perf_counter() - wall - aside[0], time.process_time() - cpu - aside[1]  # without the alone passes
 steady = phases.steps()[2:]  # the first steps warm up
@@ -154,7 +154,7 @@ if top:
 rows = (run_dir / "loss.csv").read_text().splitlines()[1:]
 times = [float(r.split(",")[-1]) for r in rows][2:]  # the first steps warm up
 precision = "fp32" if dev.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-est = estimate(variant, res, Settings(batch=batch, precision=precision, device=dev.type if dev.type == "cuda" else "cpu"),
+est = estimate(get_variant(variant), res, Settings(batch=batch, precision=precision, device=dev.type if dev.type == "cuda" else "cpu"),
                info.topology)
 print(json.dumps({"phases": split, "teacher_alone": alone, "segmind": segmind,
                   "step_s": statistics.median(times), "samples_s": batch / statistics.median(times),
@@ -196,17 +196,18 @@ def measure(teacher: Path | str, images: Path, variant: str, mode: str, resoluti
 def sd15_table() -> None:
     """The planner's estimates at SD1.5 size (CUDA, fp16 autocast, teacher fp16)."""
     from sdkd_ext.plan import GIB, Settings, choose, estimate, kd_estimator
+    from sdkd_ext.variants import get_variant
 
     print("\nplanner, SD1.5 teacher, 512 px, CUDA fp16 (GiB; + 0.75 reserved for the CUDA context):")
     print(f"{'variant':<8}{'batch':>6}{'plain':>8}{'ckpt':>8}{'ckpt+8bit':>11}   fits 8 GiB with        / 12 GiB with")
     for variant in ("base", "small", "tiny"):
         for batch in (1, 4):
-            plain = estimate(variant, 512, Settings(batch=batch)).peak / GIB
-            ckpt = estimate(variant, 512, Settings(batch=batch, grad_checkpointing=True)).peak / GIB
-            lean = estimate(variant, 512, Settings(batch=batch, grad_checkpointing=True, optimizer="adamw8bit")).peak / GIB
+            plain = estimate(get_variant(variant), 512, Settings(batch=batch)).peak / GIB
+            ckpt = estimate(get_variant(variant), 512, Settings(batch=batch, grad_checkpointing=True)).peak / GIB
+            lean = estimate(get_variant(variant), 512, Settings(batch=batch, grad_checkpointing=True, optimizer="adamw8bit")).peak / GIB
             fits = []
             for vram in (8, 12):
-                kd = kd_estimator(variant, 512)
+                kd = kd_estimator(get_variant(variant), 512)
                 best = choose(kd, batch, vram) or choose(kd, batch, vram, optimizer="adamw8bit")
                 fits.append(compact(best.settings) if best else "no")
             print(f"{variant:<8}{batch:>6}{plain:>8.2f}{ckpt:>8.2f}{lean:>11.2f}   {fits[0]:<22} / {fits[1]}")

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdkd_ext.bench import count_macs  # noqa: E402
 from sdkd_ext.data import FolderData, PromptData  # noqa: E402
-from sdkd_ext.distill import distill, to_images  # noqa: E402
+from sdkd_ext.distill import DistillJob, distill, to_images  # noqa: E402
+from sdkd_ext.variants import get_variant  # noqa: E402
 from sdkd_ext.fidelity import GUIDANCE, SIZE, check_specs  # noqa: E402
 from sdkd_ext.lcm.job import LcmJob, few_step_lora  # noqa: E402
 from sdkd_ext.lcm.objective import ConsistencySpec  # noqa: E402
@@ -93,8 +94,8 @@ def build(out: Path, a: argparse.Namespace) -> dict[str, Path]:
         write_folder(sample_specs(512, 0, split_specs()[0]), images)
     kd = TrainConfig(steps=a.kd_steps, batch=32, lr=1e-3, device="cpu", checkpoint_every=a.kd_steps)
     tiny = timed("tiny", out / "demo-bk-tiny-kd.safetensors",
-                 lambda: distill(TEACHER, "tiny", out / "demo-bk-tiny-kd", FolderData(images), kd, resolution=SIZE,
-                                 preview_prompts=[]))
+                 lambda: distill(DistillJob(TEACHER, get_variant("tiny"), out / "demo-bk-tiny-kd", FolderData(images),
+                                            kd, resolution=SIZE, preview_prompts=[])))
 
     def lcm(name: str, model: Path | str, steps: int, teacher: str | None = None, init: Path | None = None) -> Path:
         path = out / f"{name}.safetensors"

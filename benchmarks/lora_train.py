@@ -30,9 +30,10 @@ from bench_sd15 import random_sd15  # noqa: E402
 from sdkd_ext.checkpoint import open_model  # noqa: E402
 from sdkd_ext.detect import describe  # noqa: E402
 from sdkd_ext.lora.names import layout_of_source  # noqa: E402
-from sdkd_ext.lora.train import LoraSpec, estimate_lora, lora_params, train_lora  # noqa: E402
+from sdkd_ext.lora.train import LoraJob, LoraSpec, estimate_lora, lora_params, train_lora  # noqa: E402
 from sdkd_ext.plan import Settings, default_optimizer, unet_params  # noqa: E402
-from sdkd_ext.prune import prune  # noqa: E402
+from sdkd_ext.prune import PruneJob, prune  # noqa: E402
+from sdkd_ext.variants import get_variant  # noqa: E402
 from sdkd_ext.tiny import save, tiny_checkpoint  # noqa: E402
 from sdkd_ext.train import TrainConfig, autocast_dtype  # noqa: E402
 
@@ -63,7 +64,8 @@ def measure(model: Path, data: Path, out: Path, spec: LoraSpec, cfg: TrainConfig
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         stamps.clear()
-        train_lora(model, data, out, spec, replace(cfg, steps=steps), resolution=resolution, overwrite=True, progress=watch)
+        train_lora(LoraJob(model, data, out, spec, replace(cfg, steps=steps), resolution=resolution,
+                           overwrite=True), watch)
         return peak[0]
 
     cache_peak = run(1)
@@ -104,8 +106,8 @@ def main() -> None:
     print(f"{'model':<8}{'UNet params':>14}{'adapters':>11}{'s/step':>9}{'samples/s':>11}"
           f"{'train GiB':>11}{'planned':>9}{'encode GiB':>12}{'planned':>9}")
     for name in a.models.split(","):
-        model = teacher if name == "teacher" else prune(teacher, name, work / f"{name}-w{a.width}", dtype="fp16",
-                                                         overwrite=True).checkpoint
+        pruned = PruneJob(teacher, get_variant(name), work / f"{name}-w{a.width}", dtype="fp16", overwrite=True)
+        model = teacher if name == "teacher" else prune(pruned).checkpoint
         src = open_model(model)
         layout = layout_of_source(src, describe(src).topology)
         m = measure(model, data, work / f"lora-{name}.safetensors", spec, cfg, a.resolution)

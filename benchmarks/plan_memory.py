@@ -219,7 +219,7 @@ def run(case: Case) -> dict:
         objective = KDObjective(teacher, hook_pairs(v, teacher_topo), LossWeights())
         with mock.patch.object(train, "make_optimizer", optimizer), mock.patch.object(train, "save_state", lambda *a: None), \
                 phases.patched(), tempfile.TemporaryDirectory() as d, contextlib.nullcontext() if real else OutputsOnly():
-            train.run_training(objective, student, data, cfg, Path(d), fingerprint={}, overwrite=True)
+            train.run_training(objective, student, data, cfg, train.Run(Path(d), {}, overwrite=True))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if dev.type == "cpu":
         out = {"peak": counter.peak, "by_phase": counter.by_phase}
@@ -228,7 +228,7 @@ def run(case: Case) -> dict:
         free, total = torch.cuda.mem_get_info(dev)
         out = {"peak": torch.cuda.max_memory_allocated(dev), "reserved": torch.cuda.max_memory_reserved(dev),
                "in_use": total - free}
-    est = estimate(case.variant, case.resolution, settings, teacher_topo)
+    est = estimate(v, case.resolution, settings, teacher_topo)
     return {**out, "estimate": est.training, "parts": est.parts, "wall_s": wall, "cpu_s": cpu,
             "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 

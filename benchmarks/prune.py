@@ -18,14 +18,15 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, shutil, sys, time
 import torch
-from sdkd_ext.prune import prune
+from sdkd_ext.prune import PruneJob, prune
+from sdkd_ext.variants import get_variant
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 what, src, dst = sys.argv[1:4]
 t = time.perf_counter()
 if what == "copy":
     shutil.copyfile(src, dst)
 else:
-    prune(src, what, dst, overwrite=True)
+    prune(PruneJob(src, get_variant(what), dst, overwrite=True))
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "import_rss_mb": base / 1024}))
 """

@@ -33,21 +33,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdkd_ext.cache import Cache  # noqa: E402
 from sdkd_ext.checkpoint import DictSource, open_model, resolve  # noqa: E402
 from sdkd_ext.compare import CompareSpec, compare  # noqa: E402
-from sdkd_ext.configs import sd15  # noqa: E402
 from sdkd_ext.data import FolderData, PromptData  # noqa: E402
 from sdkd_ext.detect import describe  # noqa: E402
-from sdkd_ext.distill import distill, export_student, prepare_data, trainable  # noqa: E402
+from sdkd_ext.distill import DistillJob, Encoder, distill, export_student, prepare_data, trainable  # noqa: E402
 from sdkd_ext.fidelity import GUIDANCE, SIZE, STEPS  # noqa: E402
 from sdkd_ext.lora.apply import apply_lora  # noqa: E402
-from sdkd_ext.lora.train import DenoisingObjective, LoraSpec, train_lora  # noqa: E402
+from sdkd_ext.lora.train import DenoisingObjective, LoraJob, LoraSpec, train_lora  # noqa: E402
 from sdkd_ext.metrics import mean_interval  # noqa: E402
 from sdkd_ext.pipeline import load_pipeline  # noqa: E402
-from sdkd_ext.prune import prune, teacher_metadata  # noqa: E402
-from sdkd_ext.rebase import measure, rebase  # noqa: E402
+from sdkd_ext.prune import PruneJob, Target, prune, teacher_metadata  # noqa: E402
+from sdkd_ext.rebase import RebaseJob, measure, rebase  # noqa: E402
+from sdkd_ext.variants import get_variant  # noqa: E402
 from sdkd_ext.sampling import Sampler  # noqa: E402
 from sdkd_ext.shapes import ShapeSpec, accuracy, caption, read_attributes, render, sample_specs, split_specs  # noqa: E402
 from sdkd_ext.tiny import make_unet, to_ldm  # noqa: E402
-from sdkd_ext.train import TrainConfig, run_training  # noqa: E402
+from sdkd_ext.train import Run, TrainConfig, run_training  # noqa: E402
 
 SWAP = {"red": "blue", "blue": "red"}  # what the community models learned: these colour words trade places
 SWAPPED = ("color", "background")  # the attributes the swap applies to
@@ -72,14 +72,14 @@ def write_task(specs: list[ShapeSpec], folder: Path, draw=lambda spec: spec) -> 
 def export_teacher(unet: torch.nn.Module, out: Path) -> Path:
     """The demo teacher with `unet` in place of its own, as a full single file (its VAE and text encoder)."""
     src = open_model("demo")
-    return export_student(unet, src, describe(src).topology, out, "teacher", "fp32", dict, False).checkpoint
+    return export_student(unet, src, describe(src).topology, "teacher", Target(out, "fp32", True), dict).checkpoint
 
 
 def community_lora(data: Path, work: Path, steps: int) -> Path:
     """A LoRA trained on the shifted task with sdkd's trainer, merged into the demo teacher's weights."""
     cfg = TrainConfig(steps=steps, batch=32, lr=1e-3, device="cpu", checkpoint_every=steps)
-    lora = train_lora("demo", data, work / "swap-lora", LoraSpec(rank=8, alpha=8), cfg, resolution=SIZE, dtype="fp32",
-                      overwrite=True, cache_dir=work / "cache")
+    lora = train_lora(LoraJob("demo", data, work / "swap-lora", LoraSpec(rank=8, alpha=8), cfg, resolution=SIZE,
+                              dtype="fp32", overwrite=True, cache_dir=work / "cache"))
     loaded = load_pipeline("demo")
     apply_lora(loaded.pipe, lora.path)
     return export_teacher(loaded.pipe.unet, work / "community-lora")
@@ -90,13 +90,14 @@ def community_full(data: Path, work: Path, steps: int) -> Path:
     src = open_model("demo")
     info = describe(src)
     unet, _ = trainable(src, info)
-    scaling = float(sd15("vae").get("scaling_factor", 0.18215))
-    dataset, _, _ = prepare_data(FolderData(data), src, Cache(work / "cache"), None, SIZE, SIZE // 8, scaling, 0, [], CPU,
-                                 lambda m: None, None, teacher_metadata(resolve("demo")))
+    dataset, _, _ = prepare_data(FolderData(data), None, [],
+                                 Encoder(src, Cache(work / "cache"), SIZE, 0, CPU, lambda m: None, None,
+                                         teacher_metadata(resolve("demo"))))
     cfg = TrainConfig(steps=steps, batch=32, lr=3e-4, device="cpu", checkpoint_every=steps)
     out = work / "community-full"
-    run_training(DenoisingObjective(), unet, dataset, cfg, work / "community-full.run", fingerprint={"job": "full fine-tune"},
-                 overwrite=True, on_export=lambda m, r: export_teacher(m, out))
+    run_training(DenoisingObjective(), unet, dataset, cfg,
+                 Run(work / "community-full.run", {"job": "full fine-tune"}, overwrite=True),
+                 on_export=lambda m, r: export_teacher(m, out))
     return out.with_suffix(".safetensors")
 
 
@@ -108,8 +109,8 @@ def polish(community: Path, init: Path | None, data: PromptData, budgets: list[i
     for i, steps in enumerate(budgets):
         cfg = TrainConfig(steps=steps, batch=16, lr=1e-3, device="cpu", checkpoint_every=steps, seed=seed,
                           keep_state=i < len(budgets) - 1)  # the next budget resumes this run
-        r = distill(community, VARIANT, out, data, cfg, resolution=SIZE, dtype="fp32", overwrite=i == 0, resume=i > 0,
-                    cache_dir=cache, preview_prompts=[], init=init)
+        r = distill(DistillJob(community, get_variant(VARIANT), out, data, cfg, resolution=SIZE, dtype="fp32",
+                               overwrite=i == 0, resume=i > 0, cache_dir=cache, preview_prompts=[], init=init))
         files[steps] = out.with_name(f"{out.name}-{steps}.safetensors")
         shutil.copyfile(r.exported.checkpoint, files[steps])
     return files
@@ -239,8 +240,9 @@ def main() -> None:
     cache = work / "cache"
     log(f"public student: the demo teacher distilled to tiny for {public_steps} steps")
     cfg = TrainConfig(steps=public_steps, batch=32, lr=1e-3, device="cpu", checkpoint_every=public_steps)
-    public = distill("demo", VARIANT, work / "public-tiny", FolderData(plain_data), cfg, resolution=SIZE, dtype="fp32",
-                     overwrite=True, preview_prompts=[], cache_dir=cache).exported.checkpoint
+    public = distill(DistillJob("demo", get_variant(VARIANT), work / "public-tiny", FolderData(plain_data), cfg,
+                                resolution=SIZE, dtype="fp32", overwrite=True, preview_prompts=[],
+                                cache_dir=cache)).exported.checkpoint
     report: dict = {"settings": {"budgets": budgets, "community_steps": community_steps, "public_steps": public_steps,
                                  "public": "KD on 512 shapes images, batch 32, lr 1e-3", "images": n_images,
                                  "polish_prompts": n_prompts, "eval_captions": n_eval, "sample_seeds": list(sample_seeds),
@@ -253,9 +255,10 @@ def main() -> None:
         log(f"community model: {kind}")
         community = make(shifted_data, work, community_steps)
         tag = kind.split()[0].lower()
-        rebased, diff = rebase(community, "demo", public, work / f"rebased-{tag}", dtype="fp32", overwrite=True)
+        rebased, diff = rebase(RebaseJob(community, "demo", public, work / f"rebased-{tag}", dtype="fp32", overwrite=True))
         log(f"difference {diff.summary()}")
-        pruned = prune(community, VARIANT, work / f"pruned-{tag}", dtype="fp32", overwrite=True).checkpoint
+        pruned = prune(PruneJob(community, get_variant(VARIANT), work / f"pruned-{tag}", dtype="fp32",
+                                overwrite=True)).checkpoint
         models = {"demo teacher": resolve("demo"), "(d) public student as is": public,
                   "(a) pruned community, 0 steps": pruned, "(b) rebased, 0 steps": rebased.checkpoint}
         for seed in train_seeds:

@@ -30,15 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdkd_ext.cache import Cache, CachedDataset  # noqa: E402
 from sdkd_ext.checkpoint import open_model, resolve  # noqa: E402
-from sdkd_ext.configs import sd15  # noqa: E402
 from sdkd_ext.data import DataSpec, FolderData, PromptData  # noqa: E402
 from sdkd_ext.detect import describe  # noqa: E402
-from sdkd_ext.distill import CPU, KDObjective, LossWeights, prepare_data, student_model, teacher_model  # noqa: E402
+from sdkd_ext.distill import CPU, Encoder, KDObjective, LossWeights, prepare_data, student_model, teacher_model  # noqa: E402
 from sdkd_ext.fidelity import GUIDANCE, SIZE, STEPS, Probe, probe  # noqa: E402
 from sdkd_ext.prune import teacher_metadata  # noqa: E402
 from sdkd_ext.progress import Cancelled, Event  # noqa: E402
 from sdkd_ext.shapes import caption, sample_specs, split_specs, write_folder  # noqa: E402
-from sdkd_ext.train import TrainConfig, run_training  # noqa: E402
+from sdkd_ext.train import Run, TrainConfig, run_training  # noqa: E402
 from sdkd_ext.variants import get_variant, hook_pairs  # noqa: E402
 
 # name -> changes from today's defaults (TrainConfig() and LossWeights()); LossWeights fields: sd, out, feat
@@ -100,8 +99,8 @@ class Curve:
 def prepared(data: DataSpec, src, teacher: torch.nn.Module, cache: Cache, seed: int) -> tuple[CachedDataset, float]:
     """The cached dataset for `data` and the process CPU-seconds it took to make (0 when cached before)."""
     t0 = time.process_time()
-    dataset, _, _ = prepare_data(data, src, cache, teacher, SIZE, SIZE // 8, float(sd15("vae").get("scaling_factor", 0.18215)),
-                                 seed, [], CPU, lambda m: None, None, teacher_metadata(resolve("demo")))
+    dataset, _, _ = prepare_data(data, teacher, [],
+                                 Encoder(src, cache, SIZE, seed, CPU, lambda m: None, None, teacher_metadata(resolve("demo"))))
     return dataset, time.process_time() - t0
 
 
@@ -109,11 +108,12 @@ def one_run(src, info, teacher: torch.nn.Module, dataset: CachedDataset, variant
             seed: int, curve: Curve, work: Path, cap_steps: int) -> dict:
     """Distil `variant` with `changes` and `seed`, scored along the way by `curve`; returns the curve and the outcome."""
     cfg, weights = settings({**changes, "preview_every": curve.every}, seed, cap_steps)
-    student, _ = student_model(src, info, variant)
-    objective = KDObjective(teacher, hook_pairs(get_variant(variant), info.topology), weights)
+    v = get_variant(variant)
+    student, _ = student_model(src, info, v)
+    objective = KDObjective(teacher, hook_pairs(v, info.topology), weights)
     curve.start()
-    run_training(objective, student, dataset, cfg, work / "run", fingerprint={}, overwrite=True, progress=curve.progress,
-                 preview=curve.preview, stage="distill")
+    run_training(objective, student, dataset, cfg, Run(work / "run", {}, overwrite=True, stage="distill"),
+                 progress=curve.progress, preview=curve.preview)
     return {"points": curve.points}
 
 

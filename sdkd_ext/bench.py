@@ -262,24 +262,37 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.float16
 
 
-def bench(teacher: str | Path, students: list[str | Path], device: str = "cpu", dtype: str | None = None,
-          size: int = 512, sampling: Sampler = Sampler(), batch: int = 1, repeats: int = 5, warmup: int = 1,
-          t2i_repeats: int = 3, prompt: str = PROMPT, interleave: bool = True, threads: int | None = None,
-          progress: ProgressFn | None = None) -> BenchResult:
-    """Time the teacher and each student on this machine and count their MACs; models[0] of the result is the teacher.
+@dataclass(frozen=True)
+class BenchSpec:
+    """How a bench times its models, as every front end builds it.
 
     Text-to-image runs use `sampling` (sampler, steps, guidance: above 1 doubles the UNet batch); the UNet step is
-    timed on the batch that guidance gives.
-    interleave=True keeps every model loaded and times them in turn each round (robust to background
-    load); False loads, times and frees one model at a time (needs memory for one model only).
-    `threads` sets torch's CPU threads for the run (default: as configured).
-    """
+    timed on the batch that guidance gives. interleave=True keeps every model loaded and times them in turn each
+    round (robust to background load); False loads, times and frees one model at a time (needs memory for one model
+    only). `threads` sets torch's CPU threads for the run (None: as configured)."""
+
+    device: str = "cpu"
+    dtype: str | None = None  # None: `default_dtype` of the device
+    size: int = 512
+    sampling: Sampler = Sampler()
+    batch: int = 1
+    repeats: int = 5
+    warmup: int = 1
+    t2i_repeats: int = 3
+    prompt: str = PROMPT
+    interleave: bool = True
+    threads: int | None = None
+
+
+def bench(teacher: str | Path, students: list[str | Path], spec: BenchSpec = BenchSpec(),
+          progress: ProgressFn | None = None) -> BenchResult:
+    """Time the teacher and each student on this machine as `spec` says and count their MACs; models[0] of the result
+    is the teacher."""
     before = torch.get_num_threads()
     try:
-        if threads:
-            torch.set_num_threads(threads)
-        return _bench(teacher, students, device, dtype, size, sampling, batch, repeats, warmup, t2i_repeats,
-                      prompt, interleave, progress)
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        return _bench(teacher, students, spec, progress)
     finally:
         torch.set_num_threads(before)
 
@@ -293,12 +306,13 @@ def _warm_up_libraries() -> None:
     tokenizer(), scheduler_for(Sampler())
 
 
-def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: str | None, size: int,
-           sampling: Sampler, batch: int, repeats: int, warmup: int, t2i_repeats: int, prompt: str, interleave: bool,
-           progress: ProgressFn | None) -> BenchResult:
+def _bench(teacher: str | Path, students: list[str | Path], spec: BenchSpec, progress: ProgressFn | None) -> BenchResult:
     """`bench` with torch's thread count already set."""
     from .devices import usable_device
     from .export import parse_dtype
+
+    size, sampling, batch, prompt, interleave = spec.size, spec.sampling, spec.batch, spec.prompt, spec.interleave
+    repeats, warmup, t2i_repeats = spec.repeats, spec.warmup, spec.t2i_repeats
 
     if size % 8 or size < 64:
         raise SdkdError(f"--size {size}: the image side must be a multiple of 8 and at least 64 pixels")
@@ -306,8 +320,8 @@ def _bench(teacher: str | Path, students: list[str | Path], device: str, dtype: 
         raise SdkdError("batch and repeats must be at least 1, warm-up at least 0")
     if not students:
         raise SdkdError("give at least one student to compare with the teacher")
-    dev = usable_device(device)
-    dt = parse_dtype(dtype) if dtype else default_dtype(dev)
+    dev = usable_device(spec.device)
+    dt = parse_dtype(spec.dtype) if spec.dtype else default_dtype(dev)
     paths = [str(teacher), *map(str, students)]
     labels = labels_for(paths)
     groups = [list(range(len(paths)))] if interleave else [[i] for i in range(len(paths))]
@@ -435,19 +449,25 @@ def cmd_bench(a: argparse.Namespace) -> int:
     for path in bench_files(Path(a.out)):
         Outputs(a.overwrite).check(path)  # before any model is timed
     # no few-step-LoRA warning here: bench keeps no images, and a merged LoRA does not change the time per step
-    result = bench(a.teacher, a.students, a.device, a.dtype, a.size, from_args(a), a.batch, a.repeats,
-                   a.warmup, a.t2i_repeats, a.prompt, not a.sequential, a.threads, tqdm_progress())
+    spec = BenchSpec(a.device, a.dtype, a.size, from_args(a), a.batch, a.repeats, a.warmup, a.t2i_repeats, a.prompt,
+                     not a.sequential, a.threads)
+    result = bench(a.teacher, a.students, spec, tqdm_progress())
     js, png = write_outputs(result, Path(a.out), a.overwrite)
     print(result.table())
     print(f"wrote {js} and {png}")
     return 0
 
 
+def add_model_arguments(s: argparse.ArgumentParser, teacher: str) -> None:
+    """TEACHER STUDENT...: the models a bench or compare measures (`teacher` its help)."""
+    s.add_argument("teacher", help=teacher)
+    s.add_argument("students", nargs="+", help="student checkpoints")
+
+
 def add_commands(sub) -> None:
     """Add `sdkd bench` to the CLI."""
     s = sub.add_parser("bench", help="time a teacher and its students: UNet step, text-to-image, MACs, memory")
-    s.add_argument("teacher", help="the teacher checkpoint (speed-ups are relative to it)")
-    s.add_argument("students", nargs="+", help="student checkpoints")
+    add_model_arguments(s, "the teacher checkpoint (speed-ups are relative to it)")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp32 on CPU, fp16 elsewhere")
     s.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")

@@ -128,12 +128,23 @@ class ImageCacheResult:
         return "skipped " + ", ".join(parts) if parts else ""
 
 
+@dataclass(frozen=True)
+class Crop:
+    """How images become training latents: the square side in pixels they are cropped to, whether their mirror images
+    are encoded too, and the smallest side an image may have."""
+
+    size: int
+    flip: bool = False
+    min_side: int = 0
+
+
 @torch.no_grad()
 def encode_images(examples: list[Example], load_vae: Callable[[], torch.nn.Module], cache: Cache, vae_hash: str,
-                  size: int, flip: bool, min_side: int, batch: int = 4, progress: ProgressFn | None = None) -> ImageCacheResult:
-    """Cache the VAE posterior (mean, std) of every image (and its mirror image when `flip`); skip bad images.
+                  crop: Crop, batch: int = 4, progress: ProgressFn | None = None) -> ImageCacheResult:
+    """Cache the VAE posterior (mean, std) of every image (and its mirror image when `crop.flip`); skip bad images.
 
     The VAE is loaded (by `load_vae`) only if some readable image is missing from the cache, and freed after."""
+    size, flip, min_side = crop.size, crop.flip, crop.min_side
     flips = (False, True) if flip else (False,)
     keys: list[tuple[str, ...] | None] = [tuple(image_key(ex.path, size, f, vae_hash) for f in flips) for ex in examples]
     todo = [i for i, k in enumerate(keys) if not all(cache.has(LATENT_KIND, x) for x in k)]

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from . import __version__
 from .errors import SdkdError
+from .export import add_output_options
 from .portable import add_portable_option
 from .sampling import add_sampler_options
-from .variants import VARIANT_NAMES
+from .variants import VARIANT_NAMES, get_variant
 # Feature modules that add their own subcommands through `add_commands(sub)`.
 COMMAND_MODULES: tuple[str, ...] = ("bench", "compare", "lora.cli", "lcm.cli", "fast", "distill", "plan", "public", "rebase")
 
@@ -50,10 +51,11 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 def cmd_prune(a: argparse.Namespace) -> int:
     """Prune a teacher into a student and export it."""
     from .progress import tqdm_progress
-    from .prune import prune
+    from .prune import PruneJob, prune
 
-    r = prune(a.file, a.variant, a.out, a.dtype, a.ema, a.overwrite, a.format == "diffusers", tqdm_progress(),
-              a.portable)
+    job = PruneJob(Path(a.file), get_variant(a.variant), Path(a.out) if a.out else None, a.dtype, a.ema, a.overwrite,
+                   a.format == "diffusers", a.portable)
+    r = prune(job, tqdm_progress())
     print(f"{r.variant}: {r.unet_params:,} UNet parameters -> {r.checkpoint} (+ {r.yaml.name})"
           + (f" and {r.diffusers}/" if r.diffusers else "") + f" in {r.seconds:.1f}s")
     return 0
@@ -119,12 +121,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prune", help="prune an SD1.x checkpoint into a BK-SDM student")
     s.add_argument("file", help="the teacher: .safetensors, .ckpt or diffusers folder")
     s.add_argument("--variant", required=True, choices=VARIANT_NAMES, help="student architecture")
-    s.add_argument("--out", help="output path (default: <teacher>-bk-<variant>.safetensors beside the teacher)")
-    s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="weights dtype (default fp16)")
+    add_output_options(s, "output path (default: <teacher>-bk-<variant>.safetensors beside the teacher)", required=False)
     s.add_argument("--ema", action="store_true", help="use the checkpoint's EMA UNet weights instead of the regular ones")
     s.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
                    help="diffusers: also write a diffusers folder beside the .safetensors")
-    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_portable_option(s)
     s.set_defaults(fn=cmd_prune)
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from .bench import default_dtype, labels_for
+from .bench import add_model_arguments, default_dtype, labels_for
 from .data import read_prompts
 from .errors import SdkdError
 from .metrics import INTERVAL_METHOD, latent_mse, mean_interval, psnr, ssim
@@ -366,8 +366,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     """Add `sdkd compare` to the CLI."""
     s = sub.add_parser("compare", help="render the same prompts and seeds with a teacher and its students, score them")
-    s.add_argument("teacher", help="the teacher checkpoint (the reference)")
-    s.add_argument("students", nargs="+", help="student checkpoints")
+    add_model_arguments(s, "the teacher checkpoint (the reference)")
     s.add_argument("--prompts", required=True, help="text file, one prompt per line (# comments allowed)")
     s.add_argument("--seeds", type=_seeds, default=[0], help="seeds, e.g. 0,1,2 or 0-3 (default 0)")
     s.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")

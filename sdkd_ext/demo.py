@@ -15,11 +15,11 @@ from typing import Callable
 
 from .checkpoint import resolve
 from .data import FolderData
-from .distill import distill
+from .distill import DistillJob, distill
 from .export import atomic_outputs
-from .fidelity import SIZE, STEPS, Fidelity, fidelity, write
+from .fidelity import SIZE, STEPS, Fidelity, FidelitySpec, fidelity, write
 from .progress import ProgressFn
-from .prune import prune
+from .prune import PruneJob, prune
 from .shapes import sample_specs, split_specs, write_folder
 from .train import TrainConfig
 from .variants import VARIANTS
@@ -55,14 +55,14 @@ def run_demo(out: Path, overwrite: bool = False, progress: ProgressFn | None = N
     s = settings
     teacher = resolve(teacher)
     out.mkdir(parents=True, exist_ok=True)
-    students = {v: prune(teacher, v, out / f"demo-bk-{v}", overwrite=overwrite, progress=progress).checkpoint
+    students = {v: prune(PruneJob(teacher, VARIANTS[v], out / f"demo-bk-{v}", overwrite=overwrite), progress).checkpoint
                 for v in VARIANTS}
     log(f"pruned {teacher} to {', '.join(VARIANTS)}: " + ", ".join(str(p) for p in students.values()))
 
     reports = {name: out / name for name in ("pruned", "distilled")}
 
     def check(models: list[Path], name: str) -> Fidelity:
-        result = fidelity(teacher, models, s.captions, steps=s.steps, progress=progress)
+        result = fidelity(teacher, models, FidelitySpec(s.captions, steps=s.steps), progress)
         files = write(result, reports[name], overwrite)
         log(f"\n{name}: {s.captions} held-out captions, accuracy per attribute and agreement with the teacher\n"
             f"{result.table()}\ngrid: {files['grid']}  report: {files['report']}")
@@ -75,8 +75,8 @@ def run_demo(out: Path, overwrite: bool = False, progress: ProgressFn | None = N
     log(f"\ndistilling the tiny student for {s.distill_steps} steps on {s.images} rendered training images ({data})")
     cfg = TrainConfig(steps=s.distill_steps, batch=s.batch, lr=s.lr, seed=s.seed, device="cpu",
                       checkpoint_every=s.distill_steps)
-    kd = distill(teacher, "tiny", out / "demo-bk-tiny-kd", FolderData(data), cfg, resolution=SIZE, overwrite=overwrite,
-                 preview_prompts=[], progress=progress).exported.checkpoint
+    kd = distill(DistillJob(teacher, VARIANTS["tiny"], out / "demo-bk-tiny-kd", FolderData(data), cfg,
+                            resolution=SIZE, overwrite=overwrite, preview_prompts=[]), progress).exported.checkpoint
     students["tiny-kd"] = kd
     distilled = check([students["tiny"], kd], "distilled")
     return DemoResult(students, pruned, distilled, reports)

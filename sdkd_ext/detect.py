@@ -7,9 +7,10 @@ import math
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterator
 
-from .checkpoint import Source, unet_keys
+from .checkpoint import Source, open_model, unet_keys
 from .configs import VaeShape, text_encoder_config
 from .convert import TEXT, UNET, VAE
 from .errors import SdkdError
@@ -202,3 +203,15 @@ def require_teacher(info: ModelInfo, name: str, action: str = "prune") -> None:
                         "checkpoint) instead")
     if info.kind != "sd1":
         raise SdkdError(f"{name}: {info.reason}")
+
+
+def open_trainable(path: Path, label: str, job: str) -> tuple[Source, ModelInfo]:
+    """Open and describe a model a LoRA is trained for, refusing what is not SD1.x or a BK-SDM student and inpainting
+    models (messages start with `label`; `job` says what needs a normal checkpoint)."""
+    src = open_model(path)
+    info = describe(src)
+    if info.kind not in ("sd1", "student"):
+        raise SdkdError(f"{label}: {info.reason}")
+    if info.inpainting:
+        raise SdkdError(f"{label}: {job} a normal (text-to-image) checkpoint, not an inpainting one")
+    return src, info

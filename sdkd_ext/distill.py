@@ -14,34 +14,35 @@ import contextlib
 import json
 import signal
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .cache import LATENT_KIND, TEXT_KIND, Cache, CachedDataset, component_hash, encode_images, encode_texts, key_of, text_key
+from .cache import LATENT_KIND, TEXT_KIND, Cache, CachedDataset, Crop, component_hash, encode_images, encode_texts, key_of, text_key
 from .checkpoint import ChainSource, DictSource, RenamedSource, Source, open_model, resolve
 from .configs import sd15
 from .convert import TEXT, UNET, VAE, unet_map
 from .data import DataSpec, FolderData, PromptData, builtin_prompts, derive_seed, read_prompts, scan_folder
 from .detect import ModelInfo, describe, require_teacher
 from .errors import SdkdError
-from .export import Outputs, atomic_outputs, parse_dtype
+from .export import Outputs, add_output_options, atomic_outputs, parse_dtype
 from .pipeline import build_text_encoder, build_unet, build_vae, tokenizer
 from .plan import check_resolution, fit, kd_estimator
 from .portable import add_portable_option, refuse_middle_block
 from .progress import Cancelled, Meter, ProgressFn, tqdm_progress
-from .prune import Exported, checkpoint_path, default_out, export_model, student_names, teacher_metadata
+from .prune import Exported, Target, export_model, fresh_out, student_names, teacher_metadata
 from .sampling import DEFAULT_SAMPLER, Flags, Sampler, check as check_sampler, sample_latents
-from .train import (RUN_CACHE, TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, disk_note, image_grid,
-                    make_accelerator, noise_scheduler, run_training, unwrap)
-from .variants import SD15, Topology, get_variant, hook_pairs
+from .train import (RUN_CACHE, Run, TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, disk_note,
+                    image_grid, make_accelerator, noise_scheduler, run_training, unwrap)
+from .variants import SD15, Topology, Variant, get_variant, hook_pairs
 
 PREVIEW_PROMPTS = 4
 CPU = torch.device("cpu")
 TERMS = ("task", "output_kd", "feature_kd")
+SCALING = float(sd15("vae").get("scaling_factor", 0.18215))  # SD1.x latents = VAE posterior x this
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,29 @@ class LossWeights:
             if w < 0:
                 raise SdkdError(f"the {name} loss weight must not be negative (got {w})")
         return {name: w for name, w in zip(TERMS, (self.sd, self.out, self.feat)) if w}
+
+
+@dataclass(frozen=True)
+class DistillJob:
+    """One distillation, as every front end builds it: the teacher file, the resolved variant, the data, the loop's
+    settings and loss weights, and how the student is written (`out` None: beside the teacher)."""
+
+    teacher: Path
+    variant: Variant
+    out: Path | None
+    data: DataSpec
+    train: TrainConfig = field(default_factory=TrainConfig)
+    weights: LossWeights = LossWeights()
+    resolution: int = 512
+    dtype: str = "fp16"
+    overwrite: bool = False
+    resume: bool = False
+    cache_dir: Path | None = None
+    vram: float | str | None = None  # "auto" or GiB: the memory planner fits the run (see `plan.fit`)
+    preview_prompts: tuple[str, ...] | None = None  # None: the first captions/prompts; (): no grid
+    diffusers: bool = False
+    init: Path | None = None  # start from this student of `variant` instead of the pruned teacher
+    portable: bool = False
 
 
 # Recipes: the settings a `sdkd distill --recipe NAME` run starts from (options given on the command line win), keyed by
@@ -212,22 +236,21 @@ def run_folder(out: Path) -> Path:
     return out.with_suffix(".run")
 
 
-def student_model(src: Source, info: ModelInfo, variant: str) -> tuple[torch.nn.Module, Topology]:
+def student_model(src: Source, info: ModelInfo, variant: Variant) -> tuple[torch.nn.Module, Topology]:
     """The student UNet (fp32, its own memory) initialised by the core's prune mapping, and its topology."""
     view = RenamedSource(src, student_names(src, info, variant))
     return trainable(view, describe(view))
 
 
-def init_model(init: str | Path, teacher: ModelInfo, variant: str) -> tuple[torch.nn.Module, Topology]:
+def init_model(init: str | Path, teacher: ModelInfo, variant: Variant) -> tuple[torch.nn.Module, Topology]:
     """The student UNet (fp32) read from `--init`: any `variant` student of the teacher's widths (rebased, public, ours)."""
     from .public import check_student_of, open_student
 
     path = resolve(init)
     src, info = open_student(path)
-    check_student_of(info, teacher.topology, f"--init {path.name}", "the teacher")
-    if info.variant != variant:
-        raise SdkdError(f"--init {path.name} is a {info.variant} student and --variant asks for {variant}; "
-                        f"pass --variant {info.variant} or a {variant} student")
+    if check_student_of(info, teacher.topology, f"--init {path.name}", "the teacher") != variant:
+        raise SdkdError(f"--init {path.name} is a {info.variant} student and --variant asks for {variant.name}; "
+                        f"pass --variant {info.variant} or a {variant.name} student")
     return trainable(src, info)
 
 
@@ -257,10 +280,9 @@ def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
     return torch.nn.Module.to(module, device=device, dtype=dtype)
 
 
-def export_student(unet: torch.nn.Module, src: Source, topology: Topology, out: Path, variant: str, dtype: str,
-                   extra: Callable[[], dict[str, str]], diffusers: bool, portable: bool = False) -> Exported:
-    """Export the trained UNet with the teacher's VAE and text encoder through the core exporter (as `sdkd prune`;
-    `portable` as there)."""
+def export_student(unet: torch.nn.Module, src: Source, topology: Topology, variant: str, to: Target,
+                   extra: Callable[[], dict[str, str]]) -> Exported:
+    """Export the trained UNet with the teacher's VAE and text encoder through the core exporter (as `sdkd prune`)."""
     state = unet.state_dict()
     pmap = unet_map(topology)
     names = {}
@@ -272,8 +294,7 @@ def export_student(unet: torch.nn.Module, src: Source, topology: Topology, out: 
     trained = RenamedSource(DictSource(state), names, lambda _, t: t.detach().to("cpu"))
     rest = RenamedSource(src, {k: k for k in src.keys() if not k.startswith(UNET)})
     full = ChainSource([trained, rest])
-    return export_model(full, {k: k for k in full.keys()}, topology, out, variant, dtype, extra, overwrite=True,
-                        diffusers=diffusers, portable=portable)
+    return export_model(full, {k: k for k in full.keys()}, topology, variant, to, extra)
 
 
 def to_images(vae: torch.nn.Module, latents: torch.Tensor, scaling: float, device: torch.device,
@@ -315,44 +336,85 @@ def preview_bounds(device: torch.device) -> PreviewBounds:
     return PREVIEW_BOUNDS.get(device.type, PREVIEW_BOUNDS["other"])
 
 
-def make_preview(teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor,
-                 seeds: list[int], latent: int, guidance: float, steps: int, amp: torch.dtype | None,
-                 scaling: float, labels: tuple[str, str] = ("teacher", "student")) -> Callable[..., None]:
+@dataclass(frozen=True)
+class Grid:
+    """What every preview grid of a run draws: the prompts' embeddings and the unconditional one, a seed per prompt, the
+    latent side, and the autocast the trained model samples under."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    seeds: list[int]
+    latent: int
+    amp: torch.dtype | None = None
+
+    @classmethod
+    def of(cls, cond: torch.Tensor, uncond: torch.Tensor, seed: int, latent: int, amp: torch.dtype | None) -> Grid:
+        """The grid of a run seeded `seed`: each prompt's seed derived from it."""
+        return cls(cond, uncond, [derive_seed(seed, "preview", i) for i in range(len(cond))], latent, amp)
+
+
+def make_preview(teacher: torch.nn.Module, vae: torch.nn.Module, grid: Grid, sampling: Sampler,
+                 labels: tuple[str, str] = ("teacher", "student")) -> Callable[..., None]:
     """A preview function: teacher (row 1, sampled once) and student (row 2) images at the same prompts and seeds,
     each row labelled (`labels`; the student's with its step), bounded by `preview_bounds` of the device it runs on;
     it reports its sampler steps and decodes as the "preview" stage (a cancel there stops it)."""
     teacher_row: list = []
+    cond, uncond, seeds, amp = grid.cond, grid.uncond, grid.seeds, grid.amp
 
     def preview(student: torch.nn.Module, step: int, path: Path, progress: ProgressFn | None = None) -> None:
         device = next(teacher.parameters()).device  # read here: a LoRA's base moves to the device once training starts
         b = preview_bounds(device)
-        n, side, k = min(b.prompts, len(seeds)), min(latent, b.side // 8), min(steps, b.steps)
+        n, side = min(b.prompts, len(seeds)), min(grid.latent, b.side // 8)
+        drawn = replace(sampling, steps=min(sampling.steps, b.steps))
+        k = drawn.steps
         rows = 1 if teacher_row else 2
         meter = Meter(progress, "preview", rows * (k + n))
         meter.start(f"{n} images per row, {side * 8} px, {k} steps")
         tick = meter.advance
         if not teacher_row:
-            z = sample_latents(teacher, Sampler(steps=k, guidance=guidance), cond[:n], uncond, seeds[:n], side, progress=lambda _: tick())
-            teacher_row.extend(to_images(vae, z, scaling, device, tick))
+            z = sample_latents(teacher, drawn, cond[:n], uncond, seeds[:n], side, progress=lambda _: tick())
+            teacher_row.extend(to_images(vae, z, SCALING, device, tick))
         was_training = student.training
         student.eval()
         try:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                z = sample_latents(student, Sampler(steps=k, guidance=guidance), cond[:n], uncond, seeds[:n], side, progress=lambda _: tick())
+                z = sample_latents(student, drawn, cond[:n], uncond, seeds[:n], side, progress=lambda _: tick())
         finally:
             student.train(was_training)
-        grid = image_grid([teacher_row, to_images(vae, z.float(), scaling, device, tick)], [labels[0], f"{labels[1]} {step}"])
+        image = image_grid([teacher_row, to_images(vae, z.float(), SCALING, device, tick)], [labels[0], f"{labels[1]} {step}"])
         with atomic_outputs(overwrite=True) as outs:
-            grid.save(outs.temp(path), format="PNG")
+            image.save(outs.temp(path), format="PNG")
 
     return preview
 
 
+@dataclass(frozen=True)
+class Encoder:
+    """What a job's training data is encoded with and into: the opened model (its text encoder and VAE), the cache,
+    the image side, the run's seed, the device the frozen encoders run on, and where notes, progress events and the
+    teacher's provenance (its hash keys the teacher's samples) come from."""
+
+    src: Source
+    cache: Cache
+    resolution: int
+    seed: int
+    device: torch.device
+    say: Callable[[str], None]
+    progress: ProgressFn | None
+    provenance: Callable[[], dict[str, str]]
+
+    @property
+    def latent(self) -> int:
+        """The latent side of the training images."""
+        return self.resolution // 8
+
+
 @torch.no_grad()
-def self_generate(teacher: torch.nn.Module, data: PromptData, text_keys: list[str], uncond_key: str, cache: Cache,
-                  teacher_hash: str, latent: int, seed: int, scaling: float, batch: int = 4,
-                  progress: ProgressFn | None = None) -> list[str]:
+def self_generate(teacher: torch.nn.Module, data: PromptData, text_keys: list[str], uncond_key: str, ctx: Encoder,
+                  batch: int = 4) -> list[str]:
     """Let the teacher sample one latent per prompt (cached; latents only, nothing decoded); return their keys."""
+    cache, latent, seed, progress = ctx.cache, ctx.latent, ctx.seed, ctx.progress
+    teacher_hash = ctx.provenance()["sdkd_teacher_sha256"]
     keys = [key_of("generated", teacher_hash, p, data.negative, data.guidance, data.sample_steps, latent, derive_seed(seed, "gen", i))
             for i, p in enumerate(data.prompts)]
     todo = [i for i, k in enumerate(keys) if not cache.has(LATENT_KIND, k)]
@@ -368,62 +430,65 @@ def self_generate(teacher: torch.nn.Module, data: PromptData, text_keys: list[st
         z = sample_latents(teacher, spec, cond, uncond, [derive_seed(seed, "gen", i) for i in chunk], latent,
                            progress=lambda _: meter.advance())
         for i, zi in zip(chunk, z):
-            cache.save(LATENT_KIND, keys[i], {"mean": zi / scaling})
+            cache.save(LATENT_KIND, keys[i], {"mean": zi / SCALING})
     return keys
 
 
-def distill(teacher: str | Path, variant: str, out: str | Path | None, data: DataSpec, cfg: TrainConfig | None = None,
-            weights: LossWeights = LossWeights(), *, resolution: int = 512, dtype: str = "fp16", overwrite: bool = False,
-            resume: bool = False, cache_dir: str | Path | None = None, vram: float | str | None = None,
-            preview_prompts: list[str] | None = None, diffusers: bool = False, init: str | Path | None = None,
-            portable: bool = False, progress: ProgressFn | None = None,
-            log: Callable[[str], None] | None = None) -> DistillResult:
-    """Distil `teacher` into a BK-SDM `variant` on `data` and export the student like `sdkd prune` does.
-
-    `init` starts from that student's weights (a rebased, public or earlier student) instead of the pruned teacher;
-    `portable` writes the identity middle block `sdkd prune --portable` writes (refused before any work for base).
-
-    `vram` ("auto" or GiB) lets the memory planner pick micro-batch/accumulation, gradient
-    checkpointing and EMA to fit. A progress callback raising `Cancelled` during training leaves an
-    exported student and a resumable run (`resume=True`); raised earlier, it propagates."""
-    cfg = cfg or TrainConfig()
-    cfg.check()
-    check_resolution(resolution)
-    parse_dtype(dtype)
-    acc = make_accelerator(cfg.device)
-    device = acc.device
-    cfg.check_device(device)  # every setting is checked before the teacher is read, the cache built or a model loaded
-    v = get_variant(variant)
-    if portable:
-        refuse_middle_block(v.student(SD15), v.name)
-    notes: list[str] = []
-    say = lambda msg: (notes.append(msg), log(msg) if log and acc.is_main_process else None)  # noqa: E731
-    path = resolve(teacher)
-    out_path = checkpoint_path(out) if out else default_out(path, f"{v.name}-kd")
-    if out_path.resolve() == path.resolve():
-        raise SdkdError(f"--out {out_path} is the teacher itself; sdkd never overwrites its input")
+def fresh_run(out_path: Path, resume: bool, overwrite: bool, *also: Path) -> Path:
+    """The run folder of a training job writing `out_path` (and `also`), refusing a run folder or outputs there that
+    neither `resume` nor `overwrite` allows, before any work."""
     run_dir = run_folder(out_path)
     check_run(run_dir, resume, overwrite)
     if not (resume or overwrite):
-        for final in (out_path, out_path.with_suffix(".yaml")):
+        for final in (out_path, *also):
             Outputs(False).check(final)
+    return run_dir
+
+
+def run_cache(cache_dir: Path | None, run_dir: Path) -> Cache:
+    """The latent/text cache: `--cache-dir`, else the run folder's own."""
+    return Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / RUN_CACHE)
+
+
+def distill(job: DistillJob, progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> DistillResult:
+    """Distil `job.teacher` into a BK-SDM `job.variant` on `job.data` and export the student like `sdkd prune` does.
+
+    `job.init` starts from that student's weights (a rebased, public or earlier student) instead of the pruned teacher;
+    `job.portable` writes the identity middle block `sdkd prune --portable` writes (refused before any work for base).
+
+    `job.vram` ("auto" or GiB) lets the memory planner pick micro-batch/accumulation, gradient
+    checkpointing and EMA to fit. A progress callback raising `Cancelled` during training leaves an
+    exported student and a resumable run (`job.resume`); raised earlier, it propagates."""
+    cfg, weights, resolution, data, init = job.train, job.weights, job.resolution, job.data, job.init
+    cfg.check()
+    check_resolution(resolution)
+    parse_dtype(job.dtype)
+    acc = make_accelerator(cfg.device)
+    device = acc.device
+    cfg.check_device(device)  # every setting is checked before the teacher is read, the cache built or a model loaded
+    v = job.variant
+    if job.portable:
+        refuse_middle_block(v.student(SD15), v.name)
+    notes: list[str] = []
+    say = lambda msg: (notes.append(msg), log(msg) if log and acc.is_main_process else None)  # noqa: E731
+    path = resolve(job.teacher)
+    out_path = fresh_out(job.out, path, f"{v.name}-kd")
+    run_dir = fresh_run(out_path, job.resume, job.overwrite, out_path.with_suffix(".yaml"))
     src = open_model(path)
     info = describe(src)
     require_teacher(info, path.name, "distil")
     if info.inpainting:
         raise SdkdError(f"{path.name}: an inpainting teacher can be pruned but not distilled (its UNet needs masks); "
                         "distil the normal checkpoint it was made from")
-    cfg = fit(cfg, vram, device, kd_estimator(v.name, resolution, info.topology), say, f"{v.name} at {resolution} px")
+    cfg = fit(cfg, job.vram, device, kd_estimator(v, resolution, info.topology), say, f"{v.name} at {resolution} px")
     provenance = teacher_metadata(path)
-    cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / RUN_CACHE)
-    latent = resolution // 8
-    scaling = float(sd15("vae").get("scaling_factor", 0.18215))
-    student, s_topology = student_model(src, info, v.name) if init is None else init_model(init, info, v.name)
+    student, s_topology = student_model(src, info, v) if init is None else init_model(init, info, v)
     teacher_unet = teacher_model(src, info, device)
+    ctx = Encoder(src, run_cache(job.cache_dir, run_dir), resolution, cfg.seed, device, say,
+                  progress if acc.is_main_process else None, provenance)
+    shown = None if job.preview_prompts is None else list(job.preview_prompts)
     with acc.main_process_first():
-        dataset, previews, uncond = prepare_data(data, src, cache, teacher_unet, resolution, latent, scaling, cfg.seed,
-                                                 preview_prompts, device, say, progress if acc.is_main_process else None,
-                                                 provenance)
+        dataset, previews, uncond = prepare_data(data, teacher_unet, shown, ctx)
     objective = KDObjective(teacher_unet, hook_pairs(v, info.topology), weights)
     sha = provenance()["sdkd_teacher_sha256"]
     fingerprint = {"variant": v.name, "teacher": f"{path.name} (sha256 {sha[:16]})",
@@ -432,9 +497,9 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
     preview = None
     if previews is not None and acc.is_main_process:
         sampling = data if isinstance(data, PromptData) else PromptData(())
-        preview = make_preview(teacher_unet, place(build_vae(src), CPU, frozen_dtype(device)), previews, uncond,
-                               [derive_seed(cfg.seed, "preview", i) for i in range(len(previews))], latent,
-                               sampling.guidance, sampling.sample_steps, autocast_dtype(cfg.precision, device), scaling)
+        preview = make_preview(teacher_unet, place(build_vae(src), CPU, frozen_dtype(device)),
+                               Grid.of(previews, uncond, cfg.seed, ctx.latent, autocast_dtype(cfg.precision, device)),
+                               Sampler(steps=sampling.sample_steps, guidance=sampling.guidance))
     world = acc.num_processes
 
     def extra(result: TrainResult) -> Callable[[], dict[str, str]]:
@@ -448,11 +513,13 @@ def distill(teacher: str | Path, variant: str, out: str | Path | None, data: Dat
             "sdkd_distill_final_loss": json.dumps({k: round(x, 6) for k, x in result.losses.items()}),
         }
 
-    def on_export(model: torch.nn.Module, result: TrainResult) -> Exported:
-        return export_student(model, src, s_topology, out_path, v.name, dtype, extra(result), diffusers, portable)
+    to = Target(out_path, job.dtype, True, job.diffusers, job.portable)  # the run replaces its own earlier export
 
-    result = run_training(objective, student, dataset, cfg, run_dir, fingerprint=fingerprint, accelerator=acc, resume=resume,
-                          overwrite=overwrite, progress=progress, on_export=on_export, preview=preview, stage="distill")
+    def on_export(model: torch.nn.Module, result: TrainResult) -> Exported:
+        return export_student(model, src, s_topology, v.name, to, extra(result))
+
+    run = Run(run_dir, fingerprint, job.resume, job.overwrite, "distill", acc)
+    result = run_training(objective, student, dataset, cfg, run, progress, on_export, preview)
     return DistillResult(result.exported, result, run_dir, len(dataset), notes)
 
 
@@ -461,12 +528,11 @@ def preview_texts(texts: list[str], given: list[str] | None) -> list[str]:
     return list(given) if given is not None else list(dict.fromkeys(texts))[:PREVIEW_PROMPTS]
 
 
-def prepare_data(data: DataSpec, src: Source, cache: Cache, teacher: torch.nn.Module, resolution: int, latent: int,
-                 scaling: float, seed: int, preview_prompts: list[str] | None, device: torch.device,
-                 say: Callable[[str], None], progress: ProgressFn | None,
-                 provenance: Callable[[], dict[str, str]]) -> tuple[CachedDataset, torch.Tensor | None, torch.Tensor]:
+def prepare_data(data: DataSpec, teacher: torch.nn.Module | None, preview_prompts: list[str] | None,
+                 ctx: Encoder) -> tuple[CachedDataset, torch.Tensor | None, torch.Tensor]:
     """Encode captions and images (or let the teacher generate latents) into the cache, loading the text encoder
     and VAE only for what is missing; return the dataset, the preview prompt embeddings and the unconditional one."""
+    src, cache, device, say = ctx.src, ctx.cache, ctx.device, ctx.say
     te_hash = component_hash(src, TEXT)
     if isinstance(data, FolderData):
         scan = scan_folder(data.folder)
@@ -481,13 +547,13 @@ def prepare_data(data: DataSpec, src: Source, cache: Cache, teacher: torch.nn.Mo
     shown = preview_texts(texts, preview_prompts)
     half = frozen_dtype(device)
     keys = encode_texts(texts + shown + [negative], lambda: place(build_text_encoder(src), device, half), tokenizer, cache,
-                        te_hash, progress=progress)[:len(texts)]
+                        te_hash, progress=ctx.progress)[:len(texts)]
     _free(device)
     uncond_key = text_key(negative, te_hash)
     if isinstance(data, FolderData):
-        min_side = data.min_side or resolution // 2
+        min_side = data.min_side or ctx.resolution // 2
         images = encode_images(scan.examples, lambda: place(build_vae(src), device, half), cache, component_hash(src, VAE),
-                               resolution, data.flip, min_side, progress=progress)
+                               Crop(ctx.resolution, data.flip, min_side), progress=ctx.progress)
         _free(device)
         if images.summary():
             say(images.summary())
@@ -496,12 +562,11 @@ def prepare_data(data: DataSpec, src: Source, cache: Cache, teacher: torch.nn.Mo
             raise SdkdError(f"--data {data.folder}: no usable images ({images.summary()}); "
                             f"add readable images of at least {min_side} px")
     else:
-        latents = self_generate(teacher, data, keys, uncond_key, cache, provenance()["sdkd_teacher_sha256"], latent, seed,
-                                scaling, progress=progress)
+        latents = self_generate(teacher, data, keys, uncond_key, ctx)
         items = [((k,), t) for k, t in zip(latents, keys)]
     uncond = cache.load(TEXT_KIND, uncond_key)["text"][None].float().to(device)
     previews = torch.stack([cache.load(TEXT_KIND, text_key(t, te_hash))["text"] for t in shown]).float().to(device) if shown else None
-    return CachedDataset(cache, items, scaling), previews, uncond
+    return CachedDataset(cache, items, SCALING), previews, uncond
 
 
 def _free(device: torch.device) -> None:
@@ -546,6 +611,16 @@ def run_stoppable(call: Callable[[ProgressFn], object]) -> object | None:
             return None
 
 
+def optional_path(text: str | None) -> Path | None:
+    """An optional path option's value as a path (None when not given)."""
+    return Path(text) if text else None
+
+
+def vram_arg(text: str | None) -> float | str | None:
+    """--vram as the planner takes it: None, "auto" or GiB."""
+    return None if text is None else text if text == "auto" else float(text)
+
+
 def data_spec(a: argparse.Namespace) -> DataSpec:
     """The data source the arguments name."""
     if a.data:
@@ -560,17 +635,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
     """Run `distill` from the command line and say where everything went."""
     a = with_recipe(a)
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
-    vram = None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram)
-    shown = None if a.preview_prompts is None else read_prompts(a.preview_prompts)
-    with stop_on_ctrl_c(tqdm_progress()) as progress:
-        try:
-            r = distill(a.teacher, a.variant, a.out, data_spec(a), cfg, LossWeights(a.l_sd, a.l_out, a.l_feat),
-                        resolution=a.resolution, dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, cache_dir=a.cache_dir,
-                        vram=vram, preview_prompts=[] if a.no_preview else shown, diffusers=a.format == "diffusers",
-                        init=a.init, portable=a.portable, progress=progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
-        except Cancelled:
-            print("sdkd: cancelled before training started (the cache written so far is kept)", file=sys.stderr)
-            return 130
+    shown = None if a.preview_prompts is None else tuple(read_prompts(a.preview_prompts))
+    job = DistillJob(Path(a.teacher), get_variant(a.variant), optional_path(a.out), data_spec(a), cfg,
+                     LossWeights(a.l_sd, a.l_out, a.l_feat), a.resolution, a.dtype, a.overwrite, a.resume,
+                     optional_path(a.cache_dir), vram_arg(a.vram), () if a.no_preview else shown, a.format == "diffusers",
+                     optional_path(a.init), a.portable)
+    r = run_stoppable(lambda progress: distill(job, progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr)))
+    if r is None:
+        return 130
     t = r.train
     if r.exported is None:  # a non-main process of a multi-process run
         return 0
@@ -601,7 +673,6 @@ def add_commands(sub) -> None:
     src.add_argument("--prompts", help="data-free: a text file of prompts (one per line) the teacher draws from")
     src.add_argument("--self", dest="self_n", type=int, metavar="N", help="data-free: N built-in varied prompts")
     s.add_argument("--init", help="start from this student of --variant (rebased, public or earlier) instead of the pruned teacher")
-    s.add_argument("--out", help="output path (default: <teacher>-bk-<variant>-kd.safetensors beside the teacher)")
     s.add_argument("--recipe", default="sdkd", choices=list(RECIPES),
                    help="where the defaults of --steps, --batch, --accum, --lr, --warmup, --resolution, --flip, --l-*, "
                         "--precision, --grad-checkpointing, --ema and --seed come from: sdkd (this tool's, as listed) or "
@@ -637,19 +708,20 @@ def add_commands(sub) -> None:
     s.add_argument("--cache-dir", help="latent/text cache folder (default: inside the run folder <out>.run/, removed "
                                        "after a finished run unless --keep-state; a --cache-dir is never removed)")
     s.add_argument("--seed", type=int, help="default 0")
-    s.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="exported weights dtype")
+    add_output_options(s, "output path (default: <teacher>-bk-<variant>-kd.safetensors beside the teacher)", required=False,
+                       dtype="exported weights dtype", overwrite="replace existing outputs and start the run over")
     s.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
                    help="diffusers: also write a diffusers folder beside the .safetensors")
     add_portable_option(s)
-    add_run_options(s, "replace existing outputs and start the run over")
+    add_run_options(s)
     s.set_defaults(fn=cmd_distill)
 
 
-def add_run_options(s: argparse.ArgumentParser, overwrite: str) -> None:
-    """--resume, --keep-state and --overwrite: what a training command does with its run folder <out>.run/."""
+def add_run_options(s: argparse.ArgumentParser) -> None:
+    """--resume and --keep-state: what a training command does with its run folder <out>.run/ (--overwrite, starting
+    it over, comes with `add_output_options`)."""
     s.add_argument("--resume", action="store_true", help="continue the run in <out>.run/ from its last checkpoint")
     s.add_argument("--keep-state", action="store_true",
                    help="keep the resumable state (and the latent cache) in <out>.run/ after a finished run, to --resume "
                         "it for more steps later; by default a finished run keeps only the loss log and previews (an "
                         "interrupted one always keeps its state)")
-    s.add_argument("--overwrite", action="store_true", help=overwrite)

@@ -164,8 +164,11 @@ def _header(tensors: dict[str, object], metadata: dict[str, str]) -> bytes:
     return json.dumps({"__metadata__": {k: str(v) for k, v in metadata.items()}, **tensors}, separators=(",", ":")).encode()
 
 
-def add_checkpoint_output_options(parser) -> None:
-    """The CLI options of a command that writes one checkpoint with its yaml: --out, --dtype, --overwrite."""
-    parser.add_argument("--out", required=True, help="output path (.safetensors; its .yaml is written beside it)")
-    parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="weights dtype (default fp16)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+def add_output_options(parser, out: str = "output path (.safetensors; its .yaml is written beside it)",
+                       required: bool = True, dtype: str = "weights dtype (default fp16)",
+                       overwrite: str = "replace existing outputs") -> None:
+    """The CLI options of a command that writes weights: --out (`required`, or a default the help names), --dtype,
+    --overwrite, each with the command's own help."""
+    parser.add_argument("--out", required=required, help=out)
+    parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help=dtype)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite)

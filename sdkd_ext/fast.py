@@ -205,10 +205,10 @@ def stepped(progress: ProgressFn | None, index: int, total: int) -> ProgressFn |
 
 def make_fast(job: FastJob, progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> FastResult:
     """Make the tiny student (and its few-step LoRA) of `job.checkpoint`; a cancel keeps what was written."""
-    from .distill import distill, run_folder
+    from .distill import DistillJob, distill, run_folder
     from .lcm.job import LcmJob, few_step_lora
     from .lcm.objective import ConsistencySpec
-    from .rebase import rebase
+    from .rebase import RebaseJob, rebase
 
     job.check()
     say = log or (lambda msg: None)
@@ -224,11 +224,12 @@ def make_fast(job: FastJob, progress: ProgressFn | None = None, log: Callable[[s
     drawn = run_folder(job.student_out) / SHARED_CACHE  # the teacher's training latents, drawn once for both steps
     if route.kind == "rebase+polish":
         init = run_folder(job.student_out) / "rebased.safetensors"  # deleted once polished
-        rebase(path, route.base, route.public, init, overwrite=True, progress=stepped(progress, index, total))
+        rebase(RebaseJob(path, route.base, route.public, init, overwrite=True), stepped(progress, index, total))
         index += 1
     cfg = replace(job.distill, steps=polish_steps(job)) if init is not None else job.distill
-    r = distill(path, "tiny", job.student_out, data, cfg, resolution=job.resolution, overwrite=job.overwrite,
-                vram=job.vram, init=init, cache_dir=drawn, progress=stepped(progress, index, total), log=say)
+    r = distill(DistillJob(path, get_variant("tiny"), job.student_out, data, cfg, resolution=job.resolution,
+                           overwrite=job.overwrite, vram=job.vram, init=init, cache_dir=drawn),
+                stepped(progress, index, total), log=say)
     notes += r.notes
     if init is not None:
         init.unlink(missing_ok=True)

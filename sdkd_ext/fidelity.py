@@ -80,14 +80,26 @@ class Fidelity:
         return {"settings": self.comparison.settings, "chance": CHANCE, "models": self.rows()}
 
 
-def fidelity(teacher: str | Path, students: Sequence[str | Path], n: int = 24, seeds: Sequence[int] = (0,),
-             steps: int = STEPS, guidance: float = GUIDANCE, device: str = "cpu", spec_seed: int = 0,
+@dataclass(frozen=True)
+class FidelitySpec:
+    """What the fidelity check draws: `n` held-out captions (the first of a shuffle seeded `spec_seed`) x `seeds`,
+    sampled with `steps` and `guidance`, on `device`."""
+
+    n: int = 24
+    seeds: tuple[int, ...] = (0,)
+    steps: int = STEPS
+    guidance: float = GUIDANCE
+    device: str = "cpu"
+    spec_seed: int = 0
+
+
+def fidelity(teacher: str | Path, students: Sequence[str | Path], spec: FidelitySpec = FidelitySpec(),
              progress: ProgressFn | None = None) -> Fidelity:
-    """Render `n` held-out shapes captions x `seeds` with the teacher and each student; score accuracy and agreement."""
-    prompts = [caption(s) for s in check_specs(n, spec_seed)]
-    drawn = Sampler(steps=steps, guidance=guidance)
-    result = compare(teacher, list(students), CompareSpec(tuple(prompts), tuple(seeds), SIZE, drawn, drawn), device,
-                     progress=progress)
+    """Render `spec.n` held-out shapes captions x seeds with the teacher and each student; score accuracy and agreement."""
+    prompts = [caption(s) for s in check_specs(spec.n, spec.spec_seed)]
+    drawn = Sampler(steps=spec.steps, guidance=spec.guidance)
+    result = compare(teacher, list(students), CompareSpec(tuple(prompts), tuple(spec.seeds), SIZE, drawn, drawn),
+                     spec.device, progress=progress)
     return Fidelity(result, [model_accuracy(m) for m in result.models])
 
 
@@ -106,9 +118,10 @@ class Probe:
     teacher's latents and images are sampled once, each `score` samples the student at the same captions and seeds."""
 
     def __init__(self, teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor,
-                 specs: list[ShapeSpec], scaling: float, steps: int = STEPS, guidance: float = GUIDANCE, seed: int = 0):
+                 specs: list[ShapeSpec], scaling: float, sampling: Sampler = Sampler(steps=STEPS, guidance=GUIDANCE),
+                 seed: int = 0):
         self.vae, self.cond, self.uncond, self.specs, self.scaling = vae, cond, uncond, specs, scaling
-        self.steps, self.guidance, self.seeds = steps, guidance, [seed + i for i in range(len(specs))]
+        self.sampling, self.seeds = sampling, [seed + i for i in range(len(specs))]
         self.teacher_latents, self.teacher_images = self.render(teacher)
         self.teacher_accuracy = accuracy(self.teacher_images, specs)
 
@@ -117,7 +130,7 @@ class Probe:
         from .distill import to_images
         was_training = unet.training
         unet.eval()
-        z = sample_latents(unet, Sampler(steps=self.steps, guidance=self.guidance), self.cond, self.uncond, self.seeds, SIZE // 8)
+        z = sample_latents(unet, self.sampling, self.cond, self.uncond, self.seeds, SIZE // 8)
         unet.train(was_training)
         return z.float().cpu(), to_images(self.vae, z.float(), self.scaling, z.device)
 

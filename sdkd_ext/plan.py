@@ -23,7 +23,7 @@ import torch
 from .configs import VaeShape, sd15, unet_config
 from .errors import SdkdError
 from .train import TrainConfig, autocast_dtype, bitsandbytes
-from .variants import SD15, Topology, get_variant
+from .variants import SD15, Topology, Variant, get_variant
 
 GIB = 2**30
 CUDA_RESERVE = 0.75 * GIB  # CUDA context and allocator slack, outside max_memory_allocated
@@ -321,13 +321,13 @@ def training_parts(model: Topology, resolution: int, settings: Settings, trainab
     }
 
 
-def estimate(variant: str, resolution: int, settings: Settings, teacher: Topology = SD15,
+def estimate(variant: Variant, resolution: int, settings: Settings, teacher: Topology = SD15,
              vae: VaeShape | None = None) -> Estimate:
     """Estimated peak memory, per part, of distilling `teacher` into `variant` at `resolution` with `settings`: the
     teacher's forward (no gradients) runs first, its fp32 outputs and features live through the student's forward."""
     from .variants import hook_pairs
 
-    v = get_variant(variant)
+    v = variant
     pairs = hook_pairs(v, teacher)
     latent, b, width = resolution // 8, settings.batch, frozen_width(settings)
     t_trace = trace(teacher, latent, tuple(t for t, _ in pairs))
@@ -353,7 +353,7 @@ def candidates(batch: int, optimizer: str, ema: bool, precision: str, device: st
     return out
 
 
-def kd_estimator(variant: str, resolution: int, teacher: Topology = SD15) -> Callable[[Settings], Estimate]:
+def kd_estimator(variant: Variant, resolution: int, teacher: Topology = SD15) -> Callable[[Settings], Estimate]:
     """The estimate of distilling `teacher` into `variant` at `resolution`, as a function of the settings."""
     return lambda s: estimate(variant, resolution, s, teacher)
 
@@ -425,7 +425,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     v = get_variant(a.variant)
     opt = a.optimizer if a.optimizer != "auto" else default_optimizer()
     asked = Settings(a.batch, 1, a.grad_checkpointing, opt, a.ema, a.precision, a.device)
-    est = estimate(v.name, a.resolution, asked, teacher)
+    est = estimate(v, a.resolution, asked, teacher)
     print(f"{v.name} student of a {teacher.model_channels}-wide SD1.x teacher, {a.resolution} px, {asked.describe()}:")
     print(f"  UNet parameters: teacher {unet_params(teacher):,}, student {unet_params(v.student(teacher)):,}")
     print(est.table())
@@ -437,9 +437,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
     if est.fits(vram * GIB):
         print(f"fits in {budget} as asked")
         return 0
-    best = choose(kd_estimator(v.name, a.resolution, teacher), a.batch, vram, a.ema, opt, a.precision, a.device)
+    best = choose(kd_estimator(v, a.resolution, teacher), a.batch, vram, a.ema, opt, a.precision, a.device)
     if best is None:
-        least = estimate(v.name, a.resolution, replace(asked, batch=1, accum=a.batch, grad_checkpointing=True, ema=False), teacher)
+        least = estimate(v, a.resolution, replace(asked, batch=1, accum=a.batch, grad_checkpointing=True, ema=False), teacher)
         hint = "" if opt == "adamw8bit" else "; installing bitsandbytes (8-bit AdamW) saves 6 bytes per parameter"
         print(f"does not fit in {budget}: even micro-batch 1 with gradient checkpointing needs "
               f"{least.peak / GIB:.2f} GiB{hint}")

@@ -21,7 +21,7 @@ from .errors import SdkdError
 from .export import Outputs, atomic_outputs, parse_dtype, plan_from, sha256_file, write_safetensors
 from .portable import identity_middle, identity_params, refuse_middle_block
 from .progress import ProgressFn
-from .variants import SD15, Topology, get_variant
+from .variants import SD15, Topology, Variant
 
 FORMAT_VERSION = "1"
 MODEL_PREFIXES = (UNET, VAE, TEXT)
@@ -39,6 +39,33 @@ class Exported:
     diffusers: Path | None = None
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where and how an export is written: the .safetensors path (its .yaml beside it), the weights' dtype, whether
+    existing files are replaced, and the optional diffusers folder and identity middle block."""
+
+    out: Path
+    dtype: str = "fp16"
+    overwrite: bool = False
+    diffusers: bool = False
+    portable: bool = False
+
+
+@dataclass(frozen=True)
+class PruneJob:
+    """One prune, as every front end builds it: the teacher file, the resolved variant, and how the student is written
+    (`out` None: beside the teacher, see `default_out`)."""
+
+    teacher: Path
+    variant: Variant
+    out: Path | None = None
+    dtype: str = "fp16"
+    ema: bool = False  # read the teacher's EMA weights where it has them
+    overwrite: bool = False
+    diffusers: bool = False
+    portable: bool = False
+
+
 def default_out(teacher: Path, variant: str) -> Path:
     """`<teacher>-bk-<variant>.safetensors` beside the teacher (A1111 and ComfyUI list it there); in the current
     folder for a model sdkd ships (never inside the installed package)."""
@@ -53,18 +80,21 @@ def checkpoint_path(out: str | Path) -> Path:
     return p if p.suffix == ".safetensors" else p.with_name(p.name + ".safetensors")
 
 
-def student_names(src: Source, info: ModelInfo, variant: str) -> dict[str, str]:
-    """Student key -> teacher key for every tensor the student keeps (UNet renumbered, the rest as is)."""
-    renamer = student_renamer(get_variant(variant), info.topology)
+def kept_unet(src: Source, variant: Variant, teacher: Topology) -> dict[str, str]:
+    """Student UNet key -> teacher UNet key of `src` for every UNet tensor `variant` keeps of a `teacher`-shaped UNet."""
+    renamer = student_renamer(variant, teacher)
     names = {}
     for k in src.keys():
         if k.startswith(UNET):
             new = student_key(k[len(UNET):], renamer)
             if new is not None:
                 names[UNET + new] = k
-        else:
-            names[k] = k
     return names
+
+
+def student_names(src: Source, info: ModelInfo, variant: Variant) -> dict[str, str]:
+    """Student key -> teacher key for every tensor the student keeps (UNet renumbered, the rest as is)."""
+    return {**kept_unet(src, variant, info.topology), **{k: k for k in src.keys() if not k.startswith(UNET)}}
 
 
 def teacher_metadata(path: Path) -> Callable[[], dict[str, str]]:
@@ -77,19 +107,20 @@ def teacher_metadata(path: Path) -> Callable[[], dict[str, str]]:
     return lambda: {"sdkd_teacher": path.name, "sdkd_teacher_sha256": digest.result() if digest else ""}
 
 
-def export_model(src: Source, names: dict[str, str], topology: Topology, out: Path, variant: str,
-                 dtype: str = "fp16", extra: dict[str, str] | Callable[[], dict[str, str]] | None = None,
-                 overwrite: bool = False, diffusers: bool = False, progress: ProgressFn | None = None,
-                 portable: bool = False) -> Exported:
-    """Write `<out>.safetensors` (LDM names, metadata) and `<out>.yaml`, optionally a diffusers folder, atomically.
+def export_model(src: Source, names: dict[str, str], topology: Topology, variant: str, to: Target,
+                 extra: dict[str, str] | Callable[[], dict[str, str]] | None = None,
+                 progress: ProgressFn | None = None) -> Exported:
+    """Write `<to.out>.safetensors` (LDM names, metadata; `variant` names the model in it) and its `.yaml`, optionally a
+    diffusers folder, atomically.
 
     `extra` metadata may be a callable, evaluated only once the tensor data is written (see `teacher_metadata`);
-    `portable` adds an identity middle block to a student without one (see `sdkd_ext.portable`)."""
+    `to.portable` adds an identity middle block to a student without one (see `sdkd_ext.portable`)."""
     start = time.perf_counter()
+    portable = to.portable
     if portable:
         refuse_middle_block(topology, variant)
-    target = parse_dtype(dtype)
-    ckpt = checkpoint_path(out)
+    target = parse_dtype(to.dtype)
+    ckpt = checkpoint_path(to.out)
     yaml_path = ckpt.with_suffix(".yaml")
 
     def cast(name: str, current: torch.dtype) -> torch.dtype:
@@ -110,8 +141,8 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
         **({} if topology.mid_block else {"sdkd_note": note_metadata(notes)}),
         **({"sdkd_portable": f"identity middle block, {identity_params(topology)} parameters"} if portable else {}),
     }
-    folder = ckpt.with_suffix("") if diffusers else None
-    with atomic_outputs(overwrite) as outs:
+    folder = ckpt.with_suffix("") if to.diffusers else None
+    with atomic_outputs(to.overwrite) as outs:
         tmp_yaml = outs.temp(yaml_path)
         tmp_yaml.write_text(ldm_yaml(topology, vae, portable))
         tmp_ckpt = outs.temp(ckpt)
@@ -124,24 +155,28 @@ def export_model(src: Source, names: dict[str, str], topology: Topology, out: Pa
     return Exported(ckpt, yaml_path, variant, params, time.perf_counter() - start, folder)
 
 
-def prune(teacher: str | Path, variant: str, out: str | Path | None = None, dtype: str = "fp16", ema: bool = False,
-          overwrite: bool = False, diffusers: bool = False, progress: ProgressFn | None = None,
-          portable: bool = False) -> Exported:
-    """Copy the teacher's kept blocks into a BK-SDM student and export it (teacher file untouched)."""
-    path = resolve(teacher)
-    v = get_variant(variant)
-    parse_dtype(dtype)  # every setting is checked before the teacher is read (a .ckpt is read whole)
-    if portable:
-        refuse_middle_block(v.student(SD15), v.name)  # a variant's middle block does not depend on the teacher's widths
-    out_path = checkpoint_path(out) if out else default_out(path, v.name)
-    if out_path.resolve() == path.resolve():
+def fresh_out(out: Path | None, teacher: Path, default: str) -> Path:
+    """The checkpoint path of `--out` (None: `default_out(teacher, default)`), refusing the teacher itself."""
+    out_path = checkpoint_path(out) if out else default_out(teacher, default)
+    if out_path.resolve() == teacher.resolve():
         raise SdkdError(f"--out {out_path} is the teacher itself; sdkd never overwrites its input")
+    return out_path
+
+
+def prune(job: PruneJob, progress: ProgressFn | None = None) -> Exported:
+    """Copy the teacher's kept blocks into a BK-SDM student and export it (teacher file untouched)."""
+    path = resolve(job.teacher)
+    v = job.variant
+    parse_dtype(job.dtype)  # every setting is checked before the teacher is read (a .ckpt is read whole)
+    if job.portable:
+        refuse_middle_block(v.student(SD15), v.name)  # a variant's middle block does not depend on the teacher's widths
+    out_path = fresh_out(job.out, path, v.name)
     for final in (out_path, out_path.with_suffix(".yaml")):
-        Outputs(overwrite).check(final)
-    src = open_model(path, ema=ema)
+        Outputs(job.overwrite).check(final)
+    src = open_model(path, ema=job.ema)
     info = describe(src)
     require_teacher(info, path.name)
     provenance = teacher_metadata(path)
-    extra = lambda: {**provenance(), "sdkd_ema": str(ema).lower()}  # noqa: E731
-    return export_model(src, student_names(src, info, v.name), v.student(info.topology), out_path, v.name,
-                        dtype, extra, overwrite, diffusers, progress, portable)
+    extra = lambda: {**provenance(), "sdkd_ema": str(job.ema).lower()}  # noqa: E731
+    return export_model(src, student_names(src, info, v), v.student(info.topology), v.name,
+                        Target(out_path, job.dtype, job.overwrite, job.diffusers, job.portable), extra, progress)

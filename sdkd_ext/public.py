@@ -22,10 +22,10 @@ from .checkpoint import RenamedSource, Source, open_model, resolve
 from .convert import UNET, unet_map
 from .detect import ModelInfo, describe
 from .errors import SdkdError
-from .export import Outputs, add_checkpoint_output_options
+from .export import Outputs, add_output_options
 from .progress import ProgressFn
-from .prune import Exported, checkpoint_path, export_model, teacher_metadata
-from .variants import SD15, Topology, get_variant
+from .prune import Exported, Target, checkpoint_path, export_model, teacher_metadata
+from .variants import SD15, Topology, Variant, get_variant
 
 
 def topology_from_diffusers_keys(keys: list[str], shape: Callable[[str], tuple[int, ...]],
@@ -101,17 +101,19 @@ def open_student(path: str | Path) -> tuple[Source, ModelInfo]:
     return (renamed, renamed_info) if renamed_info.kind in ("sd1", "student") else (src, info)
 
 
-def check_student_of(info: ModelInfo, teacher: Topology, flag: str, teacher_flag: str) -> None:
-    """Refuse unless `info` is a BK-SDM student whose shape is its variant's student of `teacher` (same widths)."""
+def check_student_of(info: ModelInfo, teacher: Topology, flag: str, teacher_flag: str) -> Variant:
+    """The variant of `info`, refusing unless it is a BK-SDM student whose shape is its variant's student of `teacher`
+    (same widths)."""
     if info.kind != "student":
         what = "a full SD1.x checkpoint" if info.kind == "sd1" else f"not a BK-SDM student ({info.reason})"
         raise SdkdError(f"{flag} is {what}; pass a BK-SDM base/small/tiny student (one of sdkd's, or a Nota "
                         "BK-SDM / Segmind folder or a file converted from one)")
-    expected = replace(get_variant(info.variant).student(teacher),
-                       **{k: getattr(info.topology, k) for k in Topology.UNSEEN})
+    variant = get_variant(info.variant)
+    expected = replace(variant.student(teacher), **{k: getattr(info.topology, k) for k in Topology.UNSEEN})
     if expected != info.topology:
         raise SdkdError(f"{flag} is a {info.variant} student of a teacher of other widths ({info.topology}); "
                         f"{teacher_flag} would give {expected}")
+    return variant
 
 
 def convert(student: str | Path, out: str | Path, dtype: str = "fp16", overwrite: bool = False,
@@ -132,8 +134,8 @@ def convert(student: str | Path, out: str | Path, dtype: str = "fp16", overwrite
         Outputs(overwrite).check(final)
     hashed = teacher_metadata(path)
     extra = lambda: {"sdkd_source": hashed()["sdkd_teacher"], "sdkd_source_sha256": hashed()["sdkd_teacher_sha256"]}  # noqa: E731
-    return export_model(src, {k: k for k in src.keys()}, info.topology, out_path, info.variant, dtype, extra,
-                        overwrite, progress=progress)
+    return export_model(src, {k: k for k in src.keys()}, info.topology, info.variant, Target(out_path, dtype, overwrite),
+                        extra, progress)
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
@@ -150,5 +152,5 @@ def add_commands(sub) -> None:
     s = sub.add_parser("convert", help="write a public BK-SDM/Segmind student (diffusers folder or converted file) "
                                        "as a single file A1111, Forge and ComfyUI load")
     s.add_argument("student", help="e.g. a downloaded nota-ai/bk-sdm-small or segmind/tiny-sd folder")
-    add_checkpoint_output_options(s)
+    add_output_options(s)
     s.set_defaults(fn=cmd_convert)

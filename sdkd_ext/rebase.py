@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 from .checkpoint import ChainSource, RenamedSource, Source, open_model, resolve
-from .convert import UNET, student_key, student_renamer
+from .convert import UNET
 from .detect import ModelInfo, describe
 from .errors import SdkdError
-from .export import Outputs, add_checkpoint_output_options, parse_dtype
+from .export import Outputs, add_output_options, parse_dtype
 from .progress import ProgressFn, report
-from .prune import Exported, checkpoint_path, export_model, teacher_metadata
+from .prune import Exported, Target, checkpoint_path, export_model, kept_unet, teacher_metadata
 from .public import check_student_of, open_student
-from .variants import Topology, get_variant
+from .variants import Topology, Variant
 
 # Median relative difference per UNet block above which COMMUNITY is not taken as derived from BASE.
 # Measured (benchmarks/rebase.py, README): a merged LoRA and a full fine-tune of the demo teacher 0.04 and
@@ -98,15 +98,9 @@ def _same_layout(a: Source, b: Source) -> str | None:
     return None if bad is None else f"{bad[len(UNET):]} is {a.shape(bad)} in one and {b.shape(bad)} in the other"
 
 
-def student_sources(base: Source, base_topology: Topology, s_src: Source, s_info: ModelInfo) -> dict[str, str]:
+def student_sources(base: Source, base_topology: Topology, s_src: Source, variant: Variant) -> dict[str, str]:
     """Student UNet key -> BASE/COMMUNITY key it takes its difference from (every student UNet key has one)."""
-    renamer = student_renamer(get_variant(s_info.variant), base_topology)
-    teacher_of = {}
-    for k in base.keys():
-        if k.startswith(UNET):
-            new = student_key(k[len(UNET):], renamer)
-            if new is not None:
-                teacher_of[UNET + new] = k
+    teacher_of = kept_unet(base, variant, base_topology)
     for k in s_src.keys():
         if k.startswith(UNET) and (k not in teacher_of or s_src.shape(k) != base.shape(teacher_of[k])):
             raise SdkdError(f"--student tensor {k[len(UNET):]} has no same-shaped block in --base; the student "
@@ -114,14 +108,27 @@ def student_sources(base: Source, base_topology: Topology, s_src: Source, s_info
     return {k: teacher_of[k] for k in s_src.keys() if k.startswith(UNET)}
 
 
-def rebase(community: str | Path, base: str | Path, student: str | Path, out: str | Path, strength: float = 1.0,
-           dtype: str = "fp16", overwrite: bool = False, limit: float = DERIVED_LIMIT,
-           progress: ProgressFn | None = None) -> tuple[Exported, Difference]:
+@dataclass(frozen=True)
+class RebaseJob:
+    """One rebase, as every front end builds it: STUDENT + strength * (COMMUNITY - BASE) written to `out`."""
+
+    community: Path
+    base: Path
+    student: Path
+    out: Path
+    strength: float = 1.0
+    dtype: str = "fp16"
+    overwrite: bool = False
+    limit: float = DERIVED_LIMIT  # the median block difference above which COMMUNITY is refused as not derived
+
+
+def rebase(job: RebaseJob, progress: ProgressFn | None = None) -> tuple[Exported, Difference]:
     """Write STUDENT + strength * (COMMUNITY - BASE) through the variant's block map, with COMMUNITY's text encoder and VAE."""
+    strength, limit, overwrite = job.strength, job.limit, job.overwrite
     if not math.isfinite(strength):
         raise SdkdError(f"--strength must be a number (got {strength})")
-    parse_dtype(dtype)  # before any checkpoint is read
-    paths = {"COMMUNITY": resolve(community), "--base": resolve(base), "--student": resolve(student)}
+    parse_dtype(job.dtype)  # before any checkpoint is read
+    paths = {"COMMUNITY": resolve(job.community), "--base": resolve(job.base), "--student": resolve(job.student)}
     c_src, c_info = _full_model(paths["COMMUNITY"], "COMMUNITY")
     b_src, b_info = _full_model(paths["--base"], "--base")
     why = _same_layout(c_src, b_src) if c_info.topology == b_info.topology else f"{c_info.topology} vs {b_info.topology}"
@@ -129,9 +136,9 @@ def rebase(community: str | Path, base: str | Path, student: str | Path, out: st
         raise SdkdError(f"COMMUNITY and --base differ in topology ({why}); --base must be the checkpoint COMMUNITY "
                         "was fine-tuned or merged from (SD1.5 for most community checkpoints)")
     s_src, s_info = open_student(paths["--student"])
-    check_student_of(s_info, b_info.topology, f"--student {paths['--student'].name}", "--base")
-    sources = student_sources(b_src, b_info.topology, s_src, s_info)
-    out_path = checkpoint_path(out)
+    s_variant = check_student_of(s_info, b_info.topology, f"--student {paths['--student'].name}", "--base")
+    sources = student_sources(b_src, b_info.topology, s_src, s_variant)
+    out_path = checkpoint_path(job.out)
     for role, p in paths.items():
         if out_path.resolve() == p.resolve():
             raise SdkdError(f"--out {out_path} is {role} itself; sdkd never overwrites its input")
@@ -158,7 +165,7 @@ def rebase(community: str | Path, base: str | Path, student: str | Path, out: st
         "sdkd_rebase_strength": f"{strength:g}", "sdkd_rebase_difference": difference.summary(),
     }
     exported = export_model(ChainSource([unet, rest]), {k: k for k in [*sources, *rest.keys()]}, s_info.topology,
-                            out_path, s_info.variant, dtype, extra, overwrite, progress=progress)
+                            s_info.variant, Target(out_path, job.dtype, overwrite), extra, progress)
     return exported, difference
 
 
@@ -166,7 +173,8 @@ def cmd_rebase(a: argparse.Namespace) -> int:
     """`sdkd rebase`: say how far COMMUNITY is from BASE and where the rebased student went."""
     from .progress import tqdm_progress
 
-    r, d = rebase(a.community, a.base, a.student, a.out, a.strength, a.dtype, a.overwrite, progress=tqdm_progress())
+    job = RebaseJob(Path(a.community), Path(a.base), Path(a.student), Path(a.out), a.strength, a.dtype, a.overwrite)
+    r, d = rebase(job, tqdm_progress())
     print(f"{r.variant}: difference {d.summary()}; strength {a.strength:g} -> {r.checkpoint} (+ {r.yaml.name}) "
           f"in {r.seconds:.1f}s")
     return 0
@@ -180,5 +188,5 @@ def add_commands(sub) -> None:
     s.add_argument("--base", required=True, help="the checkpoint COMMUNITY was made from (usually SD1.5)")
     s.add_argument("--student", required=True, help="a BK-SDM student of --base: sdkd's, or a Nota/Segmind folder or file")
     s.add_argument("--strength", type=float, default=1.0, help="how much of the difference to add (default 1)")
-    add_checkpoint_output_options(s)
+    add_output_options(s)
     s.set_defaults(fn=cmd_rebase)

@@ -414,27 +414,40 @@ class NonFinite(Exception):
 
 # ---- the loop ---------------------------------------------------------------------------------------------
 
-def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cfg: TrainConfig, run_dir: Path, *,
-                 fingerprint: dict[str, str], accelerator=None, resume: bool = False, overwrite: bool = False,
+@dataclass(frozen=True)
+class Run:
+    """Where a training run lives and what it is: its folder (state, loss log, previews), the fingerprint a resume must
+    match, what an existing run folder may be used for, the progress stage it reports, and its accelerator (None:
+    one made for `cfg.device`)."""
+
+    folder: Path
+    fingerprint: dict[str, str]
+    resume: bool = False
+    overwrite: bool = False
+    stage: str = "train"
+    accelerator: object = None
+
+
+def run_training(objective: Objective, model: torch.nn.Module, data: Dataset, cfg: TrainConfig, run: Run,
                  progress: ProgressFn | None = None,
                  on_export: Callable[[torch.nn.Module, TrainResult], object] | None = None,
-                 preview: Callable[[torch.nn.Module, int, Path], None] | None = None,
-                 stage: str = "train") -> TrainResult:
+                 preview: Callable[[torch.nn.Module, int, Path], None] | None = None) -> TrainResult:
     """Train `model`'s trainable parameters on `objective` over `data` for `cfg.steps` optimizer steps.
 
-    `run_dir` holds the resumable state, the loss log and previews. At the end the student is exported first
+    `run.folder` holds the resumable state, the loss log and previews. At the end the student is exported first
     ("export" stage), then a finished run drops its state (unless `cfg.keep_state`) and draws its preview, so
     nothing optional delays or endangers the export. A progress callback that raises `Cancelled` stops the run
     after the current step with a checkpoint and an export, and no preview; raised during the final preview, it
     stops only the preview. `on_export` and `preview` receive the unwrapped model, with EMA weights applied when
     EMA is on; a preview that takes a `progress` keyword gets the callback, to report its own stage. Returns how
     it ended."""
+    run_dir, fingerprint, resume, overwrite, stage = run.folder, run.fingerprint, run.resume, run.overwrite, run.stage
     cfg.check()
     if len(data) == 0:
         raise SdkdError("no training samples: every input was skipped")
     if not objective.weights:
         raise SdkdError("every loss weight is 0: nothing to train; give at least one term a positive weight")
-    acc = accelerator or make_accelerator(cfg.device)
+    acc = run.accelerator or make_accelerator(cfg.device)
     main, world, rank, device = acc.is_main_process, acc.num_processes, acc.process_index, acc.device
     progress = progress if main else None
     run_dir.mkdir(parents=True, exist_ok=True)

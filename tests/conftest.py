@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdkd_ext.prune import prune
+from sdkd_ext.prune import PruneJob, prune
 from sdkd_ext.tiny import save, tiny_checkpoint
-from sdkd_ext.variants import VARIANTS
+from sdkd_ext.variants import VARIANTS, get_variant
 
 torch.set_num_threads(2)
 
@@ -30,7 +30,7 @@ def teacher_file(teacher_sd, tmp_path_factory) -> Path:
 def students(teacher_file, tmp_path_factory) -> dict:
     """The teacher pruned (fp32, exact) to every variant."""
     out = tmp_path_factory.mktemp("students")
-    return {v: prune(teacher_file, v, out / f"student-{v}", dtype="fp32") for v in VARIANTS}
+    return {v: prune(PruneJob(teacher_file, get_variant(v), out / f"student-{v}", dtype="fp32")) for v in VARIANTS}
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +49,6 @@ def community_students(community, tmp_path_factory) -> dict[str, Path]:
     from community import POSITION_IDS, position_ids, with_extra
 
     out = tmp_path_factory.mktemp("community-students")
-    tiny = prune(community["merge-fp16"], "tiny", out / "merge-fp16-bk-tiny").checkpoint
+    tiny = prune(PruneJob(community["merge-fp16"], get_variant("tiny"), out / "merge-fp16-bk-tiny")).checkpoint
     old = with_extra(tiny, {POSITION_IDS: position_ids("drifted").half()}, out / "merge-fp16-bk-tiny-old.safetensors")
     return {"tiny": tiny, "tiny-old": old}

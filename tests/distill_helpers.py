@@ -10,8 +10,9 @@ from safetensors import safe_open
 
 from sdkd_ext.cli import main
 from sdkd_ext.convert import UNET
-from sdkd_ext.distill import distill
+from sdkd_ext.distill import DistillJob, distill
 from sdkd_ext.train import TrainConfig
+from sdkd_ext.variants import get_variant
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -45,9 +46,9 @@ def images(tmp_path_factory) -> Path:
 def cfg(**kw) -> TrainConfig:
     return TrainConfig(**{"steps": 3, "batch": 2, "lr": 1e-3, "device": "cpu", **kw})
 
-def run(teacher, out, data, config=None, **kw):
-    kw = {"resolution": 64, "dtype": "fp32", "preview_prompts": [], **kw}
-    return distill(teacher, "tiny", out, data, config or cfg(), **kw)
+def run(teacher, out, data, config=None, progress=None, log=None, **kw):
+    kw = {"resolution": 64, "dtype": "fp32", "preview_prompts": (), **kw}
+    return distill(DistillJob(teacher, get_variant("tiny"), out, data, config or cfg(), **kw), progress, log)
 
 def unet_of(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), "pt") as f:

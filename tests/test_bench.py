@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdkd_ext.bench import bench, count_macs, write_outputs
+from sdkd_ext.bench import BenchSpec, bench, count_macs, write_outputs
 from sdkd_ext.checkpoint import open_model
 from sdkd_ext.cli import main
 from sdkd_ext.configs import unet_config
@@ -24,8 +24,8 @@ ORDER = ["base", "small", "tiny"]
 @pytest.fixture(scope="module")
 def result(teacher_file, students):
     """A short benchmark of the tiny teacher against every student."""
-    return bench(teacher_file, [students[v].checkpoint for v in ORDER], size=64, sampling=Sampler(steps=2), repeats=3,
-                 warmup=1, t2i_repeats=2)
+    spec = BenchSpec(size=64, sampling=Sampler(steps=2), repeats=3, warmup=1, t2i_repeats=2)
+    return bench(teacher_file, [students[v].checkpoint for v in ORDER], spec)
 
 
 def test_every_model_is_measured_and_ratios_come_from_the_measurements(result, teacher_file, students):

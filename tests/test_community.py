@@ -50,10 +50,11 @@ def test_inspect_names_every_layout_and_its_ema_by_one_rule(layout, community, c
 def test_prune_ema_takes_the_ema_copy_and_student_carries_weights_only(community, teacher_sd, tmp_path):
     """--ema reads LitEma's copy (keys named as ldm's LitEma names them); the student keeps the schedule buffers
     ldm saves, and no EMA part or CLIP position ids (every host builds those itself)."""
-    from sdkd_ext.prune import prune
+    from sdkd_ext.prune import PruneJob, prune
+    from sdkd_ext.variants import get_variant
 
-    got = tensors(prune(community["v1-5-pruned"], "small", tmp_path / "ema", dtype="fp32", ema=True).checkpoint)
-    plain = tensors(prune(community["v1-5-pruned"], "small", tmp_path / "plain", dtype="fp32").checkpoint)
+    got = tensors(prune(PruneJob(community["v1-5-pruned"], get_variant("small"), tmp_path / "ema", dtype="fp32", ema=True)).checkpoint)
+    plain = tensors(prune(PruneJob(community["v1-5-pruned"], get_variant("small"), tmp_path / "plain", dtype="fp32")).checkpoint)
     k = UNET + "input_blocks.1.0.in_layers.0.weight"
     assert torch.equal(plain[k], teacher_sd[k]) and torch.equal(got[k], teacher_sd[k] * EMA_SCALE)
     for student in (got, plain):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdkd_ext.cache import LATENT_KIND, Cache, CachedDataset, component_hash, encode_images, encode_texts
+from sdkd_ext.cache import LATENT_KIND, Cache, CachedDataset, Crop, component_hash, encode_images, encode_texts
 from sdkd_ext.checkpoint import DictSource
 from sdkd_ext.configs import VaeShape
 from sdkd_ext.convert import VAE
@@ -128,13 +128,13 @@ def test_latent_cache_is_keyed_by_file_size_and_model(tmp_path, vae_src):
         loads.append(1)
         return vae
 
-    first = encode_images(examples, load_vae, cache, h, 64, True, 32)
-    again = encode_images(examples, load_vae, cache, h, 64, True, 32)
+    first = encode_images(examples, load_vae, cache, h, Crop(64, True, 32))
+    again = encode_images(examples, load_vae, cache, h, Crop(64, True, 32))
     assert len(loads) == 1 and first.keys == again.keys, "the second pass is all cache hits: no VAE loaded"
     (imgs / "broken.png").write_bytes(b"not an image")
     from sdkd_ext.data import Example
 
-    with_bad = encode_images(examples + [Example(imgs / "broken.png", "x")], load_vae, cache, h, 64, True, 32)
+    with_bad = encode_images(examples + [Example(imgs / "broken.png", "x")], load_vae, cache, h, Crop(64, True, 32))
     assert with_bad.keys[:2] == first.keys and with_bad.keys[2] is None and with_bad.skipped["unreadable"] == ["broken.png"]
     assert len(loads) == 1, "an unreadable image alone does not load the VAE"
     assert len({k for ks in first.keys for k in ks}) == 4, "original and mirror image of each"
@@ -143,11 +143,11 @@ def test_latent_cache_is_keyed_by_file_size_and_model(tmp_path, vae_src):
         want = vae.encode(x.flip(-1)).latent_dist.mean[0]
     got = cache.load(LATENT_KIND, first.keys[0][1])["mean"].float()
     assert torch.allclose(got, want, atol=2e-3), "the mirror entry is the VAE encoding of the mirrored image"
-    assert encode_images(examples, load_vae, cache, h, 32, False, 16).keys[0][0] not in first.keys[0], "size is in the key"
+    assert encode_images(examples, load_vae, cache, h, Crop(32, False, 16)).keys[0][0] not in first.keys[0], "size is in the key"
     st = os.stat(examples[1].path)
     os.utime(examples[1].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert encode_images(examples, load_vae, cache, h, 64, True, 32).keys[1] != first.keys[1], "an edited file is re-encoded"
-    assert encode_images(examples, load_vae, cache, "other-vae", 64, True, 32).keys[0] != first.keys[0]
+    assert encode_images(examples, load_vae, cache, h, Crop(64, True, 32)).keys[1] != first.keys[1], "an edited file is re-encoded"
+    assert encode_images(examples, load_vae, cache, "other-vae", Crop(64, True, 32)).keys[0] != first.keys[0]
 
 
 def test_text_cache_and_dataset_sampling(tmp_path, vae_src):
@@ -169,7 +169,7 @@ def test_text_cache_and_dataset_sampling(tmp_path, vae_src):
     bands(tmp_path / "a.png", 64, 64, [RED, GREEN])
     from sdkd_ext.data import Example
 
-    lat = encode_images([Example(tmp_path / "a.png", "a cat")], lambda: vae, cache, "v", 64, True, 32)
+    lat = encode_images([Example(tmp_path / "a.png", "a cat")], lambda: vae, cache, "v", Crop(64, True, 32))
     ds = CachedDataset(cache, [(lat.keys[0], keys[0])], scaling=0.5)
     a, b = ds.get(0, 7), ds.get(0, 7)
     assert torch.equal(a["latents"], b["latents"]) and a["latents"].shape == (4, 8, 8) and a["text"].shape == (77, 32)

@@ -15,14 +15,14 @@ from sdkd_ext.configs import VaeShape
 from sdkd_ext.data import FolderData
 from sdkd_ext.demo import DemoSettings, run_demo
 from sdkd_ext.detect import describe, vae_shape
-from sdkd_ext.distill import LossWeights, distill
+from sdkd_ext.distill import DistillJob, LossWeights, distill
 from sdkd_ext.errors import SdkdError
-from sdkd_ext.fidelity import CHANCE, fidelity, write
+from sdkd_ext.fidelity import CHANCE, FidelitySpec, fidelity, write
 from sdkd_ext.pipeline import load_pipeline
-from sdkd_ext.prune import prune
+from sdkd_ext.prune import PruneJob, prune
 from sdkd_ext.shapes import ATTRIBUTES, sample_specs, split_specs, write_folder
 from sdkd_ext.train import TrainConfig
-from sdkd_ext.variants import VARIANTS
+from sdkd_ext.variants import VARIANTS, get_variant
 
 DEMO = SHORT_NAMES["demo"]
 KD_STEPS = 300
@@ -64,8 +64,8 @@ def test_cli_prunes_demo_into_the_current_folder(tmp_path, monkeypatch, capsys):
 def drawn(tmp_path_factory):
     """The teacher and its freshly pruned tiny student drawing 24 held-out captions; the grid is kept."""
     out = tmp_path_factory.mktemp("demo-teacher")
-    tiny = prune(DEMO, "tiny", out / "demo-bk-tiny").checkpoint
-    result = fidelity(DEMO, [tiny], n=24)
+    tiny = prune(PruneJob(DEMO, get_variant("tiny"), out / "demo-bk-tiny")).checkpoint
+    result = fidelity(DEMO, [tiny], FidelitySpec(n=24))
     paths = write(result, out / "report")
     print(f"\n{result.table()}\ngrid: {paths['grid']}")
     return result
@@ -109,12 +109,12 @@ def test_distillation_brings_the_tiny_student_back_towards_the_teacher(tmp_path)
     """Full BK-SDM KD against the task loss alone (output and feature KD off), same data, steps and seed."""
     data = tmp_path / "data"
     write_folder(sample_specs(512, 0, split_specs()[0]), data)
-    pruned = prune(DEMO, "tiny", tmp_path / "tiny").checkpoint
+    pruned = prune(PruneJob(DEMO, get_variant("tiny"), tmp_path / "tiny")).checkpoint
     cfg = TrainConfig(steps=KD_STEPS, batch=32, lr=1e-3, seed=0, device="cpu", checkpoint_every=KD_STEPS)
-    students = [distill(DEMO, "tiny", tmp_path / name, FolderData(data), cfg, weights, resolution=64,
-                        preview_prompts=[]).exported.checkpoint
+    students = [distill(DistillJob(DEMO, get_variant("tiny"), tmp_path / name, FolderData(data), cfg, weights,
+                                   resolution=64, preview_prompts=[])).exported.checkpoint
                 for name, weights in (("kd", LossWeights()), ("task-only", LossWeights(out=0, feat=0)))]
-    result = fidelity(DEMO, [pruned, *students], n=16)
+    result = fidelity(DEMO, [pruned, *students], FidelitySpec(n=16))
     paths = write(result, tmp_path / "report")
     print(f"\npruned, distilled with KD, distilled with the task loss only ({KD_STEPS} steps):\n{result.table()}\n"
           f"grid: {paths['grid']}")

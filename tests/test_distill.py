@@ -30,7 +30,7 @@ def models(teacher_file):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_each_hook_pair_fires_with_equal_shapes(models, variant):
     src, info, teacher = models
-    student, _ = student_model(src, info, variant)
+    student, _ = student_model(src, info, get_variant(variant))
     pairs = hook_pairs(get_variant(variant), info.topology)
     assert len(pairs) == (6 if variant == "tiny" else 8)
     t_tap, s_tap = FeatureTap([t for t, _ in pairs]).attach(teacher), FeatureTap([s for _, s in pairs]).attach(student)
@@ -69,7 +69,7 @@ def direct_terms(teacher, student, pairs, batch):
 @pytest.mark.parametrize("variant", ["tiny", "base"])
 def test_every_loss_term_equals_a_direct_computation(models, variant):
     src, info, teacher = models
-    student, _ = student_model(src, info, variant)
+    student, _ = student_model(src, info, get_variant(variant))
     with torch.no_grad():  # a student that differs from its teacher, so every term is non-zero
         for p in student.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -96,14 +96,14 @@ def test_every_loss_term_equals_a_direct_computation(models, variant):
 def test_loss_falls_and_the_student_is_exported_like_prune(models, images, tmp_path, teacher_file):
     src, info, teacher = models
     r = run(teacher_file, tmp_path / "kd", FolderData(images), cfg(steps=30), log=print)
-    from sdkd_ext.distill import prepare_data
+    from sdkd_ext.distill import Encoder, prepare_data
     from sdkd_ext.cache import Cache
 
-    data, _, _ = prepare_data(FolderData(images), src, Cache(r.run_dir / "cache"), teacher, 64, 8, 0.18215, 0, [], CPU,
-                              print, None, lambda: {})
+    data, _, _ = prepare_data(FolderData(images), teacher, [],
+                              Encoder(src, Cache(r.run_dir / "cache"), 64, 0, CPU, print, None, lambda: {}))
     batch = collate(data, [(i, derive_seed("eval", i)) for i in range(len(data))], CPU)
     objective = KDObjective(teacher, hook_pairs(get_variant("tiny"), info.topology), LossWeights())
-    before, _ = student_model(src, info, "tiny")
+    before, _ = student_model(src, info, get_variant("tiny"))
     exported = open_model(r.exported.checkpoint)
     after = build_unet(exported, describe(exported))
     with torch.no_grad():

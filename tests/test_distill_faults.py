@@ -9,7 +9,8 @@ from PIL import Image
 
 from sdkd_ext.convert import UNET
 from sdkd_ext.data import FolderData
-from sdkd_ext.distill import LossWeights, distill
+from sdkd_ext.distill import DistillJob, LossWeights, distill
+from sdkd_ext.variants import get_variant
 from sdkd_ext.errors import SdkdError
 from sdkd_ext.tiny import save
 
@@ -22,7 +23,8 @@ def test_resume_refused_when_variant_teacher_or_data_changed(images, tmp_path, t
     with pytest.raises(SdkdError, match="--resume to continue it or --overwrite"):
         run(teacher_file, out, FolderData(images), cfg(steps=2))
     with pytest.raises(SdkdError, match="the variant changed"):
-        distill(teacher_file, "small", out, FolderData(images), cfg(steps=2), resolution=64, resume=True, preview_prompts=[])
+        distill(DistillJob(teacher_file, get_variant("small"), out, FolderData(images), cfg(steps=2), resolution=64,
+                           resume=True, preview_prompts=[]))
     other = save({k: v + 0.01 if k.startswith(UNET) else v for k, v in teacher_sd.items()}, tmp_path / "other.safetensors")
     with pytest.raises(SdkdError, match="the teacher changed"):
         run(other, out, FolderData(images), cfg(steps=2), resume=True)

@@ -15,8 +15,8 @@ def calls(monkeypatch):
     """distill() replaced by a recorder that refuses to train (the call's arguments are what is checked)."""
     seen = []
 
-    def record(teacher, variant, out, data, cfg, weights, **kw):
-        seen.append({"cfg": cfg, "weights": weights, "data": data, **kw})
+    def record(job, progress=None, log=None):
+        seen.append({"cfg": job.train, "weights": job.weights, "data": job.data, "resolution": job.resolution})
         raise distill_module.Cancelled
 
     monkeypatch.setattr(distill_module, "distill", record)

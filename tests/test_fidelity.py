@@ -10,7 +10,7 @@ import pytest
 from distill_helpers import one_thread  # noqa: F401  (autouse: small models run best on one thread)
 
 from sdkd_ext.compare import ModelRun, Sample
-from sdkd_ext.fidelity import CHANCE, check_specs, fidelity, model_accuracy, write
+from sdkd_ext.fidelity import CHANCE, FidelitySpec, check_specs, fidelity, model_accuracy, write
 from sdkd_ext.shapes import ATTRIBUTES, COLORS, caption, render, split_specs
 
 
@@ -39,7 +39,7 @@ def test_model_accuracy_reads_each_attribute():
 @pytest.fixture(scope="module")
 def checked(teacher_file, students):
     """The random tiny teacher against itself and its pruned tiny student, two captions, two steps."""
-    return fidelity(teacher_file, [teacher_file, students["tiny"].checkpoint], n=2, steps=2)
+    return fidelity(teacher_file, [teacher_file, students["tiny"].checkpoint], FidelitySpec(n=2, steps=2))
 
 
 def test_fidelity_scores_accuracy_and_agreement(checked):

@@ -124,7 +124,8 @@ def test_failed_write_leaves_nothing(monkeypatch, teacher_file, tmp_path):
     """A write that dies midway (e.g. disk full) leaves no partial file and names the problem."""
     import sdkd_ext.export as export
     from sdkd_ext.errors import SdkdError
-    from sdkd_ext.prune import prune
+    from sdkd_ext.prune import PruneJob, prune
+    from sdkd_ext.variants import get_variant
 
     real = export.report
 
@@ -135,5 +136,5 @@ def test_failed_write_leaves_nothing(monkeypatch, teacher_file, tmp_path):
 
     monkeypatch.setattr(export, "report", disk_full)
     with pytest.raises(SdkdError, match="No space left on device; free some disk space"):
-        prune(teacher_file, "tiny", tmp_path / "full")
+        prune(PruneJob(teacher_file, get_variant("tiny"), tmp_path / "full"))
     assert list(tmp_path.iterdir()) == []

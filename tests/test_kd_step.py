@@ -11,7 +11,7 @@ from sdkd_ext.checkpoint import open_model
 from sdkd_ext.data import derive_seed, seeded_randn
 from sdkd_ext.detect import describe
 from sdkd_ext.distill import KDObjective, LossWeights, student_model, teacher_model
-from sdkd_ext.train import LOSS_CSV, TrainConfig, collate, make_optimizer, micro_batch, run_training
+from sdkd_ext.train import LOSS_CSV, Run, TrainConfig, collate, make_optimizer, micro_batch, run_training
 from sdkd_ext.variants import get_variant, hook_pairs
 
 from distill_helpers import CPU, one_thread  # noqa: F401 (autouse fixture)
@@ -83,13 +83,13 @@ def reference_run(teacher, student, pairs, cfg):
 def test_training_steps_match_the_plain_reference_loop(models, variant, tmp_path):
     src, info, teacher = models
     pairs = hook_pairs(get_variant(variant), info.topology)
-    student, _ = student_model(src, info, variant)
+    student, _ = student_model(src, info, get_variant(variant))
     with torch.no_grad():  # a student unlike its teacher, so every term and gradient is non-zero
         for p in student.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     twin, start = copy.deepcopy(student), torch.cat([p.detach().flatten() for p in student.parameters()])
     cfg = TrainConfig(steps=STEPS, batch=2, lr=1e-4, max_grad_norm=0.05, device="cpu", checkpoint_every=100)
-    run_training(KDObjective(teacher, pairs, LossWeights()), student, Noise(), cfg, tmp_path, fingerprint={})
+    run_training(KDObjective(teacher, pairs, LossWeights()), student, Noise(), cfg, Run(tmp_path, {}))
     want = reference_run(teacher, twin, pairs, cfg)
     rows = (tmp_path / LOSS_CSV).read_text().splitlines()[1:]
     got = [float(r.split(",")[1]) for r in rows]
@@ -105,11 +105,11 @@ def test_training_steps_match_the_plain_reference_loop(models, variant, tmp_path
 def test_one_step_gradients_equal_the_reference_and_hooks_follow_a_new_model(models):
     src, info, teacher = models
     pairs = hook_pairs(get_variant("tiny"), info.topology)
-    first, _ = student_model(src, info, "tiny")
+    first, _ = student_model(src, info, get_variant("tiny"))
     objective = KDObjective(teacher, pairs, LossWeights())
     batch = collate(Noise(), [(0, 11), (1, 12)], CPU)
     objective(first, batch)
-    second, _ = student_model(src, info, "tiny")
+    second, _ = student_model(src, info, get_variant("tiny"))
     with torch.no_grad():
         for p in second.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -165,7 +165,7 @@ def test_training_mode_holds_every_step_even_after_a_preview_that_leaves_eval(mo
     probe = Probe()
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.0), torch.nn.Linear(4, 1))
     cfg = TrainConfig(steps=4, batch=1, device="cpu", preview_every=1, checkpoint_every=100)
-    run_training(probe, net, Xs(), cfg, tmp_path, fingerprint={}, preview=lambda m, step, path: m.eval())
+    run_training(probe, net, Xs(), cfg, Run(tmp_path, {}), preview=lambda m, step, path: m.eval())
     assert probe.modes == [True] * 4
 
 

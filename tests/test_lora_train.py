@@ -11,7 +11,7 @@ from sdkd_ext.export import sha256_file
 from sdkd_ext.lora.apply import apply_lora
 from sdkd_ext.lora.file import read_lora
 from sdkd_ext.lora.names import build_layout, sd15_te_shapes
-from sdkd_ext.lora.train import LoraSpec, estimate_lora, plan_lora, train_lora
+from sdkd_ext.lora.train import LoraJob, LoraSpec, estimate_lora, plan_lora, train_lora
 from sdkd_ext.pipeline import load_pipeline
 from sdkd_ext.plan import Settings
 from sdkd_ext.progress import Cancelled
@@ -70,18 +70,19 @@ def test_trained_lora_changes_the_output_and_is_a_kohya_file_for_the_base(studen
 def test_cancelled_run_exports_and_resumes_to_the_uninterrupted_result(teacher_file, images, tmp_path):
     cfg = TrainConfig(steps=4, lr=2e-3, device="cpu", checkpoint_every=100)
     spec = LoraSpec(rank=2, alpha=3)
-    whole = train_lora(teacher_file, images, tmp_path / "whole", spec, cfg, resolution=64, dtype="fp32")
+    whole = train_lora(LoraJob(teacher_file, images, tmp_path / "whole", spec, cfg, resolution=64, dtype="fp32"))
 
     def cancel_at_2(event):
         if event.stage == "lora" and event.step == 2:
             raise Cancelled
 
-    first = train_lora(teacher_file, images, tmp_path / "split", spec, cfg, resolution=64, dtype="fp32",
-                       progress=cancel_at_2)
+    first = train_lora(LoraJob(teacher_file, images, tmp_path / "split", spec, cfg, resolution=64, dtype="fp32"),
+                       cancel_at_2)
     assert first.train.cancelled and first.train.steps == 2
     with safe_open(str(first.path), "pt") as f:
         assert f.metadata()["sdkd_lora_status"] == "cancelled"
-    resumed = train_lora(teacher_file, images, tmp_path / "split", spec, cfg, resolution=64, dtype="fp32", resume=True)
+    resumed = train_lora(LoraJob(teacher_file, images, tmp_path / "split", spec, cfg, resolution=64, dtype="fp32",
+                                 resume=True))
     assert resumed.train.steps == 4 and not resumed.train.cancelled
     layout = layout_of(teacher_file)
     a, b = read_lora(whole.path, layout), read_lora(resumed.path, layout)

@@ -50,36 +50,36 @@ def test_counts_match_a_real_forward_pass(variant):
 
 
 def test_estimate_parts_follow_the_settings():
-    plain = estimate("base", 512, Settings())
+    plain = estimate(get_variant("base"), 512, Settings())
     p = unet_params(get_variant("base").student(SD15))
     assert plain.parts["student (fp32)"] == plain.parts["gradients"] == 4 * p
     assert plain.parts["optimiser"] == 8 * p and plain.parts["teacher (frozen)"] == 2 * unet_params(SD15)
-    lean = estimate("base", 512, Settings(grad_checkpointing=True, optimizer="adamw8bit"))
+    lean = estimate(get_variant("base"), 512, Settings(grad_checkpointing=True, optimizer="adamw8bit"))
     assert lean.parts["optimiser"] == pytest.approx(2.03 * p, rel=1e-3) and lean.parts["activations"] < plain.parts["activations"]
-    big = estimate("base", 512, Settings(batch=4)).parts["activations"]
+    big = estimate(get_variant("base"), 512, Settings(batch=4)).parts["activations"]
     assert big > 3.5 * plain.parts["activations"], "at batch 4 the saved activations outgrow the gradients"
-    assert estimate("base", 512, Settings(batch=4, grad_checkpointing=True)).parts["activations"] < big / 3
-    assert estimate("base", 512, Settings(device="cpu", precision="fp32")).parts["teacher (frozen)"] == 4 * unet_params(SD15)
-    assert estimate("base", 512, Settings(ema=True)).training == pytest.approx(plain.training + 4 * p)
+    assert estimate(get_variant("base"), 512, Settings(batch=4, grad_checkpointing=True)).parts["activations"] < big / 3
+    assert estimate(get_variant("base"), 512, Settings(device="cpu", precision="fp32")).parts["teacher (frozen)"] == 4 * unet_params(SD15)
+    assert estimate(get_variant("base"), 512, Settings(ema=True)).training == pytest.approx(plain.training + 4 * p)
 
 
 @pytest.mark.parametrize("variant,vram", [("tiny", 8), ("small", 12), ("base", 12)])
 def test_issue_targets_fit_at_sd15_size(variant, vram):
-    best = choose(kd_estimator(variant, 512), 1, vram)
+    best = choose(kd_estimator(get_variant(variant), 512), 1, vram)
     assert best is not None and best.fits(vram * GIB)
     print(f"{variant} 512px batch 1 in {vram} GiB: {best.settings.describe()}, est. {best.peak / GIB:.2f} GiB")
 
 
 def test_choice_keeps_the_global_batch_and_prefers_no_checkpointing():
-    roomy = choose(kd_estimator("tiny", 512), 4, 80)
+    roomy = choose(kd_estimator(get_variant("tiny"), 512), 4, 80)
     assert roomy.settings == Settings(batch=4, accum=1)
-    tight = choose(kd_estimator("base", 512), 8, 12)
+    tight = choose(kd_estimator(get_variant("base"), 512), 8, 12)
     assert tight.settings.batch * tight.settings.accum == 8 and tight.settings.grad_checkpointing
-    assert tight.fits(12 * GIB) and not estimate("base", 512, Settings(batch=8)).fits(12 * GIB)
-    with_ema = choose(kd_estimator("base", 512), 1, 12, ema=True)
-    assert choose(kd_estimator("small", 512), 1, 12, ema=True).settings.ema, "EMA is kept where it fits"
+    assert tight.fits(12 * GIB) and not estimate(get_variant("base"), 512, Settings(batch=8)).fits(12 * GIB)
+    with_ema = choose(kd_estimator(get_variant("base"), 512), 1, 12, ema=True)
+    assert choose(kd_estimator(get_variant("small"), 512), 1, 12, ema=True).settings.ema, "EMA is kept where it fits"
     assert with_ema is not None and not with_ema.settings.ema, "EMA is dropped when it does not fit"
-    assert choose(kd_estimator("base", 512), 1, 4) is None
+    assert choose(kd_estimator(get_variant("base"), 512), 1, 4) is None
 
 
 def test_plan_cli(capsys):
@@ -98,7 +98,7 @@ def test_vram_setting_applies_the_plan():
 
     notes = []
     cfg = TrainConfig(batch=8, precision="fp16", optimizer="adamw")
-    base = kd_estimator("base", 512)
+    base = kd_estimator(get_variant("base"), 512)
     planned = fit(cfg, 12, torch.device("cuda"), base, notes.append, "base")
     assert planned.batch * planned.accum == 8 and planned.grad_checkpointing and "memory plan for 12 GiB" in notes[0]
     assert planned.lr == cfg.lr and planned.steps == cfg.steps

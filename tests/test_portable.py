@@ -21,12 +21,12 @@ from sdkd_ext.convert import UNET
 from sdkd_ext.cli import main
 from sdkd_ext.data import PromptData
 from sdkd_ext.detect import describe
-from sdkd_ext.distill import distill
+from sdkd_ext.distill import DistillJob, distill
 from sdkd_ext.errors import SdkdError
 from sdkd_ext.hosts import a1111
 from sdkd_ext.pipeline import build_unet
 from sdkd_ext.portable import IDENTITY, MIDDLE, identity_params
-from sdkd_ext.prune import prune
+from sdkd_ext.prune import PruneJob, prune
 from sdkd_ext.variants import SD15, get_variant
 from test_comfy_nodes import comfy, loaded_teacher  # noqa: F401 (fixture)
 from test_host_items import loaded
@@ -37,7 +37,8 @@ from test_hosts import ldm_as_a1111_loads_it
 def portable(teacher_file, tmp_path_factory) -> dict:
     """The teacher pruned (fp32) to small and tiny with an identity middle block."""
     out = tmp_path_factory.mktemp("portable")
-    return {v: prune(teacher_file, v, out / f"portable-{v}", dtype="fp32", portable=True) for v in ("small", "tiny")}
+    return {v: prune(PruneJob(teacher_file, get_variant(v), out / f"portable-{v}", dtype="fp32",
+                              portable=True)) for v in ("small", "tiny")}
 
 
 def call(unet, ldm: bool = True) -> torch.Tensor:
@@ -84,9 +85,10 @@ def test_inspect_says_portable(portable):
 
 def test_base_refuses_portable(teacher_file, tmp_path):
     with pytest.raises(SdkdError, match="--portable is for students without a middle block"):
-        prune(teacher_file, "base", tmp_path / "b", portable=True)
+        prune(PruneJob(teacher_file, get_variant("base"), tmp_path / "b", portable=True))
     with pytest.raises(SdkdError, match="--portable is for students without a middle block"):
-        distill(teacher_file, "base", tmp_path / "d", PromptData(("a red box",)), portable=True)
+        distill(DistillJob(teacher_file, get_variant("base"), tmp_path / "d", PromptData(("a red box",)),
+                           portable=True))
     assert not list(tmp_path.iterdir())
 
 
@@ -187,4 +189,4 @@ def test_lora_port_targets_a_portable_student_as_the_plain_one(portable, student
     from sdkd_ext.lora.port import target_layouts
 
     got, want = target_layouts(str(portable["small"].checkpoint)), target_layouts(str(students["small"].checkpoint))
-    assert got[0] == want[0] == "small" and got[2].shapes == want[2].shapes and got[1].shapes == want[1].shapes
+    assert got[0].name == want[0].name == "small" and got[2].shapes == want[2].shapes and got[1].shapes == want[1].shapes

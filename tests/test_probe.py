@@ -11,6 +11,7 @@ from sdkd_ext.distill import CPU, student_model, teacher_model
 from sdkd_ext.fidelity import check_specs, probe
 from sdkd_ext.metrics import psnr
 from sdkd_ext.shapes import accuracy
+from sdkd_ext.variants import get_variant
 
 from distill_helpers import one_thread  # noqa: F401 (fixture)
 
@@ -23,7 +24,7 @@ def test_probe_scores_the_teacher_as_itself_and_a_pruned_student_far_below(tmp_p
     assert [s for s in p.specs] == check_specs(2)
     same = p.score(teacher)
     assert same["psnr"] == math.inf and same["latent_mse"] == 0 and same["accuracy"] == p.teacher_accuracy["mean"]
-    student, _ = student_model(src, info, "tiny")
+    student, _ = student_model(src, info, get_variant("tiny"))
     student.train()
     z, images = p.render(student)
     assert student.training, "the student's mode is restored"

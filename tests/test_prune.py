@@ -11,9 +11,9 @@ from sdkd_ext.checkpoint import open_model
 from sdkd_ext.convert import UNET
 from sdkd_ext.detect import describe
 from sdkd_ext.pipeline import build_unet
-from sdkd_ext.prune import prune
+from sdkd_ext.prune import PruneJob, prune
 from sdkd_ext.tiny import save
-from sdkd_ext.variants import VARIANTS, block_map
+from sdkd_ext.variants import VARIANTS, block_map, get_variant
 
 
 def read(path):
@@ -79,12 +79,12 @@ def test_student_matches_a1111_model_code(variant, students):
 
 
 def test_default_dtype_fp16_and_yaml(teacher_file, tmp_path):
-    r = prune(teacher_file, "tiny", tmp_path / "s")
+    r = prune(PruneJob(teacher_file, get_variant("tiny"), tmp_path / "s"))
     tensors, _ = read(r.checkpoint)
     assert {v.dtype for k, v in tensors.items() if k.startswith(UNET)} == {torch.float16}
     text = r.yaml.read_text()
     assert "num_res_blocks: 1" in text and "channel_mult: [ 1, 2, 4 ]" in text
-    bf = prune(teacher_file, "base", tmp_path / "b", dtype="bf16")
+    bf = prune(PruneJob(teacher_file, get_variant("base"), tmp_path / "b", dtype="bf16"))
     assert read(bf.checkpoint)[0][UNET + "out.2.weight"].dtype == torch.bfloat16
 
 
@@ -93,7 +93,7 @@ def test_ckpt_inputs_with_and_without_state_dict_wrapper(wrap, dtype, teacher_sd
     sd = {k: v.to(dtype) for k, v in teacher_sd.items()}
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": sd, "global_step": 5} if wrap else sd, path)
-    r = prune(path, "small", tmp_path / "out", dtype="fp32")
+    r = prune(PruneJob(path, get_variant("small"), tmp_path / "out", dtype="fp32"))
     got, _ = read(r.checkpoint)
     want, _ = read(students["small"].checkpoint)
     assert set(got) == set(want)
@@ -105,8 +105,8 @@ def test_ema_weights_used_only_when_asked(teacher_sd, tmp_path):
     sd = dict(teacher_sd)
     ema = {"model_ema.diffusion_model" + k[len(UNET):].replace(".", ""): v + 1 for k, v in teacher_sd.items() if k.startswith(UNET)}
     path = save({**sd, **ema, "model_ema.num_updates": torch.tensor(3)}, tmp_path / "ema.safetensors")
-    regular, _ = read(prune(path, "tiny", tmp_path / "reg", dtype="fp32").checkpoint)
-    with_ema, meta = read(prune(path, "tiny", tmp_path / "ema-out", dtype="fp32", ema=True).checkpoint)
+    regular, _ = read(prune(PruneJob(path, get_variant("tiny"), tmp_path / "reg", dtype="fp32")).checkpoint)
+    with_ema, meta = read(prune(PruneJob(path, get_variant("tiny"), tmp_path / "ema-out", dtype="fp32", ema=True)).checkpoint)
     k = UNET + "input_blocks.3.0.in_layers.0.weight"
     assert torch.equal(regular[k], teacher_sd[UNET + "input_blocks.4.0.in_layers.0.weight"])
     assert torch.equal(with_ema[k], teacher_sd[UNET + "input_blocks.4.0.in_layers.0.weight"] + 1)
@@ -119,18 +119,18 @@ def test_unet_only_checkpoint_and_inpainting(tmp_path):
     bare = save(tiny_checkpoint(width=32, vae=False, text_encoder=False), tmp_path / "bare.safetensors")
     info = describe(open_model(bare))
     assert info.kind == "sd1" and not info.has_vae and not info.has_text_encoder
-    assert prune(bare, "tiny", tmp_path / "bare-tiny").checkpoint.exists()
+    assert prune(PruneJob(bare, get_variant("tiny"), tmp_path / "bare-tiny")).checkpoint.exists()
     inpaint = save(tiny_checkpoint(width=32, in_channels=9, vae=False, text_encoder=False), tmp_path / "inp.safetensors")
     info = describe(open_model(inpaint))
     assert info.kind == "sd1" and info.inpainting
-    r = prune(inpaint, "small", tmp_path / "inp-small")
+    r = prune(PruneJob(inpaint, get_variant("small"), tmp_path / "inp-small"))
     assert describe(open_model(r.checkpoint)).inpainting
     assert "LatentInpaintDiffusion" in r.yaml.read_text() and "in_channels: 9" in r.yaml.read_text()
 
 
 def test_diffusers_folder_round_trip(students, teacher_file, tmp_path):
     """LDM -> diffusers -> LDM is exact: a diffusers export of the teacher prunes to the same student."""
-    r = prune(teacher_file, "base", tmp_path / "t-base", dtype="fp32", diffusers=True)
+    r = prune(PruneJob(teacher_file, get_variant("base"), tmp_path / "t-base", dtype="fp32", diffusers=True))
     assert (r.diffusers / "unet" / "config.json").exists()
     assert json.loads((r.diffusers / "unet" / "config.json").read_text())["layers_per_block"] == 1
     folder_src = open_model(r.diffusers)

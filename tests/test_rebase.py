@@ -9,8 +9,9 @@ from safetensors import safe_open
 from sdkd_ext.cli import main
 from sdkd_ext.convert import UNET
 from sdkd_ext.export import sha256_file
-from sdkd_ext.prune import prune
-from sdkd_ext.rebase import DERIVED_LIMIT, rebase
+from sdkd_ext.prune import PruneJob, prune
+from sdkd_ext.rebase import DERIVED_LIMIT, RebaseJob, rebase
+from sdkd_ext.variants import get_variant
 from sdkd_ext.tiny import save, tiny_checkpoint
 
 
@@ -36,7 +37,7 @@ def test_strength_zero_and_zero_difference_give_the_student_bit_for_bit(students
     want, _ = read(student)
     community, _ = read(community_file)
     for name, comm, strength in (("zero-strength", community_file, 0.0), ("zero-difference", teacher_file, 1.0)):
-        r, _ = rebase(comm, teacher_file, student, tmp_path / name, strength, dtype="fp32")
+        r, _ = rebase(RebaseJob(comm, teacher_file, student, tmp_path / name, strength=strength, dtype="fp32"))
         got, _ = read(r.checkpoint)
         unet = {k for k in got if k.startswith(UNET)}
         assert unet == {k for k in want if k.startswith(UNET)}
@@ -48,8 +49,8 @@ def test_strength_zero_and_zero_difference_give_the_student_bit_for_bit(students
 @pytest.mark.parametrize("variant", ["base", "tiny"])
 def test_rebasing_the_pruned_base_gives_the_pruned_community(variant, students, teacher_file, community_file, tmp_path):
     """pruned(B) + (C - B) = pruned(C) tensor by tensor: the difference goes exactly where the block map says."""
-    r, diff = rebase(community_file, teacher_file, students[variant].checkpoint, tmp_path / "rebased", dtype="fp32")
-    pruned_c = prune(community_file, variant, tmp_path / "pruned-c", dtype="fp32").checkpoint
+    r, diff = rebase(RebaseJob(community_file, teacher_file, students[variant].checkpoint, tmp_path / "rebased", dtype="fp32"))
+    pruned_c = prune(PruneJob(community_file, get_variant(variant), tmp_path / "pruned-c", dtype="fp32")).checkpoint
     got, meta = read(r.checkpoint)
     want, _ = read(pruned_c)
     assert got.keys() == want.keys()
@@ -63,8 +64,9 @@ def test_rebasing_the_pruned_base_gives_the_pruned_community(variant, students, 
 
 
 def test_strength_scales_the_difference(students, teacher_file, community_file, tmp_path):
-    half, _ = read(rebase(community_file, teacher_file, students["tiny"].checkpoint, tmp_path / "h", 0.5, "fp32")[0].checkpoint)
-    full, _ = read(rebase(community_file, teacher_file, students["tiny"].checkpoint, tmp_path / "f", 1.0, "fp32")[0].checkpoint)
+    tiny = students["tiny"].checkpoint
+    half, _ = read(rebase(RebaseJob(community_file, teacher_file, tiny, tmp_path / "h", 0.5, "fp32"))[0].checkpoint)
+    full, _ = read(rebase(RebaseJob(community_file, teacher_file, tiny, tmp_path / "f", 1.0, "fp32"))[0].checkpoint)
     s, _ = read(students["tiny"].checkpoint)
     k = next(k for k in s if k.startswith(UNET) and s[k].numel() > 100)
     assert torch.allclose(half[k] - s[k], (full[k] - s[k]) / 2, atol=1e-6) and not torch.equal(half[k], s[k])

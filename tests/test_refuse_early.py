@@ -41,28 +41,30 @@ def test_distill_refuses_fp16_on_cpu_before_reading_the_teacher(monkeypatch, cap
 
 def test_distill_refuses_an_export_dtype_before_training(monkeypatch, teacher_file, tmp_path):
     from sdkd_ext.data import PromptData
-    from sdkd_ext.distill import distill
+    from sdkd_ext.distill import DistillJob, distill
+    from sdkd_ext.variants import get_variant
 
     forbid(monkeypatch, "sdkd_ext.distill.open_model")
     with pytest.raises(SdkdError, match="fp8"):
-        distill(teacher_file, "tiny", tmp_path / "kd", PromptData(("a box",)), dtype="fp8")
+        distill(DistillJob(teacher_file, get_variant("tiny"), tmp_path / "kd", PromptData(("a box",)), dtype="fp8"))
 
 
 def test_lora_refuses_fp16_on_cpu_before_reading_the_base(monkeypatch, capsys, teacher_file, tmp_path):
-    forbid(monkeypatch, "sdkd_ext.lora.train.open_model")
+    forbid(monkeypatch, "sdkd_ext.detect.open_model")
     refused(capsys, ["lora", teacher_file, "--data", tmp_path, "--out", tmp_path / "style", "--precision", "fp16",
                      "--device", "cpu"], "--precision fp16 needs a CUDA GPU")
     assert not (tmp_path / "style.run").exists()
 
 
 def test_prune_refuses_before_reading_the_teacher(monkeypatch, capsys, teacher_file, tmp_path):
-    from sdkd_ext.prune import prune
+    from sdkd_ext.prune import PruneJob, prune
+    from sdkd_ext.variants import get_variant
 
     forbid(monkeypatch, "sdkd_ext.prune.open_model")
     refused(capsys, ["prune", teacher_file, "--variant", "base", "--portable", "--out", tmp_path / "p"],
             "--portable is for students without a middle block")
     with pytest.raises(SdkdError, match="fp8"):
-        prune(teacher_file, "tiny", tmp_path / "p", dtype="fp8")
+        prune(PruneJob(teacher_file, get_variant("tiny"), tmp_path / "p", dtype="fp8"))
     (tmp_path / "p.safetensors").write_bytes(b"mine")
     refused(capsys, ["prune", teacher_file, "--variant", "tiny", "--out", tmp_path / "p"], "already exists")
 
@@ -86,9 +88,9 @@ def test_compare_and_bench_refuse_an_existing_report_and_an_absent_gpu_before_lo
 
 
 def test_rebase_refuses_a_dtype_before_reading_a_checkpoint(monkeypatch, teacher_file, students, tmp_path):
-    from sdkd_ext.rebase import rebase
+    from sdkd_ext.rebase import RebaseJob, rebase
 
     forbid(monkeypatch, "sdkd_ext.rebase.open_model")
     forbid(monkeypatch, "sdkd_ext.rebase.measure")
     with pytest.raises(SdkdError, match="fp8"):
-        rebase(teacher_file, teacher_file, students["tiny"].checkpoint, tmp_path / "r", dtype="fp8")
+        rebase(RebaseJob(teacher_file, teacher_file, students["tiny"].checkpoint, tmp_path / "r", dtype="fp8"))

@@ -24,6 +24,7 @@ from sdkd_ext.progress import Event
 from sdkd_ext.ui import (JobControl, bench_job, distil_estimate, file_text, load_checkpoint, lora_estimate, port_job,
                          rebase_job, run_in_host)
 from sdkd_ext.ui.run import loss_series, progress_line
+from sdkd_ext.variants import get_variant
 from test_host_items import click_handler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def test_distil_estimate_is_the_planners_figures_and_settings(host):
 
     topology = describe(open_model(host.checkpoints()["teacher.safetensors"])).topology
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    expected = estimate("tiny", 64, Settings(precision="fp32" if device == "cpu" else "fp16", device=device), topology)
+    expected = estimate(get_variant("tiny"), 64, Settings(precision="fp32" if device == "cpu" else "fp16", device=device), topology)
     assert f"| **training peak** | **{expected.training / GIB:.2f} GiB** |" in text, text
     assert "Settings it will use: micro-batch 1 x accumulation 1" in text
     assert "| teacher (frozen) |" in text and "| optimiser |" in text

@@ -8,7 +8,7 @@ import torch
 
 from sdkd_ext.errors import SdkdError
 from sdkd_ext.progress import Cancelled, report
-from sdkd_ext.train import STATE_FILE, TrainConfig, micro_batch, run_training
+from sdkd_ext.train import STATE_FILE, Run, TrainConfig, micro_batch, run_training
 from distill_helpers import one_thread  # noqa: F401  (autouse: small models run best on one thread)
 
 
@@ -72,15 +72,15 @@ def test_cancel_exports_and_leaves_a_resumable_state(tmp_path):
         if e.step == 4:
             raise Cancelled
 
-    r = run_training(Fit(), model(), Points(), TrainConfig(steps=10, **CFG), tmp_path, fingerprint={"data": "a"},
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=10, **CFG), Run(tmp_path, {"data": "a"}),
                      progress=stop_at_4, on_export=lambda m, res: exported.append((res.steps, m.weight.clone())) or "ok")
     assert r.cancelled and r.steps == 4 and r.exported == "ok"
     assert torch.load(tmp_path / STATE_FILE, weights_only=True)["step"] == 4
-    resumed = run_training(Fit(), model(), Points(), TrainConfig(steps=6, keep_state=True, **CFG), tmp_path,
-                           fingerprint={"data": "a"}, resume=True)
+    resumed = run_training(Fit(), model(), Points(), TrainConfig(steps=6, keep_state=True, **CFG),
+                           Run(tmp_path, {"data": "a"}, resume=True))
     assert resumed.steps == 6 and not resumed.cancelled
     straight = model()
-    run_training(Fit(), straight, Points(), TrainConfig(steps=6, **CFG), tmp_path / "b", fingerprint={"data": "a"})
+    run_training(Fit(), straight, Points(), TrainConfig(steps=6, **CFG), Run(tmp_path / "b", {"data": "a"}))
     assert torch.equal(straight.weight, torch.load(tmp_path / STATE_FILE, weights_only=True)["model"]["weight"])
 
 
@@ -96,14 +96,14 @@ def test_cancel_renders_no_preview_and_keeps_the_periodic_ones(tmp_path):
         if e.step == 5:
             raise Cancelled
 
-    r = run_training(Fit(), model(), Points(), TrainConfig(steps=10, preview_every=2, **CFG), tmp_path, fingerprint={},
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=10, preview_every=2, **CFG), Run(tmp_path, {}),
                      progress=stop_at_5, preview=preview, on_export=lambda m, res: exported.append(res.steps))
     assert r.cancelled and exported == [5]
     assert shown == [2, 4], "a cancelled run renders no end-of-run preview"
     assert r.kept[STATE_FILE] > 0 and not r.preview_note
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["step-000002.png", "step-000004.png"]
     shown.clear()
-    done = run_training(Fit(), model(), Points(), TrainConfig(steps=3, **CFG), tmp_path / "b", fingerprint={}, preview=preview)
+    done = run_training(Fit(), model(), Points(), TrainConfig(steps=3, **CFG), Run(tmp_path / "b", {}), preview=preview)
     assert not done.cancelled and shown == [3], "a run that ends normally renders its end-of-run preview"
 
 
@@ -128,8 +128,8 @@ def test_the_export_comes_before_the_final_preview_which_is_its_own_cancellable_
         (tmp_path / "student").write_bytes(b"weights")
         return "ok"
 
-    r = run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG), tmp_path / "run",
-                     fingerprint={}, progress=watch, preview=preview, on_export=export)
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG), Run(tmp_path / "run", {}), progress=watch,
+                     preview=preview, on_export=export)
     assert order == [("export", 4), ("preview", 4), ("stage", "preview")]
     assert not r.cancelled and r.exported == "ok" and r.steps == 4 and "cancelled" in r.preview_note
     assert (tmp_path / "student").read_bytes() == b"weights"
@@ -141,7 +141,7 @@ def test_a_preview_that_runs_out_of_memory_leaves_the_export(tmp_path):
     def preview(m, step, path):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    r = run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={}, preview=preview,
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), Run(tmp_path, {}), preview=preview,
                      on_export=lambda m, res: "written")
     assert r.exported == "written" and not r.cancelled
     assert r.preview_note == "not drawn (CUDA out of memory. Tried to allocate 2.00 GiB); the export is written"
@@ -154,8 +154,8 @@ def test_a_finished_run_keeps_no_state_unless_asked_and_an_interrupted_one_says_
     def run(folder, **kw):
         (folder / RUN_CACHE).mkdir(parents=True)
         (folder / RUN_CACHE / "latent").write_bytes(b"x" * 5000)
-        return run_training(Fit(), model(), Points(), TrainConfig(steps=4, **{**CFG, "checkpoint_every": 1}, **kw), folder,
-                            fingerprint={})
+        return run_training(Fit(), model(), Points(), TrainConfig(steps=4, **{**CFG, "checkpoint_every": 1}, **kw),
+                            Run(folder, {}))
 
     def stop_at_3(e):
         if e.step == 3:
@@ -166,8 +166,8 @@ def test_a_finished_run_keeps_no_state_unless_asked_and_an_interrupted_one_says_
     kept = run(tmp_path / "kept", keep_state=True)
     assert (tmp_path / "kept" / STATE_FILE).is_file() and (tmp_path / "kept" / RUN_CACHE).is_dir()
     assert kept.kept[STATE_FILE] == (tmp_path / "kept" / STATE_FILE).stat().st_size and kept.kept["cache/"] == 5000
-    stopped = run_training(Fit(), model(), Points(), TrainConfig(steps=10, **CFG), tmp_path / "stopped",
-                           fingerprint={}, progress=stop_at_3)
+    stopped = run_training(Fit(), model(), Points(), TrainConfig(steps=10, **CFG), Run(tmp_path / "stopped", {}),
+                           progress=stop_at_3)
     assert stopped.cancelled and (tmp_path / "stopped" / STATE_FILE).is_file()
     note = disk_note(stopped)
     size = (tmp_path / "stopped" / STATE_FILE).stat().st_size
@@ -177,7 +177,7 @@ def test_a_finished_run_keeps_no_state_unless_asked_and_an_interrupted_one_says_
 def test_previews_show_the_ema_weights_an_export_would_hold(tmp_path):
     seen, exported = [], []
     net = model()
-    run_training(Fit(), net, Points(), TrainConfig(steps=3, ema=True, ema_decay=0.5, **CFG), tmp_path, fingerprint={},
+    run_training(Fit(), net, Points(), TrainConfig(steps=3, ema=True, ema_decay=0.5, **CFG), Run(tmp_path, {}),
                  preview=lambda m, step, path: seen.append(m.weight.detach().clone()),
                  on_export=lambda m, res: exported.append(m.weight.detach().clone()))
     assert len(seen) == 1 and torch.equal(seen[0], exported[0])
@@ -186,24 +186,26 @@ def test_previews_show_the_ema_weights_an_export_would_hold(tmp_path):
 
 def test_resume_refused_when_the_fingerprint_differs_or_nothing_to_resume(tmp_path):
     with pytest.raises(SdkdError, match="nothing to resume"):
-        run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={"data": "a"}, resume=True)
+        run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), Run(tmp_path, {"data": "a"}, resume=True))
     with pytest.raises(SdkdError, match="a finished run keeps none unless --keep-state"):
-        run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), tmp_path, fingerprint={"data": "a"})
-        run_training(Fit(), model(), Points(), TrainConfig(steps=3, **CFG), tmp_path, fingerprint={"data": "a"}, resume=True)
-    run_training(Fit(), model(), Points(), TrainConfig(steps=2, keep_state=True, **CFG), tmp_path,
-                 fingerprint={"data": "a", "teacher": "t"}, overwrite=True)
+        run_training(Fit(), model(), Points(), TrainConfig(steps=2, **CFG), Run(tmp_path, {"data": "a"}))
+        run_training(Fit(), model(), Points(), TrainConfig(steps=3, **CFG), Run(tmp_path, {"data": "a"}, resume=True))
+    run_training(Fit(), model(), Points(), TrainConfig(steps=2, keep_state=True, **CFG),
+                 Run(tmp_path, {"data": "a", "teacher": "t"}, overwrite=True))
     with pytest.raises(SdkdError, match="the data changed"):
-        run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG), tmp_path, fingerprint={"data": "b", "teacher": "t"},
-                     resume=True)
+        run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG),
+                     Run(tmp_path, {"data": "b", "teacher": "t"}, resume=True))
     with pytest.raises(SdkdError, match="--resume to continue it or --overwrite"):
-        run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG), tmp_path, fingerprint={"data": "a", "teacher": "t"})
-    r = run_training(Fit(), model(), Points(), TrainConfig(steps=1, **CFG), tmp_path, fingerprint={"data": "b"}, overwrite=True)
+        run_training(Fit(), model(), Points(), TrainConfig(steps=4, **CFG),
+                     Run(tmp_path, {"data": "a", "teacher": "t"}))
+    r = run_training(Fit(), model(), Points(), TrainConfig(steps=1, **CFG),
+                     Run(tmp_path, {"data": "b"}, overwrite=True))
     assert r.steps == 1
 
 
 def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(SdkdError) as e:
-        run_training(Fit(bad_from=5), model(), Points(), TrainConfig(steps=10, **CFG), tmp_path, fingerprint={})
+        run_training(Fit(bad_from=5), model(), Points(), TrainConfig(steps=10, **CFG), Run(tmp_path, {}))
     msg = str(e.value)
     assert "step 5" in msg and "smooth loss term became non-finite" in msg and "fit" not in msg.split("non-finite")[0]
     assert "last good checkpoint (step 3)" in msg
@@ -222,7 +224,7 @@ def test_full_disk_is_a_clear_error_and_the_previous_checkpoint_survives(tmp_pat
     big = torch.nn.Sequential(torch.nn.Linear(8, 3))
     try:
         with pytest.raises(SdkdError, match="could not write the training checkpoint.*previous checkpoint is intact"):
-            run_training(Fit(), big, Points(), TrainConfig(steps=10, **CFG), tmp_path, fingerprint={}, progress=fill_disk)
+            run_training(Fit(), big, Points(), TrainConfig(steps=10, **CFG), Run(tmp_path, {}), progress=fill_disk)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)
@@ -232,7 +234,7 @@ def test_full_disk_is_a_clear_error_and_the_previous_checkpoint_survives(tmp_pat
 
 def test_loss_log_and_plot(tmp_path):
     full_batch = {**CFG, "batch": 10}  # every step sees every sample: losses comparable across steps
-    run_training(Fit(), model(), Points(), TrainConfig(steps=20, **full_batch), tmp_path, fingerprint={})
+    run_training(Fit(), model(), Points(), TrainConfig(steps=20, **full_batch), Run(tmp_path, {}))
     rows = (tmp_path / "loss.csv").read_text().splitlines()
     assert rows[0] == "step,loss,fit,smooth,lr,seconds" and len(rows) == 21
     first, last = (float(r.split(",")[2]) for r in (rows[1], rows[-1]))
@@ -253,7 +255,7 @@ def test_first_ctrl_c_cancels_gracefully_at_the_next_event(tmp_path):
 
     before = signal.getsignal(signal.SIGINT)
     with stop_on_ctrl_c(press_ctrl_c_at_2) as progress:
-        r = run_training(Fit(), model(), Points(), TrainConfig(steps=10, **CFG), tmp_path, fingerprint={}, progress=progress,
+        r = run_training(Fit(), model(), Points(), TrainConfig(steps=10, **CFG), Run(tmp_path, {}), progress=progress,
                          on_export=lambda m, res: "exported")
     assert r.cancelled and r.steps == 2 and r.exported == "exported"
     assert signal.getsignal(signal.SIGINT) is before

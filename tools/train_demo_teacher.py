@@ -35,13 +35,13 @@ from sdkd_ext.configs import VaeShape, sd15  # noqa: E402
 from sdkd_ext.convert import TEXT, UNET, VAE  # noqa: E402
 from sdkd_ext.data import derive_seed, seeded_randn  # noqa: E402
 from sdkd_ext.export import atomic_outputs  # noqa: E402
-from sdkd_ext.fidelity import CHANCE, GUIDANCE, Fidelity, fidelity, write  # noqa: E402
+from sdkd_ext.fidelity import CHANCE, GUIDANCE, Fidelity, FidelitySpec, fidelity, write  # noqa: E402
 from sdkd_ext.pipeline import tokenizer  # noqa: E402
 from sdkd_ext.progress import tqdm_progress  # noqa: E402
-from sdkd_ext.prune import export_model, prune  # noqa: E402
+from sdkd_ext.prune import PruneJob, Target, export_model, prune  # noqa: E402
 from sdkd_ext.shapes import ATTRIBUTES, caption, render, split_specs  # noqa: E402
 from sdkd_ext.tiny import make_text_encoder, make_unet, make_vae, to_ldm, unet_topology  # noqa: E402
-from sdkd_ext.train import STATE_FILE, TrainConfig, diffusion_inputs, noise_scheduler, run_training, unwrap  # noqa: E402
+from sdkd_ext.train import STATE_FILE, Run, TrainConfig, diffusion_inputs, noise_scheduler, run_training, unwrap  # noqa: E402
 from sdkd_ext.variants import VARIANTS, Topology  # noqa: E402
 
 
@@ -188,9 +188,9 @@ def train_vae(recipe: Recipe, x: torch.Tensor, seed: int, work: Path, overwrite:
     vae = make_vae(recipe.vae, seed)
     cfg = TrainConfig(steps=recipe.vae_steps, batch=recipe.vae_batch, lr=recipe.vae_lr, warmup=recipe.warmup, seed=seed,
                       device="cpu", checkpoint_every=max(1, recipe.vae_steps // 4))
-    run_training(VaeObjective(recipe.vae_kl, recipe.vae_crop, recipe.vae_shape_weight), vae, Columns(image=x), cfg,
-                 work / "vae", fingerprint=_fingerprint(recipe, seed, "vae"), overwrite=overwrite,
-                 resume=_resumable(work / "vae", overwrite), progress=tqdm_progress(), stage="vae")
+    run = Run(work / "vae", _fingerprint(recipe, seed, "vae"), _resumable(work / "vae", overwrite), overwrite, "vae")
+    run_training(VaeObjective(recipe.vae_kl, recipe.vae_crop, recipe.vae_shape_weight), vae, Columns(image=x), cfg, run,
+                 progress=tqdm_progress())
     return vae.eval()
 
 
@@ -202,9 +202,9 @@ def train_denoiser(recipe: Recipe, latents: torch.Tensor, ids: torch.Tensor, see
     cfg = TrainConfig(steps=recipe.unet_steps, batch=recipe.unet_batch, lr=recipe.unet_lr, warmup=recipe.warmup, seed=seed,
                       ema=True, ema_decay=recipe.ema_decay, device="cpu", checkpoint_every=max(1, recipe.unet_steps // 8))
     averaged: dict[str, torch.Tensor] = {}
+    run = Run(work / "unet", _fingerprint(recipe, seed, ""), _resumable(work / "unet", overwrite), overwrite, "unet")
     run_training(DenoiseObjective(token_ids([""])[0], recipe.cfg_dropout), model, Columns(latents=latents, ids=ids), cfg,
-                 work / "unet", fingerprint=_fingerprint(recipe, seed, ""), overwrite=overwrite,
-                 resume=_resumable(work / "unet", overwrite), progress=tqdm_progress(), stage="unet",
+                 run, progress=tqdm_progress(),
                  on_export=lambda m, r: averaged.update({k: v.clone() for k, v in m.state_dict().items()}))
     model.load_state_dict(averaged)  # the EMA weights (the loop applies them only while exporting)
     return model.eval()
@@ -222,8 +222,9 @@ def _resumable(run_dir: Path, overwrite: bool) -> bool:
 
 def evaluate(teacher: Path, work: Path, n: int) -> Fidelity:
     """The fidelity check on `n` held-out captions: the teacher and its students pruned to every variant."""
-    students = [prune(teacher, v, work / f"demo-bk-{v}", overwrite=True).checkpoint for v in VARIANTS]
-    result = fidelity(teacher, students, n, progress=tqdm_progress())
+    students = [prune(PruneJob(teacher, v, work / f"demo-bk-{v.name}", overwrite=True)).checkpoint
+                for v in VARIANTS.values()]
+    result = fidelity(teacher, students, FidelitySpec(n), tqdm_progress())
     write(result, work / "report", overwrite=True)
     return result
 
@@ -333,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     tensors = to_ldm(model.unet, vae, model.text_encoder)
     extra = {"sdkd_note": "sdkd demo teacher: coloured shapes at 64x64 (see demo-teacher.md)",
              "sdkd_recipe": repr(asdict(recipe)), "sdkd_seed": str(args.seed)}
-    exported = export_model(DictSource(tensors, recipe.vae.metadata()), {k: k for k in tensors}, recipe.topology(), out,
-                            "teacher", "fp16", extra, args.overwrite)
+    exported = export_model(DictSource(tensors, recipe.vae.metadata()), {k: k for k in tensors}, recipe.topology(),
+                            "teacher", Target(out, "fp16", args.overwrite), extra)
     result = evaluate(exported.checkpoint, work / "eval", args.eval_captions)
     lap("evaluation")
     command = "python tools/train_demo_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:])

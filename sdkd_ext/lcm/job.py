@@ -18,25 +18,25 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..cache import Cache
-from ..checkpoint import Source, open_model, resolve
-from ..configs import VaeShape, sd15
+from ..checkpoint import Source, resolve
+from ..configs import VaeShape
 from ..convert import TEXT, UNET
 from ..data import DataSpec, derive_seed
-from ..detect import ModelInfo, describe
-from ..distill import CPU, frozen_dtype, place, prepare_data, run_folder, teacher_model, to_images
+from ..detect import ModelInfo, open_trainable
+from ..distill import (CPU, SCALING, Encoder, Grid, fresh_run, frozen_dtype, place, prepare_data, run_cache, teacher_model,
+                       to_images)
 from ..errors import SdkdError
-from ..export import Outputs, atomic_outputs, parse_dtype
+from ..export import atomic_outputs, parse_dtype
 from ..lora.file import Lora, kohya_metadata, read_lora, write_kohya
 from ..lora.names import Layout, layout_of_source
 from ..lora.peft import ADAPTER, FULL_UNET_TARGETS, adapters_off, lora_from_peft, lora_layers
-from ..lora.train import LoraSpec, adapted
+from ..lora.train import LoraResult, LoraSpec, adapted
 from ..pipeline import build_unet, build_vae
 from ..plan import Estimate, Settings, cache_phase, check_resolution, fit, frozen_width, training_parts, unet_params
 from ..progress import ProgressFn
 from ..prune import checkpoint_path, teacher_metadata
 from ..sampling import Sampler, sample_latents
-from ..train import RUN_CACHE, TrainConfig, TrainResult, autocast_dtype, check_run, image_grid, make_accelerator, run_training
+from ..train import Run, TrainConfig, TrainResult, autocast_dtype, image_grid, make_accelerator, run_training
 from ..variants import full_topology
 from .objective import ConsistencyObjective, ConsistencySpec, UNet, frozen_teacher
 
@@ -74,17 +74,6 @@ class LcmJob:
         parse_dtype(self.dtype)
 
 
-@dataclass
-class LcmResult:
-    """A few-step LoRA run's outcome."""
-
-    path: Path | None  # None in the non-main processes of a multi-process run
-    train: TrainResult
-    run_dir: Path
-    samples: int
-    modules: int
-
-
 @dataclass(frozen=True)
 class Opened:
     """A model file opened and described once."""
@@ -97,13 +86,7 @@ class Opened:
     def of(cls, path: Path, flag: str) -> Opened:
         """Open `path`, refusing what cannot take a few-step LoRA (not SD1.x or a BK-SDM student, inpainting)."""
         path = resolve(path)
-        src = open_model(path)
-        info = describe(src)
-        if info.kind not in ("sd1", "student"):
-            raise SdkdError(f"{flag} {path.name}: {info.reason}")
-        if info.inpainting:
-            raise SdkdError(f"{flag} {path.name}: few-step LoRAs need a normal (text-to-image) checkpoint, not an inpainting one")
-        return cls(path, src, info)
+        return cls(path, *open_trainable(path, f"{flag} {path.name}", "few-step LoRAs need"))
 
 
 def check_teacher(model: Opened, teacher: Opened) -> None:
@@ -206,30 +189,30 @@ class WithoutAdapters(torch.nn.Module):
             return self.unet(*args, **kwargs)
 
 
-def few_step_preview(teacher: torch.nn.Module, vae: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor,
-                     seeds: list[int], latent: int, reference: Sampler, scaling: float,
-                     amp: torch.dtype | None) -> Callable[[torch.nn.Module, int, Path], None]:
+def few_step_preview(teacher: torch.nn.Module, vae: torch.nn.Module, grid: Grid,
+                     reference: Sampler) -> Callable[[torch.nn.Module, int, Path], None]:
     """Sample grids: the teacher at its own settings (row 1, drawn once) above the model + LoRA at 4 LCM steps, cfg 1."""
     top: list = []
+    cond, uncond, seeds, latent, amp = grid.cond, grid.uncond, grid.seeds, grid.latent, grid.amp
 
     def draw(model: torch.nn.Module, step: int, path: Path) -> None:
         device = next(model.parameters()).device
         if not top:
-            top.extend(to_images(vae, sample_latents(teacher, reference, cond, uncond, seeds, latent), scaling, device))
+            top.extend(to_images(vae, sample_latents(teacher, reference, cond, uncond, seeds, latent), SCALING, device))
         was = model.training
         model.eval()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             z = sample_latents(model, USE, cond, uncond, seeds, latent)
         model.train(was)
-        grid = image_grid([top, to_images(vae, z.float(), scaling, device)],
-                          [f"teacher {reference.steps} steps", f"LCM {USE.steps} steps, {step}"])
+        image = image_grid([top, to_images(vae, z.float(), SCALING, device)],
+                           [f"teacher {reference.steps} steps", f"LCM {USE.steps} steps, {step}"])
         with atomic_outputs(overwrite=True) as outs:
-            grid.save(outs.temp(path), format="PNG")
+            image.save(outs.temp(path), format="PNG")
 
     return draw
 
 
-def few_step_lora(job: LcmJob, progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> LcmResult:
+def few_step_lora(job: LcmJob, progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> LoraResult:
     """Distil `job.model` into a few-step LoRA along `job.teacher`'s guided trajectory; export a kohya LoRA.
 
     A progress callback raising `Cancelled` during training leaves an exported LoRA and a resumable run."""
@@ -245,10 +228,7 @@ def few_step_lora(job: LcmJob, progress: ProgressFn | None = None, log: Callable
     out_path = checkpoint_path(job.out)
     if out_path.resolve() in (model.path.resolve(), teacher.path.resolve()):
         raise SdkdError(f"--out {out_path} is an input model; sdkd never overwrites its input")
-    run_dir = run_folder(out_path)
-    check_run(run_dir, job.resume, job.overwrite)
-    if not (job.resume or job.overwrite):
-        Outputs(False).check(out_path)  # fail before the slow part
+    run_dir = fresh_run(out_path, job.resume, job.overwrite)  # fail before the slow part
     layout = layout_of_source(model.src, model.info.topology)
     init = read_lora(job.init_lora, layout) if job.init_lora is not None else None
     targets, rank, alpha = init_targets(init, layout) if init else (FULL_UNET_TARGETS, job.lora.rank, job.lora.alpha)
@@ -256,8 +236,6 @@ def few_step_lora(job: LcmJob, progress: ProgressFn | None = None, log: Callable
               f"few-step LoRA training at {job.resolution} px", "lower --resolution or --rank")
     amp = autocast_dtype(cfg.precision, device)
     provenance = teacher_metadata(teacher.path)
-    cache = Cache(Path(job.cache_dir).expanduser() if job.cache_dir else run_dir / RUN_CACHE)
-    latent, scaling = job.resolution // 8, float(sd15("vae").get("scaling_factor", 0.18215))
     unet = adapted(build_unet(model.src, model.info), LoraSpec(rank, alpha), targets, amp or torch.float32,
                    derive_seed(cfg.seed, "lcm-unet"))
     if init is not None:
@@ -265,10 +243,10 @@ def few_step_lora(job: LcmJob, progress: ProgressFn | None = None, log: Callable
     teacher_unet = teacher_model(teacher.src, teacher.info, device) if teacher is not model else None
     sampler_unet = teacher_unet if teacher_unet is not None else WithoutAdapters(unet.to(device))  # adapters stay fp32
     shown = None if job.preview_prompts is None else list(job.preview_prompts)
+    ctx = Encoder(model.src, run_cache(job.cache_dir, run_dir), job.resolution, cfg.seed, device, say,
+                  progress if acc.is_main_process else None, provenance)
     with acc.main_process_first():
-        dataset, previews, uncond = prepare_data(job.data, model.src, cache, sampler_unet, job.resolution, latent, scaling,
-                                                 cfg.seed, shown, device, say, progress if acc.is_main_process else None,
-                                                 provenance)
+        dataset, previews, uncond = prepare_data(job.data, sampler_unet, shown, ctx)
     teach = (lambda: frozen_teacher(teacher_unet)) if teacher_unet is not None else (lambda: base_of(unet))
     objective = ConsistencyObjective(teach, uncond, job.consistency)
     sha = teacher_metadata(model.path)()["sdkd_teacher_sha256"]
@@ -280,9 +258,8 @@ def few_step_lora(job: LcmJob, progress: ProgressFn | None = None, log: Callable
     preview = None
     if previews is not None and acc.is_main_process:
         reference = Sampler("euler", REFERENCE_STEPS, sum(job.consistency.guidance) / 2)  # the cfg the LoRA bakes in
-        preview = few_step_preview(sampler_unet, place(build_vae(model.src), CPU, frozen_dtype(device)), previews, uncond,
-                                   [derive_seed(cfg.seed, "preview", i) for i in range(len(previews))], latent, reference,
-                                   scaling, amp)
+        preview = few_step_preview(sampler_unet, place(build_vae(model.src), CPU, frozen_dtype(device)),
+                                   Grid.of(previews, uncond, cfg.seed, ctx.latent, amp), reference)
 
     def on_export(net: torch.nn.Module, result: TrainResult) -> Lora:
         lora = lora_from_peft(layout, net)
@@ -299,9 +276,8 @@ def few_step_lora(job: LcmJob, progress: ProgressFn | None = None, log: Callable
                     dtype=parse_dtype(job.dtype))
         return lora
 
-    result = run_training(objective, unet, dataset, cfg, run_dir, fingerprint=fingerprint, accelerator=acc,
-                          resume=job.resume, overwrite=job.overwrite, progress=progress, on_export=on_export,
-                          preview=preview, stage="lcm")
+    run = Run(run_dir, fingerprint, job.resume, job.overwrite, "lcm", acc)
+    result = run_training(objective, unet, dataset, cfg, run, progress, on_export, preview)
     exported = result.exported
-    return LcmResult(out_path if exported is not None else None, result, run_dir, len(dataset),
+    return LoraResult(out_path if exported is not None else None, result, run_dir, len(dataset),
                      len(exported.modules) if exported is not None else 0)

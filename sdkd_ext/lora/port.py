@@ -18,7 +18,7 @@ from ..export import Outputs, sha256_file
 from .file import Lora, check_made_for, fits, kohya_metadata, load_raw, resolve, write_kohya
 from .names import Layout, build_layout, layout_of_source, relatives, sd15_te_shapes
 from ..prune import checkpoint_path, default_out
-from ..variants import SD15, get_variant
+from ..variants import SD15, Variant, get_variant
 
 
 @dataclass
@@ -39,9 +39,9 @@ class Ported:
         return list(blocks)
 
 
-def port_modules(lora: Lora, teacher: Layout, variant: str) -> tuple[dict, list[str]]:
+def port_modules(lora: Lora, teacher: Layout, variant: Variant) -> tuple[dict, list[str]]:
     """(student module id -> module, dropped teacher module ids) for a LoRA resolved on the teacher's layout."""
-    renamer = student_renamer(get_variant(variant), teacher.topology)
+    renamer = student_renamer(variant, teacher.topology)
     kept, dropped = {}, []
     for module_id, mod in lora.modules.items():
         if not module_id.startswith(UNET):
@@ -55,13 +55,13 @@ def port_modules(lora: Lora, teacher: Layout, variant: str) -> tuple[dict, list[
     return kept, dropped
 
 
-def target_layouts(to: str) -> tuple[str, Layout, Layout, dict[str, str]]:
+def target_layouts(to: str) -> tuple[Variant, Layout, Layout, dict[str, str]]:
     """(variant, teacher layout, student layout, base-model metadata) for `--to VARIANT` or `--to STUDENT_FILE`."""
     path = Path(to).expanduser()
     if not path.exists():
         teacher = build_layout(SD15, sd15_te_shapes())
-        variant = get_variant(to).name
-        return variant, teacher, relatives(teacher)[variant], {}
+        variant = get_variant(to)
+        return variant, teacher, relatives(teacher)[variant.name], {}
     src = open_model(path)
     info = describe(src)
     if info.kind != "student":
@@ -71,14 +71,15 @@ def target_layouts(to: str) -> tuple[str, Layout, Layout, dict[str, str]]:
     base = {"sdkd_base": path.name}
     if path.is_file():
         base["sdkd_base_sha256"] = sha256_file(path)
-    return info.variant, relatives(student)["teacher"], student, base
+    return get_variant(info.variant), relatives(student)["teacher"], student, base
 
 
 def port_lora(lora_path: str | Path, to: str, out: str | Path | None = None, overwrite: bool = False,
               alpha_equals_rank: bool = False) -> Ported:
     """Write the student version of a teacher LoRA as a kohya file with LDM names for the student's topology."""
     src_path = Path(lora_path).expanduser()
-    variant, teacher, student, base = target_layouts(to)
+    v, teacher, student, base = target_layouts(to)
+    variant = v.name
     out_path = checkpoint_path(out) if out else default_out(src_path, variant)
     if out_path.resolve() == src_path.resolve():
         raise SdkdError(f"--out {out_path} is the input LoRA itself; sdkd never overwrites its input")
@@ -92,7 +93,7 @@ def port_lora(lora_path: str | Path, to: str, out: str | Path | None = None, ove
     if fits(raw, student):
         raise SdkdError(f"{raw.name}: this LoRA already fits the BK-SDM {variant} student as it is (made for a student, "
                         "or it touches only layers the student shares unchanged); it needs no port")
-    kept, dropped = port_modules(lora, teacher, variant)
+    kept, dropped = port_modules(lora, teacher, v)
     if not kept:
         raise SdkdError(f"{raw.name}: every module of this LoRA lies in blocks the BK-SDM {variant} student removed; nothing to port")
     ported = Lora(kept, lora.metadata)

@@ -9,22 +9,23 @@ adapter weights only: the loop saves the trainable parameters, and only the adap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..cache import Cache, CachedDataset, component_hash, text_key
-from ..checkpoint import Source, open_model
-from ..configs import VaeShape, sd15
+from ..cache import CachedDataset, component_hash, text_key
+from ..checkpoint import Source
+from ..configs import VaeShape
 from ..convert import TEXT, UNET
 from ..data import FolderData, PromptData, derive_seed, scan_folder
-from ..detect import describe
-from ..distill import CPU, frozen_dtype, make_preview, place, prepare_data, preview_texts, run_folder
+from ..detect import open_trainable
+from ..distill import (CPU, Encoder, Grid, fresh_run, frozen_dtype, make_preview, place, prepare_data, preview_texts,
+                       run_cache)
 from ..errors import SdkdError
-from ..export import Outputs, parse_dtype
+from ..export import parse_dtype
 from .file import Lora, kohya_metadata, write_kohya
 from .names import Layout, layout_of_source
 from .peft import TE_TARGETS, UNET_TARGETS, adapters_off, add_lora, lora_from_peft
@@ -32,7 +33,8 @@ from ..pipeline import build_text_encoder, build_unet, build_vae, tokenizer
 from ..plan import Estimate, Settings, cache_phase, check_resolution, fit, training_parts
 from ..progress import ProgressFn
 from ..prune import checkpoint_path, teacher_metadata
-from ..train import RUN_CACHE, TrainConfig, TrainResult, autocast_dtype, check_run, diffusion_inputs, make_accelerator, noise_scheduler, run_training
+from ..sampling import Sampler
+from ..train import Run, TrainConfig, TrainResult, autocast_dtype, diffusion_inputs, make_accelerator, noise_scheduler, run_training
 
 
 @dataclass(frozen=True)
@@ -139,15 +141,14 @@ class Sampled(torch.nn.Module):
         return self.net.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
 
 
-def lora_preview(net: LoraNet, src: Source, shown: list[str], cond: torch.Tensor, uncond: torch.Tensor, latent: int, seed: int,
-                 device: torch.device, amp: torch.dtype | None, scaling: float) -> Callable[..., None]:
+def lora_preview(net: LoraNet, src: Source, shown: list[str], grid: Grid, device: torch.device) -> Callable[..., None]:
     """A preview function for a LoRA run: the base model without the LoRA (row 1, sampled once) above the model with
-    it (row 2) at the same prompts (`shown`, embedded as `cond`) and seeds, as distillation's previews are drawn."""
+    it (row 2) at the same prompts (`shown`, embedded as the grid's) and seeds, as distillation's previews are drawn."""
     sampling = PromptData(())
     ids = token_ids(shown) if net.text_encoder is not None else None
     vae = place(build_vae(src), CPU, frozen_dtype(device))
-    draw = make_preview(Sampled(net, False), vae, cond, uncond, [derive_seed(seed, "preview", i) for i in range(len(shown))],
-                        latent, sampling.guidance, sampling.sample_steps, amp, scaling, ("without LoRA", "LoRA"))
+    draw = make_preview(Sampled(net, False), vae, grid, Sampler(steps=sampling.sample_steps, guidance=sampling.guidance),
+                        ("without LoRA", "LoRA"))
 
     def preview(model: torch.nn.Module, step: int, path: Path, progress: ProgressFn | None = None) -> None:
         draw(Sampled(model, True, ids), step, path, progress)
@@ -208,19 +209,35 @@ class LoraResult:
     modules: int
 
 
-def train_lora(base: str | Path, data: str | Path, out: str | Path, spec: LoraSpec = LoraSpec(),
-               cfg: TrainConfig | None = None, *, resolution: int = 512, flip: bool = False, dtype: str = "fp16",
-               overwrite: bool = False, resume: bool = False, cache_dir: str | Path | None = None,
-               vram: float | str | None = None, preview_prompts: list[str] | None = None,
-               progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> LoraResult:
-    """Train a LoRA for `base` (teacher or student) on a captioned image folder; export a kohya LoRA for its topology.
+@dataclass(frozen=True)
+class LoraJob:
+    """One LoRA run, as every front end builds it: the model it is for, the captioned image folder, the adapters, the
+    loop's settings, and how the LoRA is written."""
 
-    With `cfg.preview_every` set, a sample grid (without / with the LoRA, `preview_prompts` or the first captions) is
+    base: Path  # the model the LoRA is for (SD1.x teacher or BK-SDM student)
+    data: Path
+    out: Path
+    lora: LoraSpec = LoraSpec()
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
+    resolution: int = 512
+    flip: bool = False
+    dtype: str = "fp16"  # the exported LoRA's weights
+    overwrite: bool = False
+    resume: bool = False
+    cache_dir: Path | None = None
+    vram: float | str | None = None
+    preview_prompts: tuple[str, ...] | None = None  # None: the first captions
+
+
+def train_lora(job: LoraJob, progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> LoraResult:
+    """Train a LoRA for `job.base` (teacher or student) on a captioned image folder; export a kohya LoRA for its topology.
+
+    With `preview_every` set, a sample grid (without / with the LoRA, `job.preview_prompts` or the first captions) is
     drawn every that many steps and at the end, into the run folder's previews, as distillation draws its own.
 
     A progress callback raising `Cancelled` stops after the current step with an exported LoRA and a
-    resumable run (`resume=True`)."""
-    cfg = cfg or TrainConfig(lr=1e-4)
+    resumable run (`job.resume`)."""
+    cfg, spec, resolution, dtype = job.train, job.lora, job.resolution, job.dtype
     cfg.check()
     spec.check()
     check_resolution(resolution)
@@ -229,32 +246,24 @@ def train_lora(base: str | Path, data: str | Path, out: str | Path, spec: LoraSp
     device = acc.device
     cfg.check_device(device)  # every setting is checked before the base is read, the cache built or a model loaded
     say = log or (lambda msg: None)
-    path = Path(base).expanduser()
-    out_path = checkpoint_path(out)
+    path = Path(job.base).expanduser()
+    out_path = checkpoint_path(job.out)
     if out_path.resolve() == path.resolve():
         raise SdkdError(f"--out {out_path} is the base model itself; sdkd never overwrites its input")
-    run_dir = run_folder(out_path)
-    check_run(run_dir, resume, overwrite)
-    if not (resume or overwrite):
-        Outputs(False).check(out_path)
-    src = open_model(path)
-    info = describe(src)
-    if info.kind not in ("sd1", "student"):
-        raise SdkdError(f"{path.name}: {info.reason}")
-    if info.inpainting:
-        raise SdkdError(f"{path.name}: LoRA training needs a normal (text-to-image) checkpoint, not an inpainting one")
+    run_dir = fresh_run(out_path, job.resume, job.overwrite)
+    src, info = open_trainable(path, path.name, "LoRA training needs")
     layout = layout_of_source(src, info.topology)
-    cfg = plan_lora(cfg, vram, layout, spec, resolution, device, say)
+    cfg = plan_lora(cfg, job.vram, layout, spec, resolution, device, say)
     base_dtype = autocast_dtype(cfg.precision, device) or torch.float32
     provenance = teacher_metadata(path)
-    cache = Cache(Path(cache_dir).expanduser() if cache_dir else run_dir / RUN_CACHE)
-    folder = FolderData(Path(data).expanduser(), flip=flip)
-    scaling = float(sd15("vae").get("scaling_factor", 0.18215))
+    folder = FolderData(Path(job.data).expanduser(), flip=job.flip)
     wanted = cfg.preview_every and acc.is_main_process
-    shown = preview_texts([ex.caption for ex in scan_folder(folder.folder).examples], preview_prompts) if wanted else []
+    given = None if job.preview_prompts is None else list(job.preview_prompts)
+    shown = preview_texts([ex.caption for ex in scan_folder(folder.folder).examples], given) if wanted else []
+    ctx = Encoder(src, run_cache(job.cache_dir, run_dir), resolution, cfg.seed, device, say,
+                  progress if acc.is_main_process else None, provenance)
     with acc.main_process_first():
-        dataset, previews, uncond = prepare_data(folder, src, cache, None, resolution, resolution // 8, scaling, cfg.seed,
-                                                 shown, device, say, progress if acc.is_main_process else None, provenance)
+        dataset, previews, uncond = prepare_data(folder, None, shown, ctx)
     unet = adapted(build_unet(src, info), spec, UNET_TARGETS, base_dtype, derive_seed(cfg.seed, "lora-unet"))
     text_encoder = (adapted(build_text_encoder(src), spec, TE_TARGETS, base_dtype, derive_seed(cfg.seed, "lora-te"))
                     if spec.text_encoder else None)
@@ -273,12 +282,11 @@ def train_lora(base: str | Path, data: str | Path, out: str | Path, spec: LoraSp
         return lora
 
     net = LoraNet(unet, text_encoder)
-    preview = (lora_preview(net, src, shown, previews, uncond, resolution // 8, cfg.seed, device,
-                            autocast_dtype(cfg.precision, device), scaling) if previews is not None else None)
-    result = run_training(DenoisingObjective(), net, train_data, cfg, run_dir, fingerprint=fingerprint, accelerator=acc,
-                          resume=resume, overwrite=overwrite, progress=progress, on_export=on_export, preview=preview,
-                          stage="lora")
+    preview = (lora_preview(net, src, shown, Grid.of(previews, uncond, cfg.seed, ctx.latent,
+                                                     autocast_dtype(cfg.precision, device)), device)
+               if previews is not None else None)
+    run = Run(run_dir, fingerprint, job.resume, job.overwrite, "lora", acc)
+    result = run_training(DenoisingObjective(), net, train_data, cfg, run, progress, on_export, preview)
     exported = result.exported
     return LoraResult(out_path if exported is not None else None, result, run_dir, len(dataset),
                       len(exported.modules) if exported is not None else 0)
-

@@ -225,7 +225,7 @@ def fast_estimate(job: FastJob, out: Output) -> str:
     from ..variants import get_variant
 
     topology = describe(open_model(job.checkpoint)).topology
-    phases = [("Distil", kd_estimator("tiny", job.resolution, topology), job.distill)]
+    phases = [("Distil", kd_estimator(get_variant("tiny"), job.resolution, topology), job.distill)]
     if job.lora_out is not None:
         student = build_layout(get_variant("tiny").student(topology), {})  # the UNet's layers are what it adapts
         phases.append(("Few-step LoRA", estimator(student, FULL_UNET_TARGETS, LcmJob.lora.rank, job.resolution, True),

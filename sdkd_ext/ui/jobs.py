@@ -18,7 +18,7 @@ from ..names import Output
 from ..progress import ProgressFn
 from ..sampling import DEFAULT_SAMPLER
 from ..train import TrainConfig
-from ..variants import VARIANTS
+from ..variants import VARIANTS, get_variant
 from .facts import describe_file, estimate_text, parse_vram, table, train_device
 from .run import Live
 
@@ -66,7 +66,7 @@ def prune_job(host: FolderHost, checkpoint: str, variant: str, name: str, dtype:
               live: Live | None = None, portable: bool = False) -> Callable[[ProgressFn], str]:
     """The tab's prune action: teacher from the host's list, student into the host's checkpoint folder (`portable`:
     with the identity middle block, see `sdkd_ext.portable`)."""
-    from ..prune import prune
+    from ..prune import PruneJob, prune
 
     out = Output(host.output_dir(), "your checkpoint folder", PRUNE_NAME, PRUNE_OVERWRITE, {"--portable": PORTABLE})
 
@@ -74,7 +74,9 @@ def prune_job(host: FolderHost, checkpoint: str, variant: str, name: str, dtype:
         teacher = _teacher(host, checkpoint)
         target = out.path(name, f"{teacher.stem}-bk-{variant}", ".safetensors", (teacher,))
         with out.worded():
-            r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=progress, portable=portable)
+            r = prune(PruneJob(teacher, get_variant(variant), target, dtype=dtype, overwrite=overwrite,
+                               portable=portable),
+                      progress)
         host.refresh()
         _output(live, r.checkpoint)
         return (f"Done: {r.variant} student, {r.unet_params:,} UNet parameters -> {out.shown(r.checkpoint)} "
@@ -133,7 +135,7 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
                 portable: bool = False, keep_state: bool = False) -> Callable[[ProgressFn], str]:
     """The tab's distil action: a student distilled on the GPU, exported into the host's checkpoint folder, with a
     sample grid (teacher beside student, fixed prompts and seeds) every `samples_every` steps and at the end."""
-    from ..distill import LossWeights, distill, run_folder
+    from ..distill import DistillJob, LossWeights, distill, run_folder
 
     out = distil_output(host)
 
@@ -144,9 +146,10 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
             budget = parse_vram(vram, DISTIL_WIDGETS["--vram"])
             if live is not None:
                 live.run_dir = run_folder(target)
-            r = distill(teacher, variant, target, _data(kind, path, count), distil_config(steps, samples_every, keep_state),
-                        LossWeights(l_sd, l_out, l_feat), resolution=int(resolution), vram=budget, resume=resume,
-                        overwrite=overwrite, portable=portable, progress=progress)
+            r = distill(DistillJob(teacher, get_variant(variant), target, _data(kind, path, count),
+                                   distil_config(steps, samples_every, keep_state), LossWeights(l_sd, l_out, l_feat),
+                                   resolution=int(resolution), vram=budget, resume=resume, overwrite=overwrite,
+                                   portable=portable), progress)
         host.refresh()
         _output(live, r.exported.checkpoint if r.exported else None)
         where = out.shown(r.exported.checkpoint) if r.exported else "(no student written)"
@@ -173,7 +176,7 @@ def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: f
     """The tab's LoRA action: train on an image folder, write the LoRA into the host's LoRA folder, with a sample
     grid (the model without, then with the LoRA) every `samples_every` steps and at the end."""
     from ..distill import run_folder
-    from ..lora.train import LoraSpec, train_lora
+    from ..lora.train import LoraJob, LoraSpec, train_lora
 
     out = lora_output(host)
 
@@ -186,9 +189,10 @@ def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: f
             budget = parse_vram(vram, LORA_WIDGETS["--vram"])
             if live is not None:
                 live.run_dir = run_folder(target)
-            r = train_lora(base, Path(folder.strip()).expanduser(), target,
-                           LoraSpec(int(rank), float(alpha), text_encoder), lora_config(steps, samples_every, keep_state),
-                           resolution=int(resolution), vram=budget, resume=resume, overwrite=overwrite, progress=progress)
+            r = train_lora(LoraJob(base, Path(folder.strip()).expanduser(), target,
+                                   LoraSpec(int(rank), float(alpha), text_encoder),
+                                   lora_config(steps, samples_every, keep_state), resolution=int(resolution), vram=budget,
+                                   resume=resume, overwrite=overwrite), progress)
         host.refresh()
         state, notes = run_notes(r.train, out)
         if r.path is None:
@@ -300,7 +304,7 @@ def distil_estimate(host: FolderHost, checkpoint: str, variant: str, steps: int,
             _, info = _sd1_source(host, checkpoint, ("sd1",))
             check_resolution(int(resolution))
             budget = parse_vram(vram, DISTIL_WIDGETS["--vram"])
-            estimator = kd_estimator(variant, int(resolution), info.topology)
+            estimator = kd_estimator(get_variant(variant), int(resolution), info.topology)
     except SdkdError as e:
         return f"No estimate yet: {e}"
     plan = lambda cfg, v, device, say: fit(cfg, v, device, estimator, say, f"{variant} at {int(resolution)} px",  # noqa: E731
@@ -361,7 +365,7 @@ class BenchForm:
 def bench_job(host: FolderHost, teacher: str, students: list[str], form: BenchForm,
               name: str) -> Callable[[ProgressFn], tuple[str, str, object]]:
     """The tab's bench action: teacher vs students on this machine's GPU (or CPU); (status, figures, chart)."""
-    from ..bench import bench, chart, write_outputs
+    from ..bench import BenchSpec, bench, chart, write_outputs
     from ..sampling import sampler
 
     out = Output(host.bench_dir(), "the sdkd-bench folder", BENCH_NAME, widgets=BENCH_WIDGETS)  # a same name is replaced
@@ -371,9 +375,10 @@ def bench_job(host: FolderHost, teacher: str, students: list[str], form: BenchFo
         if not students:
             raise SdkdError("pick at least one student to bench against the teacher")
         with out.worded():
-            result = bench(_teacher(host, teacher), [_teacher(host, s) for s in students], train_device().type,
-                           size=int(form.size), sampling=sampler(form.sampler, int(form.steps), float(form.guidance)),
-                           repeats=int(form.repeats), t2i_repeats=int(form.t2i_repeats), progress=progress)
+            spec = BenchSpec(train_device().type, size=int(form.size),
+                             sampling=sampler(form.sampler, int(form.steps), float(form.guidance)),
+                             repeats=int(form.repeats), t2i_repeats=int(form.t2i_repeats))
+            result = bench(_teacher(host, teacher), [_teacher(host, s) for s in students], spec, progress)
         js, _ = write_outputs(result, folder, overwrite=True)
         return f"Bench: {out.shown(js)}", bench_markdown(result), chart(result)
 
@@ -411,7 +416,7 @@ def port_job(host: FolderHost, lora: str, to: str, name: str, alpha_equals_rank:
 def rebase_job(host: FolderHost, community: str, base: str, student: str, strength: float, name: str, dtype: str,
                overwrite: bool, live: Live | None = None) -> Callable[[ProgressFn], str]:
     """The tab's rebase action: the student plus what the chosen (community) checkpoint changed in its base."""
-    from ..rebase import rebase
+    from ..rebase import RebaseJob, rebase
 
     out = Output(host.output_dir(), "your checkpoint folder", REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS)
 
@@ -419,7 +424,7 @@ def rebase_job(host: FolderHost, community: str, base: str, student: str, streng
         paths = [_teacher(host, c) for c in (community, base, student)]
         target = out.path(name, f"{paths[0].stem}-{paths[2].stem}-rebased", ".safetensors", tuple(paths))
         with out.worded():
-            r, d = rebase(*paths, target, float(strength), dtype, overwrite, progress=progress)
+            r, d = rebase(RebaseJob(*paths, target, float(strength), dtype, overwrite), progress)
         host.refresh()
         _output(live, r.checkpoint)
         return (f"Done: {r.variant} student {out.shown(r.checkpoint)} (+ {r.yaml.name}), strength {float(strength):g}; "

@@ -32,13 +32,15 @@ class SdkdPrune(Job):
               portable: bool = False) -> dict:
         """The core prune into the first checkpoints folder (the list refreshes on its own); the student's name is
         shown on the node and output, for a Load Checkpoint node."""
-        from ...prune import prune
+        from ...prune import PruneJob, prune
+        from ...variants import get_variant
 
         out = output("checkpoints", widgets={"--portable": "portable"})
         teacher = model_path("checkpoints", ckpt_name, "ckpt_name")
         with out.worded():
             target = out.path(filename, f"{Path(ckpt_name).stem}-bk-{variant}", ".safetensors", (teacher,))
-            r = prune(teacher, variant, target, dtype, overwrite=overwrite, progress=comfy_progress(), portable=portable)
+            r = prune(PruneJob(teacher, get_variant(variant), target, dtype=dtype, overwrite=overwrite, portable=portable),
+                      comfy_progress())
         name = out.listed(r.checkpoint)
         return result(f"{r.variant} student, {r.unet_params:,} UNet parameters: {name} in your checkpoints "
                       f"(+ {r.yaml.name}) in {r.seconds:.1f}s", name)
@@ -98,7 +100,7 @@ class SdkdRebase(Job):
     def rebase(self, ckpt_name: str, base_name: str, student_name: str, strength: float, dtype: str, filename: str,
             overwrite: bool) -> dict:
         """The core rebase into the first checkpoints folder; refusals (not derived, wrong student) name the widgets."""
-        from ...rebase import rebase
+        from ...rebase import RebaseJob, rebase
 
         out = output("checkpoints", widgets=REBASE_WIDGETS)
         paths = {w: model_path("checkpoints", n, w)
@@ -106,8 +108,8 @@ class SdkdRebase(Job):
         with out.worded():
             target = out.path(filename, f"{Path(ckpt_name).stem}-rebased-{Path(student_name).stem}", ".safetensors",
                               tuple(paths.values()))
-            r, d = rebase(paths["ckpt_name"], paths["base_name"], paths["student_name"], target, strength, dtype,
-                          overwrite, progress=comfy_progress())
+            r, d = rebase(RebaseJob(paths["ckpt_name"], paths["base_name"], paths["student_name"], target, strength, dtype,
+                                    overwrite), comfy_progress())
         name = out.listed(r.checkpoint)
         return result(f"{r.variant} student of {ckpt_name}: difference from {base_name} {d.summary()}; strength "
                       f"{strength:g} -> {name} in your checkpoints (+ {r.yaml.name})", name)

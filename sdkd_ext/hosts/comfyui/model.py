@@ -8,6 +8,7 @@ from ...convert import UNET
 from ...detect import describe, require_teacher
 from ...errors import SdkdError
 from ...prune import student_names
+from ...variants import get_variant
 from .common import Node, result, variant_input
 
 PREFIX = "diffusion_model."  # where ComfyUI's BaseModel keeps the UNet (LDM names below it)
@@ -21,7 +22,8 @@ def student_state_dict(teacher: dict, variant: str) -> dict:
     if info.kind == "student":
         raise SdkdError(f"model: this is already a BK-SDM {info.variant} student; connect the teacher's MODEL instead")
     require_teacher(info, "model")
-    return {s[len(UNET):]: teacher[t[len(UNET):]] for s, t in student_names(src, info, variant).items()}
+    names = student_names(src, info, get_variant(variant))
+    return {s[len(UNET):]: teacher[t[len(UNET):]] for s, t in names.items()}
 
 
 def student_patcher(model, variant: str):

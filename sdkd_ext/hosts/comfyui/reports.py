@@ -143,7 +143,7 @@ class SdkdBench(Job):
     def bench(self, ckpt_name: str, student_name: str, student_2: str, student_3: str, size: int, steps: int,
             repeats: int, sampler: str = DEFAULT_SAMPLER, guidance: float = 7.5) -> dict:
         """The core benchmark (after ComfyUI's own models leave the device): the chart as IMAGE, the table as text."""
-        from ...bench import bench, chart
+        from ...bench import BenchSpec, bench, chart
         from ...sampling import sampler as checked
 
         teacher = model_path("checkpoints", ckpt_name, "ckpt_name")
@@ -153,7 +153,7 @@ class SdkdBench(Job):
         free_device()
         with words.worded():
             drawn = checked(sampler, int(steps), float(guidance))
-            r = bench(teacher, students, device(), size=int(size), sampling=drawn, repeats=int(repeats),
-                      t2i_repeats=min(3, int(repeats)), progress=comfy_progress())
+            spec = BenchSpec(device(), size=int(size), sampling=drawn, repeats=int(repeats), t2i_repeats=min(3, int(repeats)))
+            r = bench(teacher, students, spec, comfy_progress())
         text = r.table()
         return result(text, image_tensor(chart(r)), text)

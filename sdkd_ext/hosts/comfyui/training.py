@@ -101,7 +101,8 @@ class SdkdDistil(Job):
             resolution: int, lr: float, vram: str, l_sd: float, l_out: float, l_feat: float, filename: str,
             resume: bool, overwrite: bool, portable: bool = False, keep_state: bool = False) -> dict:
         """The core distillation into the first checkpoints folder; the student's name is output."""
-        from ...distill import LossWeights, distill
+        from ...distill import DistillJob, LossWeights, distill
+        from ...variants import get_variant
         from ...train import TrainConfig
 
         out = output("checkpoints", widgets=DISTIL_WIDGETS)
@@ -109,10 +110,11 @@ class SdkdDistil(Job):
         with out.worded():
             target = out.path(filename, f"{Path(ckpt_name).stem}-bk-{variant}-kd", ".safetensors", (teacher,))
             spec = data_spec(data, data_path, prompt_count)
-            r = training(lambda progress: distill(
-                teacher, variant, target, spec, TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)),
-                LossWeights(l_sd, l_out, l_feat), resolution=int(resolution), vram=(vram or "").strip() or None,
-                resume=resume, overwrite=overwrite, portable=portable, progress=progress))
+            job = DistillJob(teacher, get_variant(variant), target, spec,
+                             TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)),
+                             LossWeights(l_sd, l_out, l_feat), resolution=int(resolution),
+                             vram=(vram or "").strip() or None, resume=resume, overwrite=overwrite, portable=portable)
+            r = training(lambda progress: distill(job, progress))
         name = out.listed(r.exported.checkpoint)
         return result(f"{r.exported.variant} student, {stopped(r.train)} on {r.samples} samples "
                       f"({losses(r.train)}): {name} in your checkpoints." + left(r.train, out), name)
@@ -147,7 +149,7 @@ class SdkdTrainLora(Job):
     def train(self, ckpt_name: str, image_folder: str, rank: int, alpha: float, text_encoder: bool, steps: int,
             resolution: int, lr: float, filename: str, resume: bool, overwrite: bool, keep_state: bool = False) -> dict:
         """The core LoRA training into the first loras folder; the LoRA's name is output, for a LoraLoader."""
-        from ...lora.train import LoraSpec, train_lora
+        from ...lora.train import LoraJob, LoraSpec, train_lora
         from ...train import TrainConfig
 
         out = output("loras", widgets=LORA_WIDGETS)
@@ -158,10 +160,10 @@ class SdkdTrainLora(Job):
                             "folder under that name, or give a full path")
         with out.worded():
             target = out.path(filename, f"{Path(ckpt_name).stem}-lora", ".safetensors", (base,))
-            r = training(lambda progress: train_lora(
-                base, folder, target, LoraSpec(int(rank), float(alpha), text_encoder),
-                TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)), resolution=int(resolution), resume=resume,
-                overwrite=overwrite, progress=progress))
+            job = LoraJob(base, folder, target, LoraSpec(int(rank), float(alpha), text_encoder),
+                          TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)), resolution=int(resolution),
+                          resume=resume, overwrite=overwrite)
+            r = training(lambda progress: train_lora(job, progress))
         name = out.listed(r.path)
         return result(f"LoRA for {ckpt_name}, {r.modules} modules, {stopped(r.train)} on {r.samples} images "
                       f"({losses(r.train)}): {name} in your loras." + left(r.train, out), name)
