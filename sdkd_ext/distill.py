@@ -30,7 +30,7 @@ from .detect import ModelInfo, describe, require_teacher
 from .errors import SdkdError
 from .export import Outputs, atomic_outputs, parse_dtype
 from .pipeline import build_text_encoder, build_unet, build_vae, tokenizer
-from .plan import check_resolution, fit, kd_estimator
+from .plan import check_resolution, fit, kd_estimator, parse_vram
 from .portable import add_portable_option, refuse_middle_block
 from .progress import Cancelled, Meter, ProgressFn, tqdm_progress
 from .prune import Exported, checkpoint_path, default_out, export_model, student_names, teacher_metadata
@@ -560,7 +560,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     """Run `distill` from the command line and say where everything went."""
     a = with_recipe(a)
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
-    vram = None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram)
+    vram = parse_vram(a.vram)
     shown = None if a.preview_prompts is None else read_prompts(a.preview_prompts)
     with stop_on_ctrl_c(tqdm_progress()) as progress:
         try:

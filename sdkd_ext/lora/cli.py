@@ -10,6 +10,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     """Train a LoRA and say where it went."""
     from ..data import read_prompts
     from ..distill import print_run_notes, run_stoppable
+    from ..plan import parse_vram
     from .train import LoraSpec, train_lora
     from ..train import TrainConfig
 
@@ -17,7 +18,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       grad_checkpointing=a.grad_checkpointing, optimizer=a.optimizer,
                       checkpoint_every=a.checkpoint_every, preview_every=a.preview_every, seed=a.seed, device=a.device,
                       keep_state=a.keep_state)
-    vram = None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram)
+    vram = parse_vram(a.vram)
     r = run_stoppable(lambda progress: train_lora(
         a.base, a.data, a.out, LoraSpec(a.rank, a.alpha, a.text_encoder), cfg, resolution=a.resolution, flip=a.flip,
         dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, cache_dir=a.cache_dir, vram=vram,

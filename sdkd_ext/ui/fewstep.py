@@ -18,26 +18,21 @@ from ..hosts.base import FolderHost
 from ..names import Output
 from ..progress import Event, ProgressFn
 from ..train import TrainConfig
-from .facts import estimate_text, parse_vram, table, train_device
+from ..plan import parse_vram
+from ..terms import JOBS, LR, labels
+from .facts import estimate_text, table, train_device
 from .jobs import _data, _output, _sd1_source, _teacher
 from .run import Live, clock
 
 if TYPE_CHECKING:
     from ..fast import FastJob
 
-LCM_NAME, LCM_OVERWRITE = "Few-step LoRA name", "Overwrite"
-FAST_STUDENT, FAST_LORA, FAST_OVERWRITE = "Student name", "4-step LoRA name", "Overwrite"
-VRAM = "VRAM budget (GB or auto)"
+LCM_NAME, LCM_OVERWRITE = JOBS["lcm"]["out"].tab, JOBS["lcm"]["overwrite"].tab
+FAST_STUDENT, FAST_LORA, FAST_OVERWRITE = (JOBS["fast"][n].tab for n in ("out", "lora_out", "overwrite"))
+VRAM = JOBS["lcm"]["vram"].tab
 # The CLI flag each widget stands for, so a core message naming the flag names the widget instead.
-LCM_WIDGETS = {"--teacher": "Teacher (blank: the model itself)", "--data": "Image folder or prompt file",
-               "--prompts": "Image folder or prompt file", "--self": "Built-in prompts", "--steps": "Steps",
-               "--rank": "Rank", "--alpha": "Rank", "--resolution": "Resolution", "--guidance": "Guidance (CFG baked in)",
-               "--vram": VRAM, "--preview-every": "Samples every N steps", "--resume": "Resume",
-               "--keep-state": "Keep training state"}
-FAST_WIDGETS = {"--target": "Target", "--lora-out": FAST_LORA, "--self": "Built-in prompts",
-                "--resolution": "Resolution", "--vram": VRAM,
-                "--resume": "Resume in the Distil or Few-step LoRA section"}
-FAST_STEPS = {"distil": "Distil steps", "lcm": "LoRA steps"}  # each TrainConfig's --steps, by the widget that sets it
+LCM_WIDGETS, FAST_WIDGETS = labels("lcm", "tab"), labels("fast", "tab")
+FAST_STEPS = {"distil": JOBS["fast"]["distill_steps"].tab, "lcm": JOBS["fast"]["lcm_steps"].tab}  # each --steps
 NO_TEACHER = "(the model itself)"
 
 
@@ -83,7 +78,7 @@ class FewStepFields:
 
 def lcm_output(host: FolderHost) -> Output:
     """Where a few-step LoRA goes (the host's LoRA folder), and the section's widgets."""
-    return Output(host.lora_dir(), "your LoRA folder", LCM_NAME, LCM_OVERWRITE, LCM_WIDGETS)
+    return Output.of("lcm", "tab", host.lora_dir(), "your LoRA folder")
 
 
 def _lcm_estimator(host: FolderHost, f: FewStepFields):
@@ -113,7 +108,7 @@ def lcm_estimate(host: FolderHost, f: FewStepFields) -> str:
     try:
         with out.worded():
             est = _lcm_estimator(host, f)
-            budget = parse_vram(f.vram, VRAM)
+            budget = parse_vram(f.vram)
     except SdkdError as e:
         return f"No estimate yet: {e}"
     plan = lambda cfg, v, device, say: fit(cfg, v, device, est, say,  # noqa: E731
@@ -141,7 +136,7 @@ def lcm_job(host: FolderHost, f: FewStepFields, live: Live | None = None) -> Cal
         target = out.path(f.name, f"{Path(f.checkpoint).stem}-lcm", ".safetensors", inputs)
         with out.worded():
             _sd1_source(host, f.checkpoint, ("sd1", "student"))  # refused in the tab's words, not MODEL's
-            budget = parse_vram(f.vram, VRAM)
+            budget = parse_vram(f.vram)
             g = float(f.guidance)
             spec = LcmJob(model, target, _data(f.kind, f.path, f.count), teacher_path,
                           lora=LoraSpec(int(f.rank), float(f.rank)), consistency=ConsistencySpec((g, g)),
@@ -180,8 +175,8 @@ class FastFields:
 
 def fast_outputs(host: FolderHost) -> tuple[Output, Output]:
     """Where the student (checkpoint folder) and its LoRA (LoRA folder) go, and the section's widgets."""
-    return (Output(host.output_dir(), "your checkpoint folder", FAST_STUDENT, FAST_OVERWRITE, FAST_WIDGETS),
-            Output(host.lora_dir(), "your LoRA folder", FAST_LORA, FAST_OVERWRITE, FAST_WIDGETS))
+    return (Output.of("fast", "tab", host.output_dir(), "your checkpoint folder"),
+            Output.of("fast", "tab", host.lora_dir(), "your LoRA folder", "--lora-out"))
 
 
 def fast_spec(host: FolderHost, f: FastFields) -> FastJob:
@@ -198,7 +193,7 @@ def fast_spec(host: FolderHost, f: FastFields) -> FastJob:
     student = students.path(f.student, f"{Path(f.checkpoint).stem}-bk-tiny-fast", ".safetensors", (checkpoint,))
     lora = (loras.path(f.lora, f"{student.stem}-lcm", ".safetensors", (checkpoint,)) if target == "tiny+lcm" else None)
     with students.worded():
-        budget = parse_vram(f.vram, VRAM)
+        budget = parse_vram(f.vram)
     configs = {"distil": TrainConfig(steps=int(f.distil_steps)), "lcm": TrainConfig(steps=int(f.lcm_steps), lr=1e-4)}
     for phase, cfg in configs.items():
         with replace(students, widgets={"--steps": FAST_STEPS[phase]}).worded():

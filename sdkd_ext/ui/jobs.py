@@ -15,41 +15,25 @@ from typing import Callable
 from ..errors import SdkdError
 from ..hosts.base import DEMO_LISTED, FolderHost
 from ..names import Output
+from ..plan import parse_vram
 from ..progress import ProgressFn
 from ..sampling import DEFAULT_SAMPLER
+from ..terms import JOBS, NONE as NO_LORA, PORTABLE, labels
 from ..train import TrainConfig
 from ..variants import VARIANTS
-from .facts import describe_file, estimate_text, parse_vram, table, train_device
+from .facts import describe_file, estimate_text, table, train_device
 from .run import Live
 
-# Labels of the widgets that name outputs: the tab shows them and its messages name them.
-PRUNE_NAME, PRUNE_OVERWRITE = "Output name", "Overwrite an existing file"
-PORTABLE = "Portable (loads whole in web UIs without sdkd; small and tiny)"
-DISTIL_NAME, DISTIL_OVERWRITE = "Student name", "Overwrite"
-LORA_NAME, LORA_OVERWRITE = "LoRA name", "Overwrite"
-REPORT_NAME = "Report name"
-BENCH_NAME = "Bench name"
-PORT_NAME, PORT_OVERWRITE = "Ported LoRA name", "Overwrite"
-REBASE_NAME, REBASE_OVERWRITE = "Rebased student name", "Overwrite"
-# The CLI flag each tab widget stands for, so a core message naming the flag names the widget instead.
-DISTIL_WIDGETS = {"--variant": "Student", "--data": "Image folder or prompt file", "--prompts": "Image folder or prompt file",
-                  "--self": "Built-in prompts", "--steps": "Steps", "--resolution": "Resolution",
-                  "--vram": "VRAM budget (GB or auto)", "--l-sd": "Task loss weight", "--l-out": "Output KD weight",
-                  "--l-feat": "Feature KD weight", "--resume": "Resume", "--preview-every": "Samples every N steps",
-                  "--portable": PORTABLE, "--keep-state": "Keep training state"}
-LORA_WIDGETS = {"--data": "Image folder (with .txt captions or metadata.jsonl)", "--text-encoder": "Also train the text encoder",
-                "--rank": "Rank", "--alpha": "Alpha", "--steps": "Steps", "--resolution": "Resolution", "--resume": "Resume",
-                "--vram": "VRAM budget (GB or auto)", "--preview-every": "Samples every N steps",
-                "--keep-state": "Keep training state"}
-COMPARE_WIDGETS = {"--size": "Size", "--sampler": "Student sampler", "--steps": "Student steps",
-                   "--guidance": "Student guidance", "--lora": "Student LoRA", "--reference-steps": "Teacher steps",
-                   "--reference-guidance": "Teacher guidance"}
-COMPARE_LORA_WEIGHT, NO_LORA = "LoRA weight", "(none)"
-BENCH_WIDGETS = {"--size": "Size", "--sampler": "Sampler", "--steps": "Steps", "--guidance": "Guidance",
-                 "--repeats": "Timed UNet calls", "--t2i-repeats": "Timed images"}
-PORT_WIDGETS = {"--to": "Port to", "--alpha-equals-rank": "Alpha = rank (for a LoRA that states no alpha)"}
-REBASE_WIDGETS = {"--base": "Base (what the checkpoint was made from)", "--student": "Student to rebase",
-                  "--strength": "Strength", "--dtype": "Weights"}
+# The tab's words for what the core's messages name, from the one table (sdkd_ext.terms): its widgets show these labels.
+PRUNE_NAME, PRUNE_OVERWRITE = JOBS["prune"]["out"].tab, JOBS["prune"]["overwrite"].tab
+DISTIL_NAME, DISTIL_OVERWRITE = JOBS["distil"]["out"].tab, JOBS["distil"]["overwrite"].tab
+LORA_NAME, LORA_OVERWRITE = JOBS["lora"]["out"].tab, JOBS["lora"]["overwrite"].tab
+REPORT_NAME, BENCH_NAME = JOBS["compare"]["out"].tab, JOBS["bench"]["out"].tab
+PORT_NAME, PORT_OVERWRITE = JOBS["port"]["out"].tab, JOBS["port"]["overwrite"].tab
+REBASE_NAME, REBASE_OVERWRITE = JOBS["rebase"]["out"].tab, JOBS["rebase"]["overwrite"].tab
+DISTIL_WIDGETS, LORA_WIDGETS, COMPARE_WIDGETS, BENCH_WIDGETS, PORT_WIDGETS, REBASE_WIDGETS = (
+    labels(job, "tab") for job in ("distil", "lora", "compare", "bench", "port", "rebase"))
+COMPARE_LORA_WEIGHT = JOBS["compare"]["lora_weight"].tab
 PUBLIC_STUDENTS = ("Public distilled students of SD1.x are on Hugging Face: Nota's `nota-ai/bk-sdm-base`, `-small`, "
                    "`-tiny` (and their `-2m` versions) and Segmind's `segmind/small-sd` (a BK-SDM base) and "
                    "`segmind/tiny-sd` (a BK-SDM tiny). Download one and turn it into a checkpoint this list shows with "
@@ -68,7 +52,7 @@ def prune_job(host: FolderHost, checkpoint: str, variant: str, name: str, dtype:
     with the identity middle block, see `sdkd_ext.portable`)."""
     from ..prune import prune
 
-    out = Output(host.output_dir(), "your checkpoint folder", PRUNE_NAME, PRUNE_OVERWRITE, {"--portable": PORTABLE})
+    out = Output.of("prune", "tab", host.output_dir(), "your checkpoint folder")
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
@@ -109,7 +93,7 @@ DATA_KINDS = ("image folder", "prompt file (teacher generates)", "built-in promp
 
 def distil_output(host: FolderHost) -> Output:
     """Where Distil writes, and its widgets."""
-    return Output(host.output_dir(), "your checkpoint folder", DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS)
+    return Output.of("distil", "tab", host.output_dir(), "your checkpoint folder")
 
 
 def distil_config(steps: int, samples_every: int, keep_state: bool = False) -> TrainConfig:
@@ -141,7 +125,7 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
         teacher = _teacher(host, checkpoint)
         target = out.path(name, f"{teacher.stem}-bk-{variant}-kd", ".safetensors", (teacher,))
         with out.worded():
-            budget = parse_vram(vram, DISTIL_WIDGETS["--vram"])
+            budget = parse_vram(vram)
             if live is not None:
                 live.run_dir = run_folder(target)
             r = distill(teacher, variant, target, _data(kind, path, count), distil_config(steps, samples_every, keep_state),
@@ -159,7 +143,7 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
 
 def lora_output(host: FolderHost) -> Output:
     """Where LoRA training writes, and its widgets."""
-    return Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE, LORA_WIDGETS)
+    return Output.of("lora", "tab", host.lora_dir(), "your LoRA folder")
 
 
 def lora_config(steps: int, samples_every: int = 0, keep_state: bool = False) -> TrainConfig:
@@ -183,7 +167,7 @@ def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: f
             raise SdkdError(f"give the {LORA_WIDGETS['--data']!r}")
         target = out.path(name, f"{base.stem}-lora", ".safetensors", (base,))
         with out.worded():
-            budget = parse_vram(vram, LORA_WIDGETS["--vram"])
+            budget = parse_vram(vram)
             if live is not None:
                 live.run_dir = run_folder(target)
             r = train_lora(base, Path(folder.strip()).expanduser(), target,
@@ -221,8 +205,7 @@ def compare_job(host: FolderHost, teacher: str, students: list[str], prompts: st
     from ..lora.kind import poor_images_line
     from ..sampling import flags, sampler
 
-    # a same-named report is replaced
-    out = Output(host.report_dir(), "the sdkd-compare folder", REPORT_NAME, widgets=COMPARE_WIDGETS)
+    out = Output.of("compare", "tab", host.report_dir(), "the sdkd-compare folder")  # a same-named report is replaced
 
     def job(progress: ProgressFn) -> tuple[str, str | None]:
         folder = out.path(name, "report")
@@ -299,7 +282,7 @@ def distil_estimate(host: FolderHost, checkpoint: str, variant: str, steps: int,
         with out.worded():
             _, info = _sd1_source(host, checkpoint, ("sd1",))
             check_resolution(int(resolution))
-            budget = parse_vram(vram, DISTIL_WIDGETS["--vram"])
+            budget = parse_vram(vram)
             estimator = kd_estimator(variant, int(resolution), info.topology)
     except SdkdError as e:
         return f"No estimate yet: {e}"
@@ -323,7 +306,7 @@ def lora_estimate(host: FolderHost, checkpoint: str, rank: int, alpha: float, st
             spec.check()
             src, info = _sd1_source(host, checkpoint, ("sd1", "student"))
             check_resolution(int(resolution))
-            budget = parse_vram(vram, LORA_WIDGETS["--vram"])
+            budget = parse_vram(vram)
             layout = layout_of_source(src, info.topology)
     except SdkdError as e:
         return f"No estimate yet: {e}"
@@ -364,7 +347,7 @@ def bench_job(host: FolderHost, teacher: str, students: list[str], form: BenchFo
     from ..bench import bench, chart, write_outputs
     from ..sampling import sampler
 
-    out = Output(host.bench_dir(), "the sdkd-bench folder", BENCH_NAME, widgets=BENCH_WIDGETS)  # a same name is replaced
+    out = Output.of("bench", "tab", host.bench_dir(), "the sdkd-bench folder")  # a same name is replaced
 
     def job(progress: ProgressFn) -> tuple[str, str, object]:
         folder = out.path(name, "bench")
@@ -390,7 +373,7 @@ def port_job(host: FolderHost, lora: str, to: str, name: str, alpha_equals_rank:
     """The tab's LoRA-port action: a teacher LoRA renamed onto a student's blocks, into the host's LoRA folder."""
     from ..lora.port import port_lora
 
-    out = Output(host.lora_dir(), "your LoRA folder", PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS)
+    out = Output.of("port", "tab", host.lora_dir(), "your LoRA folder")
 
     def job(progress: ProgressFn) -> str:
         source = host.loras().get(lora or "")
@@ -413,7 +396,7 @@ def rebase_job(host: FolderHost, community: str, base: str, student: str, streng
     """The tab's rebase action: the student plus what the chosen (community) checkpoint changed in its base."""
     from ..rebase import rebase
 
-    out = Output(host.output_dir(), "your checkpoint folder", REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS)
+    out = Output.of("rebase", "tab", host.output_dir(), "your checkpoint folder")
 
     def job(progress: ProgressFn) -> str:
         paths = [_teacher(host, c) for c in (community, base, student)]

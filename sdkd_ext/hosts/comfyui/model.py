@@ -8,7 +8,7 @@ from ...convert import UNET
 from ...detect import describe, require_teacher
 from ...errors import SdkdError
 from ...prune import student_names
-from .common import Node, result, variant_input
+from .common import Node, inputs, result, variants
 
 PREFIX = "diffusion_model."  # where ComfyUI's BaseModel keeps the UNet (LDM names below it)
 
@@ -55,7 +55,7 @@ class SdkdPruneModel(Node):
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         """Node inputs: the teacher MODEL and the variant."""
-        return {"required": {"model": ("MODEL",), "variant": variant_input()}}
+        return {"required": {"model": ("MODEL",), **inputs("prune", "variant", variant=variants())}}
 
     def prune_model(self, model, variant: str) -> dict:
         """The student MODEL and one line on what it is."""
