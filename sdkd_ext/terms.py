@@ -95,8 +95,8 @@ def _sampler(tab: str = "Sampler") -> Field:
              help="lcm: 4-8 steps at guidance 1, with an LCM LoRA")
 
 
-def _guidance(tab: str, help: str, name: str = "guidance") -> Field:
-    return F(name, f"--{name.replace('_', '-')}", tab, name, 7.5, 1.0, 30.0, 0.5, help=help)
+def _guidance(tab: str, help: str, name: str = "guidance", **kw) -> Field:
+    return F(name, f"--{name.replace('_', '-')}", tab, name, 7.5, 1.0, 30.0, 0.5, help=help, **kw)
 
 
 def _size() -> Field:
@@ -140,11 +140,13 @@ def _jobs() -> dict[str, tuple[Field, ...]]:
                   help="whose guided sampling the model learns to shortcut; (none): the model itself; for a student, "
                        "its teacher", fronts={"cli": None, "tab": "(the model itself)"}),
                 kind, _data(), prompt_count, _steps(), F("rank", "--rank", "Rank", "rank", 64, 1, 256, also=("--alpha",)),
-                _resolution(), _guidance("Guidance (CFG baked in)", "the teacher's cfg baked into the LoRA"),
+                _resolution(), _guidance("Guidance (CFG baked in)", "the teacher's cfg baked into the LoRA",
+                          fronts={"cli": (7.5, 7.5)}),  # the CLI takes a range to sample from
                 _lr("lcm", 1e-5), _vram(), _previews(), _out("Few-step LoRA name"), resume, keep,
                 _flag(OVERWRITE, "Overwrite", "overwrite")),
         "fast": (F("target", "--target", "Target", "target", "tiny+lcm", choices=("tiny", "tiny+lcm"),
-                   help="tiny: the student; tiny+lcm: and its 4-step LoRA"),
+                   help="tiny: the student; tiny+lcm: and its 4-step LoRA",
+                   fronts={"tab": "Tiny + 4-step LoRA"}),  # the tab shows fast.TARGETS' words
                  _out("Student name", "student_filename", help="blank: <checkpoint>-bk-tiny-fast"),
                  F("lora_out", "--lora-out", "4-step LoRA name", "lora_filename", "", help="blank: <student>-lcm",
                    fronts={"cli": None}),
@@ -252,10 +254,16 @@ class Form:
 
     @classmethod
     def of(cls, job: str, front: str, names: tuple[str, ...], values: tuple) -> "Form":
-        """The form of `values`, given in the order of `names` (a section's widgets)."""
-        if len(names) != len(values):
+        """The form of `values`, given in the order of `names` (a section's widgets); trailing fields not given (a
+        caller from before they existed) are at the front end's defaults."""
+        if len(values) > len(names):
             raise ValueError(f"{job}: {len(values)} values for {len(names)} fields {names}")
         return cls(job, front, MappingProxyType(dict(zip(names, values))))
+
+    @classmethod
+    def given(cls, job: str, front: str, **values: object) -> "Form":
+        """The form of `values` by field name (the rest at the front end's defaults)."""
+        return cls(job, front, MappingProxyType(values))
 
     def __getattr__(self, name: str) -> object:
         if name in ("job", "front", "values"):  # not set yet (copy, pickle)
