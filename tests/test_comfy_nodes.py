@@ -403,3 +403,26 @@ def test_rebase_refusals_name_the_node_inputs(host, tmp_path):
                 student_name="teacher-tiny.safetensors")
         said = str(e.value)
         assert needle in said and "COMMUNITY" not in said and "Topology(" not in said and "--" not in said, said
+
+
+def test_every_node_input_is_the_tables(host):
+    """Each node's inputs against its job's fields in sdkd_ext.terms: default, limits and tooltip as the table has
+    them, and every field the table gives a node input declared on the node (a default changed in one place fails)."""
+    from sdkd_ext.terms import JOBS
+
+    jobs = {"SdkdPruneModel": "prune"}
+    for node_id, cls in host.nodes.items():
+        job = jobs.get(node_id, getattr(cls, "JOB", ""))
+        declared = {**cls.INPUT_TYPES()["required"], **cls.INPUT_TYPES().get("optional", {})}
+        fields = {f.node: f for f in JOBS[job].values() if f.node is not None and f.node in declared}
+        for name, f in fields.items():
+            kind, opts = declared[name][0], (declared[name][1] if len(declared[name]) > 1 else {})
+            want = f.default_for("node")
+            assert opts.get("default") == want, (node_id, name, opts.get("default"), want)
+            assert (opts.get("min"), opts.get("max"), opts.get("step")) == (f.lo, f.hi, f.step), (node_id, name)
+            assert opts.get("tooltip", "") == f.help, (node_id, name)
+            if isinstance(kind, list) and want is not None:
+                assert want in kind, (node_id, name, want)
+        if node_id != "SdkdPruneModel":
+            missing = {f.node for f in JOBS[job].values() if f.node and " " not in f.node} - set(declared)
+            assert not missing, (node_id, missing)
