@@ -200,9 +200,23 @@ def core_job(method: F) -> F:
 
 
 class Node:
-    """What every sdkd node declares the same way: its menu category."""
+    """What every sdkd node declares the same way: its menu category; and in its class line the method ComfyUI calls
+    (`function`), its outputs (`returns`: name -> type), for a job its row in sdkd_ext.terms (`job`) and the model
+    folder it writes into (`folder`)."""
 
     CATEGORY = "sdkd"
+
+    def __init_subclass__(cls, function: str = "", returns: dict | None = None, job: str = "", folder: str = "",
+                          **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if function:
+            cls.FUNCTION = function
+        if returns:
+            cls.RETURN_NAMES, cls.RETURN_TYPES = tuple(returns), tuple(returns.values())
+        if job:
+            cls.JOB = job
+        if folder:
+            cls.FOLDER = folder
 
 
 class Job(Node):

@@ -45,14 +45,8 @@ def few_step_model(name: str, widget: str) -> Path:
     return path
 
 
-class SdkdFewStepLora(Trainer):
+class SdkdFewStepLora(Trainer, function="train", job="lcm", folder="loras", returns={"lora": NAME}):
     """Train a few-step (LCM) LoRA for a checkpoint or BK-SDM student, saved in loras: 4 steps at cfg 1."""
-
-    FUNCTION = "train"
-    JOB = "lcm"
-    FOLDER = "loras"
-    RETURN_TYPES = (NAME,)
-    RETURN_NAMES = ("lora",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -86,14 +80,9 @@ class SdkdFewStepLora(Trainer):
                             f"samples ({losses(r.train)}): {name} in your loras; load it at strength 1 and {use_line()}.")
 
 
-class SdkdMakeItFast(Job):
+class SdkdMakeItFast(Job, function="make_fast", job="fast", returns={"student": NAME, "lora": NAME}):
     """Make a checkpoint fast in one job: its BK-SDM tiny student (rebased and polished where a converted public tiny
     student and the checkpoint's base are in checkpoints, else pruned and distilled) and a 4-step LoRA for it."""
-
-    FUNCTION = "make_fast"
-    JOB = "fast"
-    RETURN_TYPES = (NAME, NAME)
-    RETURN_NAMES = ("student", "lora")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

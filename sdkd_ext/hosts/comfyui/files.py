@@ -8,13 +8,8 @@ from pathlib import Path
 from .common import Job, comfy_progress, core_job, inputs, model_path, names, result, variants
 
 
-class SdkdPrune(Job):
+class SdkdPrune(Job, function="prune", job="prune", returns={"student": "STRING"}):
     """Prune a checkpoint into a BK-SDM student saved in ComfyUI's checkpoints folder."""
-
-    FUNCTION = "prune"
-    JOB = "prune"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("student",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -39,13 +34,8 @@ class SdkdPrune(Job):
                       f"(+ {r.yaml.name}) in {r.seconds:.1f}s", name)
 
 
-class SdkdInspect(Job):
+class SdkdInspect(Job, function="inspect", job="inspect", returns={"info": "STRING"}):
     """Say what a checkpoint is (SD1.x teacher, BK-SDM student, or why it can't be pruned)."""
-
-    FUNCTION = "inspect"
-    JOB = "inspect"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("info",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -63,14 +53,9 @@ class SdkdInspect(Job):
         return result(text, text)
 
 
-class SdkdRebase(Job):
+class SdkdRebase(Job, function="rebase", job="rebase", returns={"student": "STRING"}):
     """Add a community checkpoint's difference from its base (SD1.5) to a distilled student: a student of the
     community model without distilling it."""
-
-    FUNCTION = "rebase"
-    JOB = "rebase"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("student",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -97,14 +82,8 @@ class SdkdRebase(Job):
                       f"{strength:g} -> {name} in your checkpoints (+ {r.yaml.name})", name)
 
 
-class SdkdPortLora(Job):
+class SdkdPortLora(Job, function="port", job="port", folder="loras", returns={"lora": "STRING"}):
     """Move a LoRA made for the teacher onto a BK-SDM student's blocks, saved in ComfyUI's loras folder."""
-
-    FUNCTION = "port"
-    JOB = "port"
-    FOLDER = "loras"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("lora",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -45,12 +45,8 @@ def student_patcher(model, variant: str):
     return comfy.model_patcher.ModelPatcher(student, load_device=model.load_device, offload_device=model.offload_device)
 
 
-class SdkdPruneModel(Node):
+class SdkdPruneModel(Node, function="prune_model", returns={"student": "MODEL", "info": "STRING"}):
     """Prune a loaded MODEL into a BK-SDM student MODEL, in memory (the teacher's CLIP and VAE serve the student)."""
-
-    FUNCTION = "prune_model"
-    RETURN_TYPES = ("MODEL", "STRING")
-    RETURN_NAMES = ("student", "info")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -59,13 +59,8 @@ def compare_text(comparison) -> str:
     return "\n".join(lines)
 
 
-class SdkdCompare(Job):
+class SdkdCompare(Job, function="compare", job="compare", returns={"grid": "IMAGE", "figures": "STRING"}):
     """Teacher vs students on the same prompts and seeds: a labelled grid and PSNR/SSIM/latent MSE against the teacher."""
-
-    FUNCTION = "compare"
-    JOB = "compare"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("grid", "figures")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -100,13 +95,8 @@ class SdkdCompare(Job):
         return result(text, image_tensor(grid(c)), text)
 
 
-class SdkdBench(Job):
+class SdkdBench(Job, function="bench", job="bench", returns={"chart": "IMAGE", "table": "STRING"}):
     """Time teacher and students on ComfyUI's device: UNet step and text-to-image latency, speed-up, memory, MACs."""
-
-    FUNCTION = "bench"
-    JOB = "bench"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("chart", "table")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

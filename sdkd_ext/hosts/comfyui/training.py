@@ -69,13 +69,8 @@ class Trainer(Job):
         return result(said(r, name) + left(r.train, out), name)
 
 
-class SdkdDistil(Trainer):
+class SdkdDistil(Trainer, function="distil", job="distil", returns={"student": "STRING"}):
     """Distil a checkpoint into a BK-SDM student (knowledge distillation from the teacher), saved in checkpoints."""
-
-    FUNCTION = "distil"
-    JOB = "distil"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("student",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -107,14 +102,8 @@ class SdkdDistil(Trainer):
                             f"({losses(r.train)}): {name} in your checkpoints.")
 
 
-class SdkdTrainLora(Trainer):
+class SdkdTrainLora(Trainer, function="train", job="lora", folder="loras", returns={"lora": "STRING"}):
     """Train a LoRA for a checkpoint (teacher or BK-SDM student) on a captioned image folder, saved in loras."""
-
-    FUNCTION = "train"
-    JOB = "lora"
-    FOLDER = "loras"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("lora",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
