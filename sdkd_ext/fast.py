@@ -14,6 +14,7 @@ stops the whole job, leaving what was written usable.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,8 @@ from .errors import SdkdError
 from .progress import Event, ProgressFn
 from .train import TrainConfig
 from .variants import Topology, get_variant
+
+SHARED_CACHE = "fast-cache"  # in the student's run folder: the latents the distil and LoRA steps share
 
 TARGETS = {"tiny": "Tiny", "tiny+lcm": "Tiny + 4-step LoRA"}
 POLISH_SHARE = 4  # the rebase route distils for 1/4 of the steps: it starts from a distilled student
@@ -218,26 +221,40 @@ def make_fast(job: FastJob, progress: ProgressFn | None = None, log: Callable[[s
     data = PromptData(tuple(builtin_prompts(job.prompts)), origin="built-in prompts")
     total, index, notes = len(plan), 1, []
     init = None
+    drawn = run_folder(job.student_out) / SHARED_CACHE  # the teacher's training latents, drawn once for both steps
     if route.kind == "rebase+polish":
         init = run_folder(job.student_out) / "rebased.safetensors"  # deleted once polished
         rebase(path, route.base, route.public, init, overwrite=True, progress=stepped(progress, index, total))
         index += 1
     cfg = replace(job.distill, steps=polish_steps(job)) if init is not None else job.distill
     r = distill(path, "tiny", job.student_out, data, cfg, resolution=job.resolution, overwrite=job.overwrite,
-                vram=job.vram, init=init, progress=stepped(progress, index, total), log=say)
+                vram=job.vram, init=init, cache_dir=drawn, progress=stepped(progress, index, total), log=say)
     notes += r.notes
     if init is not None:
         init.unlink(missing_ok=True)
         init.with_suffix(".yaml").unlink(missing_ok=True)
     student = r.exported.checkpoint if r.exported else None
     if r.train.cancelled or job.target != "tiny+lcm" or student is None:
-        return FastResult(route, student, None, r.train.cancelled, notes)
+        return FastResult(route, student, None, r.train.cancelled, notes + drop_shared_cache(drawn, r.train.cancelled))
     index += 1
     guidance = data.guidance
     lcm = LcmJob(student, job.lora_out, data, teacher=path, consistency=ConsistencySpec((guidance, guidance)),
-                 train=job.lcm, resolution=job.resolution, overwrite=job.overwrite, vram=job.vram)
+                 train=job.lcm, resolution=job.resolution, overwrite=job.overwrite, vram=job.vram, cache_dir=drawn)
     few = few_step_lora(lcm, stepped(progress, index, total), say)
-    return FastResult(route, student, few.path, few.train.cancelled, notes)
+    return FastResult(route, student, few.path, few.train.cancelled, notes + drop_shared_cache(drawn, few.train.cancelled))
+
+
+def drop_shared_cache(folder: Path, cancelled: bool) -> list[str]:
+    """Delete the job's shared latent cache once the job is done; a cancelled job keeps it (a rerun reuses it) and says
+    so."""
+    if not folder.exists():
+        return []
+    if not cancelled:
+        shutil.rmtree(folder, ignore_errors=True)
+        return []
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return [f"the teacher's training latents are kept in {folder} ({size / 2**20:.0f} MiB): running the job again "
+            "(with --overwrite) reuses them; delete the folder if you will not"]
 
 
 # ---- command line ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from sdkd_ext.checkpoint import open_model
 from sdkd_ext.detect import describe
-from sdkd_ext.fast import FastJob, Route, choose_route, make_fast
+from sdkd_ext.fast import SHARED_CACHE, FastJob, Route, choose_route, make_fast
 from sdkd_ext.progress import Cancelled, Event
 from sdkd_ext.public import convert
 from sdkd_ext.tiny import save, tiny_checkpoint
@@ -62,7 +62,14 @@ def test_route_is_rebase_and_polish_only_with_a_public_tiny_student_and_the_base
 
 def test_make_fast_writes_the_student_and_its_few_step_lora(disk, tmp_path, one_thread):
     stages: list[str] = []
-    r = make_fast(job_of(disk, tmp_path), lambda e: stages.append(e.stage))
+    drawn: dict[str, int] = {}  # per job step, the teacher's sampler steps to draw the training latents
+
+    def seen(e: Event) -> None:
+        stages.append(e.stage)
+        if e.stage.endswith("teacher-samples"):
+            drawn[e.stage] = e.total
+
+    r = make_fast(job_of(disk, tmp_path), seen)
     assert r.route.kind == "prune+kd" and not r.cancelled
     assert r.student == tmp_path / "student.safetensors" and r.lora == tmp_path / "student-lcm.safetensors"
     assert describe(open_model(r.student)).variant == "tiny"
@@ -72,6 +79,9 @@ def test_make_fast_writes_the_student_and_its_few_step_lora(disk, tmp_path, one_
     assert meta["sdkd_lcm_teacher"] == "community.safetensors" and meta["sdkd_lora_status"] == "complete"
     assert {s.split(":")[0] for s in stages} == {"step 1/2", "step 2/2"}
     assert "step 1/2: distill" in stages and "step 2/2: lcm" in stages
+    # the teacher draws the training latents once: the LoRA step reuses the distil step's, and the job then drops them
+    assert drawn["step 1/2: teacher-samples"] > 0 and drawn.get("step 2/2: teacher-samples", 0) == 0, drawn
+    assert not (tmp_path / "student.run" / SHARED_CACHE).exists()
     assert "LCM, 4 steps, CFG 1" in r.use() and "student-lcm" in r.use()
 
 
@@ -82,6 +92,8 @@ def test_one_cancel_in_the_lora_step_keeps_the_student(disk, tmp_path, one_threa
 
     r = make_fast(job_of(disk, tmp_path, lcm=TrainConfig(steps=5, lr=1e-4)), cancel_in_lcm)
     assert r.cancelled and r.student is not None
+    kept = tmp_path / "student.run" / SHARED_CACHE  # a rerun reuses the teacher's latents; the notes say where they are
+    assert kept.is_dir() and any(str(kept) in n and "MiB" in n for n in r.notes), r.notes
     src = open_model(r.student)
     assert describe(src).variant == "tiny" and src.metadata["sdkd_distill_status"] == "complete"
     if r.lora is not None:  # what the LoRA step had is exported and says so

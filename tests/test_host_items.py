@@ -1,7 +1,7 @@
 """Issue 10's host-adapter items, fed what the real hosts deliver (their own functions, read from the archives).
 
 2: the A1111/Forge load hook with metadata as the hosts decode it, and with none at all;
-3: Lora's module names right whichever callback runs first; 4: the yaml says what a host does with
+3: the fix inside the host's weight-loading step, so Lora's module names (any callback) see the fixed model; 4: the yaml says what a host does with
 a file without a middle block; 5: UI names stay inside their folder; 8: messages in the widgets'
 terms; 9: the tab refreshes its lists and feeds A1111's progress API, ComfyUI nodes return a UI result.
 """
@@ -57,11 +57,11 @@ def test_hook_fixes_students_with_metadata_as_the_host_decodes_it(students, host
     assert isinstance(sd_model.sd_checkpoint_info.metadata["sdkd_topology"], dict)  # what the hook is handed
     kept = list(sd_model.model.modules())  # as A1111's model_hijack.layers keeps every module (sd_hijack.py:261)
     old = unet.middle_block
-    a1111.on_model_loaded(sd_model)
+    a1111.fix_loaded_model(sd_model, sd_model.sd_checkpoint_info.filename)
     assert len(unet.middle_block) == 0
     assert old in kept and all(p.is_meta for p in old.parameters())  # the idle block's memory is freed all the same
     base_model, base_unet = loaded(students["base"], host)
-    a1111.on_model_loaded(base_model)
+    a1111.fix_loaded_model(base_model, base_model.sd_checkpoint_info.filename)
     assert len(base_unet.middle_block) == 3
 
 
@@ -72,7 +72,7 @@ def test_hook_reads_the_files_keys_not_its_metadata(students, tmp_path, suffix):
     save_file(tensors, str(bare)) if suffix == ".safetensors" else torch.save(tensors, bare)
     sd_model, unet = loaded(students["tiny"], "a1111", bare)
     assert not sd_model.sd_checkpoint_info.metadata
-    a1111.on_model_loaded(sd_model)
+    a1111.fix_loaded_model(sd_model, sd_model.sd_checkpoint_info.filename)
     assert len(unet.middle_block) == 0
 
 
@@ -85,15 +85,29 @@ def test_hook_never_reads_a_legacy_pickle_whole(students, tmp_path, monkeypatch)
     assert ldm_fix.file_lacks_middle_block(legacy) is False
 
 
-@pytest.mark.parametrize("lora_first", [True, False])
-def test_lora_names_match_the_fixed_model_whichever_callback_runs_first(students, monkeypatch, lora_first):
-    sd_model, unet = loaded(students["small"], "a1111")
+@pytest.mark.parametrize("host", ["a1111", "forge"])
+def test_the_fix_runs_inside_the_hosts_weight_loading_step_before_any_callback(students, monkeypatch, host):
+    """register() wraps the step that loads a file's weights (A1111: load_model_weights, called by load_model and
+    reload_model_weights before their callbacks; Forge: forge_loader), so A1111's own Lora naming, run as the first
+    model-loaded callback, names the fixed model. The host stage proves it with a probe that sorts before sdkd."""
+    sd_model, unet = loaded(students["small"], host)
+    info = sd_model.sd_checkpoint_info
+    if host == "a1111":  # the host functions' signatures (modules/sd_models.py); their bodies load the weights
+        sd_models = types.SimpleNamespace(load_model_weights=lambda model, checkpoint_info, state_dict, timer: None)
+    else:
+        sd_models = types.SimpleNamespace(forge_loader=lambda sd, additional_state_dicts=None: sd_model,
+                                          load_model_weights=lambda *a: pytest.fail("Forge's is a stub"))
+    assert a1111.hook_weight_loading(sd_models) == ("load_model_weights" if host == "a1111" else "forge_loader")
+    assert a1111.hook_weight_loading(sd_models) is None  # once only: a second register() does not wrap it again
     shared = types.SimpleNamespace(sd_model=sd_model)
     name_modules = host_function("a1111", "extensions-builtin/Lora/networks.py",
                                  "assign_network_names_to_compvis_modules", shared=shared)
-    monkeypatch.setitem(sys.modules, "networks", types.SimpleNamespace(assign_network_names_to_compvis_modules=name_modules))
-    for callback in ([name_modules, a1111.on_model_loaded] if lora_first else [a1111.on_model_loaded, name_modules]):
-        callback(sd_model)
+    if host == "a1111":
+        sd_models.load_model_weights(sd_model, info, None, None)
+    else:
+        assert sd_models.forge_loader(info.filename, additional_state_dicts=[]) is sd_model
+    name_modules(sd_model)  # the first on_model_loaded callback, whatever it is
+    assert len(unet.middle_block) == 0
     names = sd_model.network_layer_mapping
     assert not any(n.startswith("diffusion_model_middle_block_") for n in names)  # only the empty block is left
     assert names["diffusion_model_output_blocks_0_0_in_layers_2"] is unet.output_blocks[0][0].in_layers[2]

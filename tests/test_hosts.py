@@ -60,7 +60,7 @@ def test_model_loaded_fix_makes_a1111_unet_match_the_student(students, forge, ca
     with torch.no_grad():
         want = want_model(x, t, encoder_hidden_states=ctx).sample
         before = unet(x, t, ctx)
-        a1111.on_model_loaded(sd_model)
+        a1111.fix_loaded_model(sd_model, sd_model.sd_checkpoint_info.filename)
         after = unet(x, t, ctx)
     assert (before - want).abs().max() > 1e-3  # the random middle block A1111 would have kept
     assert (after - want).abs().max() < 1e-5
@@ -78,7 +78,7 @@ def test_model_loaded_leaves_teachers_and_base_alone(students, capsys):
         meta = f.metadata()
     sd_model = types.SimpleNamespace(sd_checkpoint_info=types.SimpleNamespace(filename=str(students["base"].checkpoint), metadata=meta),
                                      model=types.SimpleNamespace(diffusion_model=unet))
-    a1111.on_model_loaded(sd_model)
+    a1111.fix_loaded_model(sd_model, sd_model.sd_checkpoint_info.filename)
     assert len(unet.middle_block) == 3 and "sdkd" not in capsys.readouterr().out
 
 

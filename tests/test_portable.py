@@ -122,7 +122,7 @@ def test_ldm_as_a1111_loads_it_without_the_extension_equals_the_student(portable
 @pytest.mark.parametrize("host", ["a1111", "forge"])
 def test_hook_removes_the_identity_block(portable, host):
     sd_model, unet = loaded(portable["small"], host)
-    a1111.on_model_loaded(sd_model)
+    a1111.fix_loaded_model(sd_model, sd_model.sd_checkpoint_info.filename)
     assert len(unet.middle_block) == 0
 
 

@@ -6,6 +6,7 @@ Imported only inside A1111 or Forge (by `scripts/sdkd.py`); everything it calls 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -156,26 +157,43 @@ def fixed_line(name: str, host: str) -> str:
             "now runs as the file defines it")
 
 
-def on_model_loaded(sd_model) -> None:
-    """Drop the middle block the host built for a checkpoint that has none, then rebuild the Lora module names.
+def fix_loaded_model(sd_model, filename: str | None) -> None:
+    """Drop the middle block the host built for checkpoint `filename` when the file has none (BK-SDM small/tiny, a
+    portable student's identity block), and say so in the web UI's log."""
+    if file_lacks_middle_block(filename) and remove_middle_block(loaded_unet(sd_model)):
+        host = "Forge" if hasattr(sd_model, "forge_objects") else "A1111"
+        print(fixed_line(Path(filename).name, host), flush=True)
 
-    Order-independent: A1111 runs `on_model_loaded` callbacks in extension-folder order (its built-in Lora first)
-    and a `metadata.ini` `[callbacks/...]` section must name the folder the user cloned into, so instead the names
-    Lora built from the unfixed model are rebuilt here; if Lora runs later it names the fixed model itself.
-    Forge's Lora maps keys when it applies a LoRA and has no such names."""
-    info = getattr(sd_model, "sd_checkpoint_info", None)
-    if not file_lacks_middle_block(getattr(info, "filename", None)):
-        return
-    if remove_middle_block(loaded_unet(sd_model)):
-        print(fixed_line(Path(info.filename).name, "Forge" if hasattr(sd_model, "forge_objects") else "A1111"),
-              flush=True)
-        try:
-            import networks  # A1111's built-in Lora extension (Forge's has a module of that name too)
-        except ImportError:
-            return
-        rename = getattr(networks, "assign_network_names_to_compvis_modules", None)
-        if rename is not None:
-            rename(sd_model)
+
+# The host's step that puts a file's weights into the model, and how to read (model, file) off its call:
+# A1111 1.10.1: load_model_weights(model, checkpoint_info, state_dict, timer), called by both load_model and
+# reload_model_weights (its restore path too) before hijack and every on_model_loaded callback;
+# Forge: forge_loader(path, additional_state_dicts=...), called by forge_model_reload before its callbacks.
+WEIGHT_LOADERS: dict[str, Callable[[tuple, object], tuple[object, str | None]]] = {
+    "forge_loader": lambda args, result: (result, args[0] if isinstance(args[0], str) else None),
+    "load_model_weights": lambda args, result: (args[0], getattr(args[1], "filename", None)),
+}
+
+
+def hook_weight_loading(sd_models) -> str | None:
+    """Wrap the host's weight-loading step (Forge's when present, else A1111's) in `sd_models` so the model is fixed
+    before any extension's `on_model_loaded` callback sees it, whatever the extensions' folder order; once only.
+    Returns the wrapped function's name (None: already wrapped, or not a host this knows)."""
+    name = next((n for n in WEIGHT_LOADERS if callable(getattr(sd_models, n, None))), None)
+    load = getattr(sd_models, name, None) if name else None
+    if load is None or getattr(load, "sdkd_fix", False):
+        return None
+    pick = WEIGHT_LOADERS[name]
+
+    @functools.wraps(load)
+    def loading(*args, **kwargs):
+        result = load(*args, **kwargs)
+        fix_loaded_model(*pick(args, result))
+        return result
+
+    loading.sdkd_fix = True
+    setattr(sd_models, name, loading)
+    return name
 
 
 # A1111's checkpoint setting in its quicksettings bar (modules/ui_settings.py creates it after the extensions' tabs)
@@ -206,8 +224,9 @@ def follow_checkpoint_setting(built: list) -> Callable:
 
 
 def register() -> None:
-    """Hook sdkd into A1111/Forge: the tab (its picker following the web UI's checkpoint) and the model-loaded fix."""
-    from modules import script_callbacks
+    """Hook sdkd into A1111/Forge: the tab (its picker following the web UI's checkpoint) and the load fix inside the
+    host's weight-loading step."""
+    from modules import script_callbacks, sd_models
 
     from ..quiet import quiet_libraries
     from ..ui import build_tab
@@ -222,4 +241,4 @@ def register() -> None:
 
     script_callbacks.on_ui_tabs(tabs)
     script_callbacks.on_after_component(follow_checkpoint_setting(built))
-    script_callbacks.on_model_loaded(on_model_loaded)
+    hook_weight_loading(sd_models)

@@ -58,8 +58,10 @@ def b64_png(data: str, path: Path) -> Path:
 
 
 def install_extensions(data: Path) -> Path:
-    """The test's probe extension, and sdkd as a user clones it (the checkout as `extensions/sdkd`)."""
-    probe = data / "extensions" / "sdkd_probe"
+    """The test's probe extension (in a folder that sorts before `sdkd`: the web UI runs its model-loaded callback
+    first), and sdkd as a user clones it (the checkout as `extensions/sdkd`)."""
+    probe = data / "extensions" / "aaa_sdkd_probe"
+    shutil.rmtree(data / "extensions" / "sdkd_probe", ignore_errors=True)  # where earlier runs put it
     shutil.rmtree(probe, ignore_errors=True)
     shutil.copytree(Path(__file__).parent / "a1111_probe", probe)
     shutil.copy(PROBE_KEYS, probe)
@@ -277,6 +279,10 @@ def student_checks(report: Report, spec: Spec, server: Server, ckpts: Path, lora
         said = [l.strip() for l in server.text()[before:].splitlines() if l.startswith(f"sdkd: {name} has no middle")]
         r["figure"] = f"image={plain.name} fix_line={said[0][:200]!r}" if said else f"image={plain.name} fix_line=none"
         r["ok"] = bool(said) == (v in NO_MIDDLE)
+    with report.check(host, f"fixed-before-callbacks-{v}") as r:  # the probe's callback runs before sdkd's folder
+        seen = server.get("/sdkd_probe/seen_at_load").get(name)
+        r["figure"] = f"middle-block parameters seen by an extension sorted before sdkd: {seen}"
+        r["ok"] = seen is not None and (seen == 0) == (v in NO_MIDDLE)
     load_check(report, server, ckpts, name, models, f"load-{v}", host=host, context=spec.context)
     rules = spec.lora_log
     for kind in ("trained", "ported"):
