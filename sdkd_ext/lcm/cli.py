@@ -23,6 +23,7 @@ def job_of(a: argparse.Namespace):
     from ..data import read_prompts
     from ..distill import data_spec
     from ..lora.train import LoraSpec
+    from ..plan import parse_vram
     from ..train import TrainConfig
     from .job import LcmJob
     from .objective import ConsistencySpec
@@ -36,7 +37,7 @@ def job_of(a: argparse.Namespace):
                   Path(a.init_lora) if a.init_lora else None, LoraSpec(a.rank, float(a.alpha or a.rank)),
                   ConsistencySpec(a.guidance, a.solver_steps), cfg, a.resolution, a.dtype, a.overwrite, a.resume,
                   Path(a.cache_dir) if a.cache_dir else None,
-                  None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram), shown)
+                  parse_vram(a.vram), shown)
 
 
 def cmd_lcm(a: argparse.Namespace) -> int:
