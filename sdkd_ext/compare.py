@@ -138,8 +138,10 @@ def check_spec(students: Sequence[str | Path], spec: CompareSpec) -> list[list[t
 
     if not students:
         raise SdkdError("give at least one student to compare with the teacher")
-    if not spec.prompts or not spec.seeds:
-        raise SdkdError("give at least one prompt and one seed")
+    if not spec.prompts:
+        raise SdkdError("--prompts: give at least one prompt")
+    if not spec.seeds:
+        raise SdkdError("--seeds: give at least one seed")
     if spec.size % 8 or spec.size < 64:
         raise SdkdError(f"--size {spec.size}: the image side must be a multiple of 8 and at least 64 pixels")
     resolved = []

@@ -30,7 +30,7 @@ from .detect import ModelInfo, describe, require_teacher
 from .errors import SdkdError
 from .export import Outputs, add_output_options, atomic_outputs, parse_dtype
 from .pipeline import build_text_encoder, build_unet, build_vae, tokenizer
-from .plan import check_resolution, fit, kd_estimator
+from .plan import check_resolution, fit, kd_estimator, parse_vram
 from .portable import add_portable_option, refuse_middle_block
 from .progress import Cancelled, Meter, ProgressFn, tqdm_progress
 from .prune import Exported, Target, export_model, fresh_out, student_names, teacher_metadata
@@ -616,11 +616,6 @@ def optional_path(text: str | None) -> Path | None:
     return Path(text) if text else None
 
 
-def vram_arg(text: str | None) -> float | str | None:
-    """--vram as the planner takes it: None, "auto" or GiB."""
-    return None if text is None else text if text == "auto" else float(text)
-
-
 def data_spec(a: argparse.Namespace) -> DataSpec:
     """The data source the arguments name."""
     if a.data:
@@ -638,7 +633,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     shown = None if a.preview_prompts is None else tuple(read_prompts(a.preview_prompts))
     job = DistillJob(Path(a.teacher), get_variant(a.variant), optional_path(a.out), data_spec(a), cfg,
                      LossWeights(a.l_sd, a.l_out, a.l_feat), a.resolution, a.dtype, a.overwrite, a.resume,
-                     optional_path(a.cache_dir), vram_arg(a.vram), () if a.no_preview else shown, a.format == "diffusers",
+                     optional_path(a.cache_dir), parse_vram(a.vram), () if a.no_preview else shown, a.format == "diffusers",
                      optional_path(a.init), a.portable)
     r = run_stoppable(lambda progress: distill(job, progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr)))
     if r is None:

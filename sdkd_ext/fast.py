@@ -263,6 +263,7 @@ def drop_shared_cache(folder: Path, cancelled: bool) -> list[str]:
 def cmd_fast(a: argparse.Namespace) -> int:
     """`sdkd fast`: say the route, run it, say what was made and how to sample with it."""
     from .distill import stop_on_ctrl_c
+    from .plan import parse_vram
     from .prune import checkpoint_path, default_out
     from .progress import tqdm_progress
 
@@ -274,8 +275,7 @@ def cmd_fast(a: argparse.Namespace) -> int:
     job = FastJob(path, a.target, student, lora, tuple(Path(p) for p in a.candidates),
                   TrainConfig(steps=a.distill_steps, batch=a.batch, device=a.device, seed=a.seed),
                   TrainConfig(steps=a.lcm_steps, batch=a.batch, lr=1e-4, device=a.device, seed=a.seed),
-                  a.prompts, a.resolution, None if a.vram is None else a.vram if a.vram == "auto" else float(a.vram),
-                  a.overwrite)
+                  a.prompts, a.resolution, parse_vram(a.vram), a.overwrite)
     with stop_on_ctrl_c(tqdm_progress()) as progress:
         r = make_fast(job, progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr))
     state = "cancelled; what was written is kept" if r.cancelled else "done"

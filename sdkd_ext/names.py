@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import OutputExists, SdkdError
+from .terms import labels
 
 # Names Windows reserves for devices, with or without an extension (a web UI folder may be on a Windows share).
 RESERVED = {"con", "prn", "aux", "nul", *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))}
@@ -75,6 +76,13 @@ class Output:
     overwrite_widget: str | None = None
     widgets: dict[str, str] = field(default_factory=dict)  # CLI flag the core names -> label of the UI's widget for it
 
+    @classmethod
+    def of(cls, job: str, front: str, folder: Path, where: str, name: str = "--out") -> "Output":
+        """The output of `job` in front end `front` ("tab" or "node") named by the widget for flag `name`, its widgets
+        named by `sdkd_ext.terms`."""
+        words = labels(job, front)
+        return cls(folder, where, words.get(name, name), words.get("--overwrite"), words)
+
     def path(self, name: str, default: str, suffix: str = "", inputs: tuple[Path, ...] = ()) -> Path:
         """The file a name typed into `name_widget` (blank: `default`) stands for, inside `folder`; never an input."""
         return path_in_folder((name or "").strip() or default, self.folder, self.name_widget, suffix, inputs)
@@ -91,11 +99,12 @@ class Output:
             return path.name
 
     def reword(self, message: str) -> str:
-        """A core message (worded for the CLI) in the UI's terms: flags become the widgets' labels, paths inside
-        the folder become relative ones."""
+        """A core message (worded for the CLI) in the UI's terms: flags and arguments become the widgets' labels,
+        paths inside the folder become relative ones."""
         labels = {"--out": self.name_widget, **({"--overwrite": self.overwrite_widget} if self.overwrite_widget else {}),
                   **self.widgets}
-        message = _FLAG.sub(lambda m: repr(labels[m[0]]) if m[0] in labels else m[0], message)
+        named = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(labels, key=len, reverse=True))) + r")(?![\w-])")
+        message = named.sub(lambda m: repr(labels[m[0]]), message)
         return message.replace(f"{self.folder}{os.sep}", "")
 
     @contextmanager
@@ -110,5 +119,3 @@ class Output:
         except SdkdError as e:
             raise SdkdError(self.reword(str(e))) from None
 
-
-_FLAG = re.compile(r"--[a-z][a-z0-9-]*")

@@ -14,7 +14,7 @@ from .configs import TOKENIZER_DIR, unet_config
 from .convert import TEXT, UNET, VAE, unet_map, vae_map
 from .detect import ModelInfo, describe, text_encoder_shape, vae_shape
 from .errors import SdkdError
-from .progress import ProgressFn, report
+from .progress import ProgressFn
 from .sampling import Sampler, sample_latents, scheduler_for
 from .speed import prepack_convs
 

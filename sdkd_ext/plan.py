@@ -368,6 +368,21 @@ def choose(estimator: Callable[[Settings], Estimate], batch: int, vram_gb: float
     return None
 
 
+def parse_vram(text: str | None, flag: str = "--vram") -> float | str | None:
+    """A VRAM budget as typed (CLI flag, tab field, node input): None (blank), "auto", or GiB; anything else refused
+    naming `flag` (each front end words it as its own widget)."""
+    value = (text or "").strip().lower()
+    if value in ("", "auto"):
+        return value or None
+    try:
+        gib = float(value.removesuffix("gb").removesuffix("gib").strip())
+    except ValueError:
+        gib = float("nan")
+    if not gib > 0:
+        raise SdkdError(f"{flag} {text!r}: give the GPU memory in GB (e.g. 8) or 'auto'")
+    return gib
+
+
 def fit(cfg: TrainConfig, vram: float | str | None, device: torch.device, estimator: Callable[[Settings], Estimate],
         say: Callable[[str], None], what: str,
         fixes: str = "see `sdkd plan`, lower --resolution, or install bitsandbytes for 8-bit AdamW") -> TrainConfig:

@@ -28,7 +28,7 @@ from .export import Outputs, add_output_options, parse_dtype
 from .progress import ProgressFn, report
 from .prune import Exported, Target, checkpoint_path, export_model, kept_unet, teacher_metadata
 from .public import check_student_of, open_student
-from .variants import Topology, Variant
+from .variants import Topology, Variant, differences
 
 # Median relative difference per UNet block above which COMMUNITY is not taken as derived from BASE.
 # Measured (benchmarks/rebase.py, README): a merged LoRA and a full fine-tune of the demo teacher 0.04 and
@@ -131,7 +131,8 @@ def rebase(job: RebaseJob, progress: ProgressFn | None = None) -> tuple[Exported
     paths = {"COMMUNITY": resolve(job.community), "--base": resolve(job.base), "--student": resolve(job.student)}
     c_src, c_info = _full_model(paths["COMMUNITY"], "COMMUNITY")
     b_src, b_info = _full_model(paths["--base"], "--base")
-    why = _same_layout(c_src, b_src) if c_info.topology == b_info.topology else f"{c_info.topology} vs {b_info.topology}"
+    why = (_same_layout(c_src, b_src) if c_info.topology == b_info.topology
+           else differences(c_info.topology, b_info.topology))
     if why:
         raise SdkdError(f"COMMUNITY and --base differ in topology ({why}); --base must be the checkpoint COMMUNITY "
                         "was fine-tuned or merged from (SD1.5 for most community checkpoints)")

@@ -121,6 +121,18 @@ SHAPE_WORDS = {"channel_mult": "channel multipliers", "attention": "cross-attent
                "transformer_depth": "transformer blocks per attention"}
 
 
+# Every Topology field as a message names it (the shape fields above, and the free widths).
+FIELD_WORDS = {**SHAPE_WORDS, "model_channels": "base width", "context_dim": "text context width",
+               "in_channels": "input channels", "out_channels": "output channels", "num_heads": "attention heads",
+               "norm_groups": "norm groups"}
+
+
+def differences(a: Topology, b: Topology) -> str:
+    """Where two UNet topologies differ, in words: 'base width 320 vs 32; ...' ('' when they are the same)."""
+    return "; ".join(f"{FIELD_WORDS.get(f.name, f.name)} {_words(getattr(a, f.name))} vs {_words(getattr(b, f.name))}"
+                     for f in fields(Topology) if getattr(a, f.name) != getattr(b, f.name))
+
+
 def supported_shapes(topology: Topology, teacher: Topology = SD15) -> dict[str, Topology]:
     """Every shape sdkd handles, at this model's widths: the SD1.x teacher and its students, by name."""
     full = full_topology(topology, teacher)

@@ -63,14 +63,14 @@ def test_make_it_fast_workflow_feeds_the_names_to_the_loaders_and_samples_lcm_4_
 def test_nodes_refuse_bad_input_in_their_own_terms(host):
     SdkdError = error_of(host)
     cases = {
-        "'guidance' 0.5:0.5": ("SdkdFewStepLora", dict(ckpt_name="teacher-tiny.safetensors", guidance=0.5)),
-        "vram 'lots'": ("SdkdFewStepLora", dict(ckpt_name="teacher-tiny.safetensors", vram="lots")),
+        "guidance 0.5: give a number from 1 to 30": ("SdkdFewStepLora", dict(ckpt_name="teacher-tiny.safetensors", guidance=0.5)),
+        "'vram' 'lots': give the GPU memory in GB": ("SdkdFewStepLora", dict(ckpt_name="teacher-tiny.safetensors", vram="lots")),
         "teacher_name 'gone.safetensors' is not in your checkpoints": (
             "SdkdFewStepLora", dict(ckpt_name="teacher-tiny.safetensors", teacher_name="gone.safetensors")),
         "filename '../x'": ("SdkdFewStepLora", dict(ckpt_name="teacher-tiny.safetensors", filename="../x")),
         "already a BK-SDM tiny student": ("SdkdMakeItFast", dict(FAST, ckpt_name="teacher-tiny.safetensors")),
         "student_filename '../x'": ("SdkdMakeItFast", dict(FAST, student_filename="../x")),
-        "'prompt_count' 0": ("SdkdMakeItFast", dict(FAST, prompt_count=0)),
+        "prompt_count 0: give a whole number from 1": ("SdkdMakeItFast", dict(FAST, prompt_count=0)),
     }
     before = sorted(host.dirs["checkpoints"].parent.rglob("*"))
     for needle, (node, inputs) in cases.items():

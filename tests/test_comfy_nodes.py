@@ -223,7 +223,7 @@ def test_nodes_refuse_bad_input_in_their_own_terms_and_write_nothing(host):
                                               student_name="teacher.safetensors")),
         "seeds 'a b'": ("SdkdCompare", dict(ckpt_name="teacher.safetensors", student_name="teacher-tiny.safetensors",
                                             seeds="a b")),
-        "'reference_steps' 0: choose between 1 and 50": ("SdkdCompare", dict(
+        "reference_steps 0: give a whole number from 1 to 50": ("SdkdCompare", dict(
             ckpt_name="teacher.safetensors", student_name="teacher-tiny.safetensors", reference_steps=0)),
     }
     for needle, (node, inputs) in cases.items():
@@ -340,3 +340,89 @@ def test_example_workflows_use_declared_nodes_and_widgets(host):
                 if isinstance(kind, list) and not str(inputs[name]).endswith(".safetensors"):
                     assert inputs[name] in kind, (f.name, name, inputs[name])
     assert used == set(host.nodes)
+
+
+# A bad value for every text widget of the nodes (number widgets get theirs from what each node declares), and what a
+# widget needs beside it to be read at all (the prompt file is read only when `data` says so).
+BAD_TEXT = {"filename": "../x", "vram": "abc", "data_path": "no-such-prompts.txt", "seeds": "a b", "prompts": " \n ",
+            "image_folder": "no-such-folder", "student_filename": "../x", "lora_filename": "a/../../x"}
+WITH = {("SdkdDistil", "data_path"): {"data": "prompt file"}, ("SdkdFewStepLora", "data_path"): {"data": "prompt file"}}
+MODELS = {"ckpt_name": "teacher.safetensors", "base_name": "teacher.safetensors",
+          "student_name": "teacher-tiny.safetensors", "lora_name": "style.safetensors"}
+
+
+def bad_numbers(kind: str, opts: dict) -> list:
+    """Values a number widget must refuse: text, not a number, a fraction for a whole number, below min, above max."""
+    return ["abc", float("nan"), *([1.5] if kind == "INT" else []), opts["min"] - 1, opts["max"] + 1]
+
+
+def test_every_widget_refuses_a_bad_value_in_one_line_naming_it(host, teacher_file):
+    """Every node's every text and number widget, given a bad value: one line naming the widget (as the node calls
+    it: no CLI flag, no raw Python error or object, no folder path) and nothing written."""
+    SdkdError = error_of(host)
+    lora = random_lora(layout_of(teacher_file), rank=4, alpha=4.0, seed=1, unet_only=True)
+    write_kohya(lora, host.dirs["loras"] / "style.safetensors", kohya_metadata(lora, None))
+    (host.dirs["input"] / "sdkd-lora").mkdir()
+    before = sorted(host.dirs["checkpoints"].parent.rglob("*"))
+    walked = []
+    for node_id, cls in host.nodes.items():
+        declared = {**cls.INPUT_TYPES()["required"], **cls.INPUT_TYPES().get("optional", {})}
+        models = {k: v for k, v in MODELS.items() if k in declared}
+        for widget, spec in declared.items():
+            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+            if kind == "STRING":
+                assert widget in BAD_TEXT, f"{node_id}.{widget}: add a bad value for it to BAD_TEXT"
+                values = [BAD_TEXT[widget]]
+            elif kind in ("INT", "FLOAT"):
+                values = bad_numbers(kind, opts)
+            else:
+                continue
+            for value in values:
+                with pytest.raises(SdkdError) as e:
+                    run(host, node_id, **models, **WITH.get((node_id, widget), {}), **{widget: value})
+                said = str(e.value)
+                assert (said.startswith((f"{widget} ", f"{widget}:", f"'{widget}'")) and "\n" not in said
+                        and "--" not in said and "Error" not in said and "(" not in said.split(":")[0]
+                        and str(host.dirs["checkpoints"].parent) not in said), (node_id, widget, value, said)
+                walked.append((node_id, widget))
+    assert {n for n, _ in walked} == set(host.nodes) - {"SdkdPruneModel", "SdkdInspect"}  # those have no such widget
+    assert sorted(host.dirs["checkpoints"].parent.rglob("*")) == before
+
+
+def test_rebase_refusals_name_the_node_inputs(host, tmp_path):
+    """Rebase's refusals in the node's terms: its inputs by name (not the CLI's COMMUNITY), shapes in words."""
+    from sdkd_ext.tiny import save, tiny_checkpoint
+
+    SdkdError = error_of(host)
+    save(tiny_checkpoint(width=64, seed=3), host.dirs["checkpoints"] / "wide.safetensors")
+    cases = {"teacher-tiny.safetensors": "'ckpt_name' teacher-tiny.safetensors is a BK-SDM tiny student",
+             "wide.safetensors": "'ckpt_name' and 'base_name' differ in topology (base width 64 vs 32"}
+    for community, needle in cases.items():
+        with pytest.raises(SdkdError) as e:
+            run(host, "SdkdRebase", ckpt_name=community, base_name="teacher.safetensors",
+                student_name="teacher-tiny.safetensors")
+        said = str(e.value)
+        assert needle in said and "COMMUNITY" not in said and "Topology(" not in said and "--" not in said, said
+
+
+def test_every_node_input_is_the_tables(host):
+    """Each node's inputs against its job's fields in sdkd_ext.terms: default, limits and tooltip as the table has
+    them, and every field the table gives a node input declared on the node (a default changed in one place fails)."""
+    from sdkd_ext.terms import JOBS
+
+    jobs = {"SdkdPruneModel": "prune"}
+    for node_id, cls in host.nodes.items():
+        job = jobs.get(node_id, getattr(cls, "JOB", ""))
+        declared = {**cls.INPUT_TYPES()["required"], **cls.INPUT_TYPES().get("optional", {})}
+        fields = {f.node: f for f in JOBS[job].values() if f.node is not None and f.node in declared}
+        for name, f in fields.items():
+            kind, opts = declared[name][0], (declared[name][1] if len(declared[name]) > 1 else {})
+            want = f.default_for("node")
+            assert opts.get("default") == want, (node_id, name, opts.get("default"), want)
+            assert (opts.get("min"), opts.get("max"), opts.get("step")) == (f.lo, f.hi, f.step), (node_id, name)
+            assert opts.get("tooltip", "") == f.help, (node_id, name)
+            if isinstance(kind, list) and want is not None:
+                assert want in kind, (node_id, name, want)
+        if node_id != "SdkdPruneModel":
+            missing = {f.node for f in JOBS[job].values() if f.node and " " not in f.node} - set(declared)
+            assert not missing, (node_id, missing)

@@ -25,7 +25,7 @@ from sdkd_ext.hosts.base import FolderHost
 from sdkd_ext.names import UnsafeName, path_in_folder
 from sdkd_ext.progress import Event
 from sdkd_ext.ui import JobControl, compare_job, lora_job, prune_job, run_in_host
-from sdkd_ext.ui.jobs import CompareForm
+from sdkd_ext.terms import Form
 from test_hosts import ldm_as_a1111_loads_it
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,11 +180,13 @@ def test_tab_refuses_names_leading_out_of_its_folders(models, tmp_path):
     control = JobControl()
     status = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "../../x", "fp16", True))
     assert status.startswith("Error: Output name '../../x'"), status
-    status = run_in_host(models, control, lora_job(models, "teacher.safetensors", str(tmp_path), 4, 4, 1, 64, False,
-                                                   "../escape", False, True))
+    status = run_in_host(models, control, lora_job(models, Form.given(
+        "lora", "tab", checkpoint="teacher.safetensors", data=str(tmp_path), rank=4, alpha=4, steps=1, resolution=64,
+        out="../escape", overwrite=True, preview_every=0)))
     assert status.startswith("Error: LoRA name '../escape'"), status
-    status = run_in_host(models, control, compare_job(models, "teacher.safetensors", ["teacher.safetensors"], "a", "0",
-                                                      CompareForm(64, steps=1), "/tmp"))
+    status = run_in_host(models, control, compare_job(models, Form.given(
+        "compare", "tab", checkpoint="teacher.safetensors", students=["teacher.safetensors"], prompts="a", seeds="0",
+        size=64, steps=1, out="/tmp")))
     assert status.startswith("Error: Report name '/tmp'"), status
     status = run_in_host(models, control, prune_job(models, "teacher.safetensors", "tiny", "teacher", "fp16", True))
     assert status.startswith("Error: Output name 'teacher'") and "never overwrites its input" in status
@@ -207,7 +209,7 @@ def test_tab_portable_checkbox(models):
     """Prune's Portable box writes the identity middle block; for base it is refused naming the box, not the flag."""
     from sdkd_ext.checkpoint import open_model
     from sdkd_ext.detect import describe
-    from sdkd_ext.ui.jobs import PORTABLE
+    from sdkd_ext.terms import PORTABLE
 
     control = JobControl()
     base = run_in_host(models, control, prune_job(models, "teacher.safetensors", "base", "pb", "fp16", False, None, True))
@@ -225,7 +227,9 @@ def test_tab_words_core_messages_with_its_widgets(models, tmp_path):
     from sdkd_ext.ui import DISTIL_WIDGETS, distill_job
 
     def distil(kind: str, path: str, name: str, resume: bool) -> str:
-        job = distill_job(models, "teacher.safetensors", "tiny", kind, path, 2, 1, 64, "auto", 1, 1, 1, name, resume, False)
+        job = distill_job(models, Form.given("distil", "tab", checkpoint="teacher.safetensors", variant="tiny", kind=kind,
+                                             data=path, self_n=2, steps=1, resolution=64, out=name, resume=resume,
+                                             preview_every=0))
         return run_in_host(models, JobControl(), job)
 
     run = models.output_dir() / "kd.run"
@@ -236,8 +240,9 @@ def test_tab_words_core_messages_with_its_widgets(models, tmp_path):
         "no checkpoint in fresh.run (a finished run keeps none unless 'Keep training state'); run again without "
         "'Resume'": distil("built-in", "", "fresh", True),
         f"Error: {DISTIL_WIDGETS['--data']!r}": distil("image folder", str(tmp_path / "nowhere"), "x", False),
-        "'Rank' must be at least 1 and 'Alpha' positive": run_in_host(models, JobControl(), lora_job(
-            models, "teacher.safetensors", str(tmp_path), 0, 4, 1, 64, False, "l", False, False)),
+        "'Rank' must be at least 1 and 'Alpha' positive": run_in_host(models, JobControl(), lora_job(models, Form.given(
+            "lora", "tab", checkpoint="teacher.safetensors", data=str(tmp_path), rank=0, alpha=4, steps=1,
+            resolution=64, out="l", preview_every=0))),
     }
     for expected, status in statuses.items():
         assert expected in status, status

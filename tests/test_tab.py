@@ -21,6 +21,7 @@ from sdkd_ext.hosts import a1111
 from sdkd_ext.hosts.base import FolderHost
 from sdkd_ext.plan import GIB, Settings, estimate
 from sdkd_ext.progress import Event
+from sdkd_ext.terms import Form
 from sdkd_ext.ui import (JobControl, bench_job, distil_estimate, file_text, load_checkpoint, lora_estimate, port_job,
                          rebase_job, run_in_host)
 from sdkd_ext.ui.run import loss_series, progress_line
@@ -29,6 +30,20 @@ from test_host_items import click_handler
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = "built-in prompts (teacher generates)"
+
+
+def distil_form(**values) -> Form:
+    """The Distil section's values for a 10-step tiny student of the teacher at 64 px (samples at the end only)."""
+    base = dict(checkpoint="teacher.safetensors", variant="tiny", kind=BUILTIN, data="", steps=10, resolution=64,
+                vram="auto", preview_every=0)
+    return Form.given("distil", "tab", **{**base, **values})
+
+
+def lora_form(**values) -> Form:
+    """The LoRA section's values for a 10-step LoRA of the tiny student at 64 px with an 8 GB budget."""
+    base = dict(checkpoint="student-tiny.safetensors", rank=4, alpha=4, steps=10, resolution=64, text_encoder=False,
+                vram="8")
+    return Form.given("lora", "tab", **{**base, **values})
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +104,7 @@ def test_the_standalone_app_lists_the_shipped_demo_teacher_and_says_where_to_poi
 
 
 def test_distil_estimate_is_the_planners_figures_and_settings(host):
-    text = distil_estimate(host, "teacher.safetensors", "tiny", 10, 64, "64", 0)
+    text = distil_estimate(host, distil_form(vram="64"))
     from sdkd_ext.detect import describe
     from sdkd_ext.checkpoint import open_model
 
@@ -111,7 +126,7 @@ def test_the_estimate_says_it_leaves_out_the_model_the_app_holds(host, students)
     held.loaded = (students["tiny"].checkpoint, loaded)
     size = sum(p.numel() * p.element_size() for n in ("unet", "vae", "text_encoder")
                for p in [*getattr(loaded.pipe, n).parameters(), *getattr(loaded.pipe, n).buffers()])
-    text = distil_estimate(held, "teacher.safetensors", "tiny", 10, 64, "64", 0)
+    text = distil_estimate(held, distil_form(vram="64"))
     assert (f"it does not include the checkpoint this app has loaded ({size / 2**30:.2f} GiB), which stays in "
             "RAM.") in text, text  # loaded on the CPU
 
@@ -122,22 +137,22 @@ def test_the_estimate_says_it_leaves_out_the_model_the_app_holds(host, students)
     ("auto", 100, "'Resolution' 100: use a multiple of 64"),
 ])
 def test_distil_estimate_refuses_in_the_tabs_words(host, vram, resolution, needle):
-    text = distil_estimate(host, "teacher.safetensors", "tiny", 10, resolution, vram, 0)
+    text = distil_estimate(host, distil_form(resolution=resolution, vram=vram))
     assert needle in text, text
     assert not re.search(r"--[a-z]", text) and str(host.output_dir()) not in text
 
 
 def test_the_job_refuses_what_the_estimate_refuses(host):
     status = run_in_host(host, JobControl(), __import__("sdkd_ext.ui", fromlist=["x"]).distill_job(
-        host, "teacher.safetensors", "tiny", BUILTIN, "", 2, 2, 64, "0.0001", 1, 1, 1, "nofit", False, False))
+        host, distil_form(self_n=2, steps=2, vram="0.0001", out="nofit")))
     assert status.startswith("Error: the memory planner finds no settings that fit 0.0001 GiB"), status
     assert not (host.output_dir() / "nofit.safetensors").exists()
 
 
 def test_lora_estimate_takes_students_and_refuses_bad_rank(host):
-    text = lora_estimate(host, "student-tiny.safetensors", 4, 4, 10, 64, False, "8")
+    text = lora_estimate(host, lora_form(rank=4))
     assert "| trainable (fp32) |" in text and "Settings it will use" in text, text
-    assert "'Rank' must be at least 1" in lora_estimate(host, "student-tiny.safetensors", 0, 4, 10, 64, False, "8")
+    assert "'Rank' must be at least 1" in lora_estimate(host, lora_form(rank=0))
 
 
 def test_progress_line_and_loss_log_reading(tmp_path):
@@ -359,8 +374,9 @@ def test_rebase_onto_the_chosen_checkpoint_and_offer_load(host, tab, students):
     rebased = load_file(str(host.checkpoints()["teacher-student-tiny-rebased.safetensors"]))
     student = load_file(str(students["tiny"].checkpoint))
     assert all(torch.equal(rebased[k], v) for k, v in student.items() if k.startswith("model.diffusion_model."))
-    refused = run_in_host(host, JobControl(), rebase_job(host, "teacher.safetensors", "student-tiny.safetensors",
-                                                         "student-tiny.safetensors", 1.0, "x", "fp16", False))
+    refused = run_in_host(host, JobControl(), rebase_job(host, Form.given(
+        "rebase", "tab", checkpoint="teacher.safetensors", base="student-tiny.safetensors",
+        student="student-tiny.safetensors", strength=1.0, out="x", dtype="fp16", overwrite=False)))
     assert "'Base (what the checkpoint was made from)'" in refused and not re.search(r"--[a-z]", refused), refused
 
 

@@ -18,27 +18,27 @@ from sdkd_ext.plan import GIB, Settings
 from sdkd_ext.progress import Event
 from sdkd_ext.train import STATE_FILE
 from sdkd_ext.ui import JobControl, run_in_host
-from sdkd_ext.ui.fewstep import (FastFields, FewStepFields, NO_TEACHER, fast_job, fast_plan, fast_spec, following,
-                                 lcm_estimate, lcm_job)
+from sdkd_ext.terms import Form
+from sdkd_ext.ui.fewstep import NO_TEACHER, fast_job, fast_plan, fast_spec, following, lcm_estimate, lcm_job
 from test_host_items import click_handler
 from test_tab import BUILTIN, host, tab  # noqa: F401 (fixtures)
 
 FLAG = re.compile(r"--[a-z]")
 
 
-def few(**changes) -> FewStepFields:
+def few(**changes) -> Form:
     """Few-step LoRA fields for a 2-step run of the tiny student along its teacher, at 64 px."""
-    base = dict(checkpoint="student-tiny.safetensors", teacher="teacher.safetensors", kind=BUILTIN, path="", count=2,
-                steps=2, rank=4, resolution=64, guidance=7.5, vram="", samples_every=1, name="fewstep", resume=False,
+    base = dict(checkpoint="student-tiny.safetensors", teacher="teacher.safetensors", kind=BUILTIN, data="", self_n=2,
+                steps=2, rank=4, resolution=64, guidance=7.5, vram="", preview_every=1, out="fewstep", resume=False,
                 overwrite=False)
-    return FewStepFields(**{**base, **changes})
+    return Form.given("lcm", "tab", **{**base, **changes})
 
 
-def fast(**changes) -> FastFields:
+def fast(**changes) -> Form:
     """Make-it-fast fields for a 2 + 2 step run on the tiny teacher, at 64 px, 2 built-in prompts."""
-    base = dict(checkpoint="teacher.safetensors", target="Tiny + 4-step LoRA", student="fast", lora="", distil_steps=2,
-                lcm_steps=2, prompts=2, resolution=64, vram="", overwrite=False)
-    return FastFields(**{**base, **changes})
+    base = dict(checkpoint="teacher.safetensors", target="Tiny + 4-step LoRA", out="fast", lora_out="",
+                distill_steps=2, lcm_steps=2, prompts=2, resolution=64, vram="", overwrite=False)
+    return Form.given("fast", "tab", **{**base, **changes})
 
 
 def test_few_step_estimate_is_the_planners_figures_with_a_separate_teacher(host):
@@ -66,9 +66,9 @@ def test_few_step_estimate_refuses_in_the_tabs_words(host, changes, needle):
 
 
 def test_few_step_job_refuses_before_writing(host):
-    cases = {"'Guidance (CFG baked in)' 0.5": few(guidance=0.5, name="g"),
-             "Few-step LoRA name '../x'": few(name="../x"),
-             "'Steps' must be at least 1": few(steps=0, name="s")}
+    cases = {"'Guidance (CFG baked in)' 0.5": few(guidance=0.5, out="g"),
+             "Few-step LoRA name '../x'": few(out="../x"),
+             "'Steps' must be at least 1": few(steps=0, out="s")}
     before = sorted(host.lora_dir().rglob("*"))
     for needle, fields in cases.items():
         status = run_in_host(host, JobControl(), lcm_job(host, fields))
@@ -92,8 +92,8 @@ def test_few_step_lora_streams_and_lands_in_the_lora_folder_with_the_sampler_lin
     fn, outputs = click_handler(tab, "sdkd_fewstep")
     ids = [getattr(o, "elem_id", None) for o in outputs]
     f = few()
-    frames = frames_of(fn, "", f.checkpoint, f.teacher, f.kind, f.path, f.count, f.steps, f.rank, f.resolution,
-                       f.guidance, f.vram, f.samples_every, f.name, f.resume, f.overwrite, f.keep_state)
+    frames = frames_of(fn, "", f.checkpoint, f.teacher, f.kind, f.data, f.self_n, f.steps, f.rank, f.resolution,
+                       f.guidance, f.vram, f.preview_every, f.out, f.resume, f.overwrite, f.keep_state)
     assert "Settings it will use" in frames[0][ids.index("sdkd_fewstep_estimate")]
     status = frames[-1][0]
     assert status.startswith("Done: fewstep.safetensors in your LoRA folder"), status
@@ -146,10 +146,10 @@ def test_fast_plan_says_route_steps_time_and_both_estimates(host):
 
 @pytest.mark.parametrize("changes, needle", [
     (dict(checkpoint="student-tiny.safetensors"), "pick its SD1.x teacher"),
-    (dict(distil_steps=0), "'Distil steps' must be at least 1"),
+    (dict(distill_steps=0), "'Distil steps' must be at least 1"),
     (dict(lcm_steps=0), "'LoRA steps' must be at least 1"),
     (dict(prompts=0), "'Built-in prompts' 0"),
-    (dict(lora="a/b"), "4-step LoRA name 'a/b'"),
+    (dict(lora_out="a/b"), "4-step LoRA name 'a/b'"),
     (dict(target="Huge"), "'Target' 'Huge'"),
 ])
 def test_fast_plan_refuses_in_the_tabs_words(host, changes, needle):
@@ -161,7 +161,7 @@ def test_make_it_fast_streams_one_job_and_offers_the_student_and_its_lora(host, 
     fn, outputs = click_handler(tab, "sdkd_fast")
     ids = [getattr(o, "elem_id", None) for o in outputs]
     f = fast()
-    frames = frames_of(fn, "", f.checkpoint, f.target, f.student, f.lora, f.distil_steps, f.lcm_steps, f.prompts,
+    frames = frames_of(fn, "", f.checkpoint, f.target, f.out, f.lora_out, f.distill_steps, f.lcm_steps, f.prompts,
                        f.resolution, f.vram, f.overwrite)
     assert "Route: **prune+kd**" in frames[0][ids.index("sdkd_fast_plan")]
     statuses = [fr[0] for fr in frames[1:-1]]
@@ -178,6 +178,6 @@ def test_make_it_fast_streams_one_job_and_offers_the_student_and_its_lora(host, 
     assert "fast.safetensors" in last[ids.index("sdkd_checkpoint")]["choices"]
     again = run_in_host(host, JobControl(), fast_job(host, fast()))
     assert again.endswith("choose another Student name or turn on 'Overwrite'"), again
-    lora_taken = run_in_host(host, JobControl(), fast_job(host, fast(student="other", lora="fast-lcm")))
+    lora_taken = run_in_host(host, JobControl(), fast_job(host, fast(out="other", lora_out="fast-lcm")))
     assert lora_taken.endswith("choose another 4-step LoRA name or turn on 'Overwrite'"), lora_taken
     assert not (Path(host.output_dir()) / "other.safetensors").exists()

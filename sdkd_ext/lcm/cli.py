@@ -21,7 +21,8 @@ def parse_guidance(text: str) -> tuple[float, float]:
 def job_of(a: argparse.Namespace):
     """The `LcmJob` the arguments describe (names stay paths here; the job opens them once)."""
     from ..data import read_prompts
-    from ..distill import data_spec, optional_path, vram_arg
+    from ..distill import data_spec, optional_path
+    from ..plan import parse_vram
     from ..lora.cli import loop_config
     from ..lora.train import LoraSpec
     from .job import LcmJob
@@ -31,7 +32,7 @@ def job_of(a: argparse.Namespace):
     data = data_spec(argparse.Namespace(**{**vars(a), "guidance": a.sample_guidance}))  # --guidance is the baked-in cfg
     return LcmJob(Path(a.model), Path(a.out), data, optional_path(a.teacher), optional_path(a.init_lora),
                   LoraSpec(a.rank, float(a.alpha or a.rank)), ConsistencySpec(a.guidance, a.solver_steps), loop_config(a),
-                  a.resolution, a.dtype, a.overwrite, a.resume, optional_path(a.cache_dir), vram_arg(a.vram), shown)
+                  a.resolution, a.dtype, a.overwrite, a.resume, optional_path(a.cache_dir), parse_vram(a.vram), shown)
 
 
 def cmd_lcm(a: argparse.Namespace) -> int:

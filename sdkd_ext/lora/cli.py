@@ -46,12 +46,13 @@ def run_lora_command(call: Callable[[ProgressFn], object], what: str, items: str
 def cmd_train(a: argparse.Namespace) -> int:
     """Train a LoRA and say where it went."""
     from ..data import read_prompts
-    from ..distill import optional_path, vram_arg
+    from ..distill import optional_path
+    from ..plan import parse_vram
     from .train import LoraJob, LoraSpec, train_lora
 
     shown = tuple(read_prompts(a.preview_prompts)) if a.preview_prompts else None
     job = LoraJob(Path(a.base), Path(a.data), Path(a.out), LoraSpec(a.rank, a.alpha, a.text_encoder), loop_config(a),
-                  a.resolution, a.flip, a.dtype, a.overwrite, a.resume, optional_path(a.cache_dir), vram_arg(a.vram), shown)
+                  a.resolution, a.flip, a.dtype, a.overwrite, a.resume, optional_path(a.cache_dir), parse_vram(a.vram), shown)
     return run_lora_command(lambda progress: train_lora(job, progress, log=lambda m: print(f"sdkd: {m}", file=sys.stderr)),
                             "LoRA", "images", f"loss log{' and sample grids' if a.preview_every else ''}")
 

@@ -45,20 +45,6 @@ def describe_file(name: str, info: ModelInfo) -> str:
     return sentence + "\n\n" + table(("kind", "variant", "UNet parameters", "precision", "parts present"), [row])
 
 
-def parse_vram(text: str | None, widget: str) -> float | str | None:
-    """The VRAM budget a tab field holds: None (blank), "auto", or GiB; anything else refused naming `widget`."""
-    value = (text or "").strip().lower()
-    if value in ("", "auto"):
-        return value or None
-    try:
-        gib = float(value.removesuffix("gb").removesuffix("gib").strip())
-    except ValueError:
-        gib = float("nan")
-    if not gib > 0:
-        raise SdkdError(f"{widget!r} {text!r}: give the GPU memory in GB (e.g. 8) or 'auto'")
-    return gib
-
-
 def train_device() -> torch.device:
     """Where a tab job trains: the GPU when there is one (accelerate's choice), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,14 +1,14 @@
 """The tab's few-step jobs: "Make it fast" (one job from the loaded checkpoint to a tiny student and its 4-step LoRA)
 and "Few-step LoRA" (an LCM LoRA for any listed checkpoint), with their estimates.
 
-Each section's widget values arrive as one frozen record (`FastFields`, `FewStepFields`), resolved here into the
+Each section's widget values arrive as one frozen `terms.Form` (job "fast", "lcm"), resolved here into the
 core's job spec (`fast.FastJob`, `lcm.job.LcmJob`); outputs go through `names.Output` like every tab job, and core
 messages come back naming the section's widgets. No gradio here: the tests call these functions directly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -18,27 +18,17 @@ from ..hosts.base import FolderHost
 from ..names import Output
 from ..progress import Event, ProgressFn
 from ..train import TrainConfig
-from .facts import estimate_text, parse_vram, table, train_device
+from ..plan import parse_vram
+from ..terms import JOBS, LR, Form
+from .facts import estimate_text, table, train_device
 from .jobs import _data, _output, _sd1_source, _teacher
 from .run import Live, clock
 
 if TYPE_CHECKING:
     from ..fast import FastJob
 
-LCM_NAME, LCM_OVERWRITE = "Few-step LoRA name", "Overwrite"
-FAST_STUDENT, FAST_LORA, FAST_OVERWRITE = "Student name", "4-step LoRA name", "Overwrite"
-VRAM = "VRAM budget (GB or auto)"
-# The CLI flag each widget stands for, so a core message naming the flag names the widget instead.
-LCM_WIDGETS = {"--teacher": "Teacher (blank: the model itself)", "--data": "Image folder or prompt file",
-               "--prompts": "Image folder or prompt file", "--self": "Built-in prompts", "--steps": "Steps",
-               "--rank": "Rank", "--alpha": "Rank", "--resolution": "Resolution", "--guidance": "Guidance (CFG baked in)",
-               "--vram": VRAM, "--preview-every": "Samples every N steps", "--resume": "Resume",
-               "--keep-state": "Keep training state"}
-FAST_WIDGETS = {"--target": "Target", "--lora-out": FAST_LORA, "--self": "Built-in prompts",
-                "--resolution": "Resolution", "--vram": VRAM,
-                "--resume": "Resume in the Distil or Few-step LoRA section"}
-FAST_STEPS = {"distil": "Distil steps", "lcm": "LoRA steps"}  # each TrainConfig's --steps, by the widget that sets it
-NO_TEACHER = "(the model itself)"
+FAST_STEPS = {"distil": JOBS["fast"]["distill_steps"].tab, "lcm": JOBS["fast"]["lcm_steps"].tab}  # each --steps
+NO_TEACHER = JOBS["lcm"]["teacher"].default_for("tab")  # the teacher list's first choice
 
 
 def _use_line() -> str:
@@ -51,42 +41,23 @@ def _use_line() -> str:
 
 # ---- Few-step LoRA ----------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class FewStepFields:
-    """The Few-step LoRA section's widget values (the model is the tab's checkpoint)."""
+def lcm_config(f: Form) -> TrainConfig:
+    """The training settings the Few-step LoRA fields give (the CLI's LCM learning rate)."""
+    return TrainConfig(steps=int(f.steps), lr=LR["lcm"], preview_every=max(0, int(f.preview_every or 0)),
+                       keep_state=bool(f.keep_state))
 
-    checkpoint: str
-    teacher: str | None  # a listed checkpoint, or blank / NO_TEACHER: the model itself
-    kind: str  # a jobs.DATA_KINDS entry
-    path: str
-    count: int
-    steps: int
-    rank: int
-    resolution: int
-    guidance: float
-    vram: str
-    samples_every: int
-    name: str
-    resume: bool
-    overwrite: bool
-    keep_state: bool = False
 
-    def config(self) -> TrainConfig:
-        """The training settings the fields give (the CLI's LCM learning rate)."""
-        return TrainConfig(steps=int(self.steps), lr=1e-4, preview_every=max(0, int(self.samples_every or 0)),
-                           keep_state=bool(self.keep_state))
-
-    def teacher_name(self) -> str | None:
-        """The teacher's list name, or None for the model itself."""
-        return self.teacher if self.teacher and self.teacher != NO_TEACHER else None
+def teacher_name(f: Form) -> str | None:
+    """The teacher's list name, or None for the model itself (blank, or NO_TEACHER)."""
+    return f.teacher if f.teacher and f.teacher != NO_TEACHER else None
 
 
 def lcm_output(host: FolderHost) -> Output:
     """Where a few-step LoRA goes (the host's LoRA folder), and the section's widgets."""
-    return Output(host.lora_dir(), "your LoRA folder", LCM_NAME, LCM_OVERWRITE, LCM_WIDGETS)
+    return Output.of("lcm", "tab", host.lora_dir(), "your LoRA folder")
 
 
-def _lcm_estimator(host: FolderHost, f: FewStepFields):
+def _lcm_estimator(host: FolderHost, f: Form):
     """The planner's estimator for the fields (model and teacher checked as the job checks them)."""
     from ..lcm.job import estimator
     from ..lora.names import layout_of_source
@@ -96,7 +67,7 @@ def _lcm_estimator(host: FolderHost, f: FewStepFields):
 
     LoraSpec(int(f.rank), float(f.rank)).check()
     src, info = _sd1_source(host, f.checkpoint, ("sd1", "student"))
-    teacher = f.teacher_name()
+    teacher = teacher_name(f)
     if teacher is not None:
         _sd1_source(host, teacher, ("sd1", "student"))
     check_resolution(int(f.resolution))
@@ -105,7 +76,7 @@ def _lcm_estimator(host: FolderHost, f: FewStepFields):
     return estimator(layout, FULL_UNET_TARGETS, int(f.rank), int(f.resolution), separate)
 
 
-def lcm_estimate(host: FolderHost, f: FewStepFields) -> str:
+def lcm_estimate(host: FolderHost, f: Form) -> str:
     """The planner's estimate for the Few-step LoRA fields on this machine's GPU (Markdown), or why there is none."""
     from ..plan import fit
 
@@ -113,19 +84,19 @@ def lcm_estimate(host: FolderHost, f: FewStepFields) -> str:
     try:
         with out.worded():
             est = _lcm_estimator(host, f)
-            budget = parse_vram(f.vram, VRAM)
+            budget = parse_vram(f.vram)
     except SdkdError as e:
         return f"No estimate yet: {e}"
     plan = lambda cfg, v, device, say: fit(cfg, v, device, est, say,  # noqa: E731
                                            f"few-step LoRA training at {int(f.resolution)} px",
                                            "lower --resolution or --rank")
-    return estimate_text(plan, est, f.config(), budget, out)
+    return estimate_text(plan, est, lcm_config(f), budget, out)
 
 
-def lcm_job(host: FolderHost, f: FewStepFields, live: Live | None = None) -> Callable[[ProgressFn], str]:
+def lcm_job(host: FolderHost, f: Form, live: Live | None = None) -> Callable[[ProgressFn], str]:
     """The tab's few-step LoRA action: an LCM LoRA for the chosen checkpoint along its teacher's guided sampling,
     written into the host's LoRA folder, with a sample grid (the teacher at 25 steps above the model + LoRA at 4 LCM
-    steps) every `samples_every` steps and at the end."""
+    steps) every `preview_every` steps and at the end."""
     from ..distill import run_folder
     from ..lcm.job import LcmJob, few_step_lora
     from ..lcm.objective import ConsistencySpec
@@ -135,17 +106,17 @@ def lcm_job(host: FolderHost, f: FewStepFields, live: Live | None = None) -> Cal
 
     def job(progress: ProgressFn) -> str:
         model = _teacher(host, f.checkpoint)
-        teacher = f.teacher_name()
+        teacher = teacher_name(f)
         teacher_path = _teacher(host, teacher) if teacher is not None else None
         inputs = (model,) + ((teacher_path,) if teacher_path else ())
-        target = out.path(f.name, f"{Path(f.checkpoint).stem}-lcm", ".safetensors", inputs)
+        target = out.path(f.out, f"{Path(f.checkpoint).stem}-lcm", ".safetensors", inputs)
         with out.worded():
             _sd1_source(host, f.checkpoint, ("sd1", "student"))  # refused in the tab's words, not MODEL's
-            budget = parse_vram(f.vram, VRAM)
+            budget = parse_vram(f.vram)
             g = float(f.guidance)
-            spec = LcmJob(model, target, _data(f.kind, f.path, f.count), teacher_path,
+            spec = LcmJob(model, target, _data(f.kind, f.data, f.self_n), teacher_path,
                           lora=LoraSpec(int(f.rank), float(f.rank)), consistency=ConsistencySpec((g, g)),
-                          train=f.config(), resolution=int(f.resolution), overwrite=f.overwrite, resume=f.resume,
+                          train=lcm_config(f), resolution=int(f.resolution), overwrite=f.overwrite, resume=f.resume,
                           vram=budget)
             if live is not None:
                 live.run_dir = run_folder(target)
@@ -162,29 +133,13 @@ def lcm_job(host: FolderHost, f: FewStepFields, live: Live | None = None) -> Cal
 
 # ---- Make it fast -------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class FastFields:
-    """The Make-it-fast section's widget values (the checkpoint is the tab's)."""
-
-    checkpoint: str
-    target: str  # a fast.TARGETS label ("Tiny", "Tiny + 4-step LoRA")
-    student: str
-    lora: str
-    distil_steps: int
-    lcm_steps: int
-    prompts: int
-    resolution: int
-    vram: str
-    overwrite: bool
-
-
 def fast_outputs(host: FolderHost) -> tuple[Output, Output]:
     """Where the student (checkpoint folder) and its LoRA (LoRA folder) go, and the section's widgets."""
-    return (Output(host.output_dir(), "your checkpoint folder", FAST_STUDENT, FAST_OVERWRITE, FAST_WIDGETS),
-            Output(host.lora_dir(), "your LoRA folder", FAST_LORA, FAST_OVERWRITE, FAST_WIDGETS))
+    return (Output.of("fast", "tab", host.output_dir(), "your checkpoint folder"),
+            Output.of("fast", "tab", host.lora_dir(), "your LoRA folder", "--lora-out"))
 
 
-def fast_spec(host: FolderHost, f: FastFields) -> FastJob:
+def fast_spec(host: FolderHost, f: Form) -> FastJob:
     """The core's `FastJob` for the fields: outputs inside the host's folders, the host's other checkpoints as the
     route's candidates; settings refused in the section's words."""
     from ..fast import TARGETS, FastJob
@@ -195,11 +150,11 @@ def fast_spec(host: FolderHost, f: FastFields) -> FastJob:
     target = next((k for k, label in TARGETS.items() if label == f.target), None)
     if target is None:
         raise SdkdError(f"'Target' {f.target!r}: choose {' or '.join(TARGETS.values())}")
-    student = students.path(f.student, f"{Path(f.checkpoint).stem}-bk-tiny-fast", ".safetensors", (checkpoint,))
-    lora = (loras.path(f.lora, f"{student.stem}-lcm", ".safetensors", (checkpoint,)) if target == "tiny+lcm" else None)
+    student = students.path(f.out, f"{Path(f.checkpoint).stem}-bk-tiny-fast", ".safetensors", (checkpoint,))
+    lora = (loras.path(f.lora_out, f"{student.stem}-lcm", ".safetensors", (checkpoint,)) if target == "tiny+lcm" else None)
     with students.worded():
-        budget = parse_vram(f.vram, VRAM)
-    configs = {"distil": TrainConfig(steps=int(f.distil_steps)), "lcm": TrainConfig(steps=int(f.lcm_steps), lr=1e-4)}
+        budget = parse_vram(f.vram)
+    configs = {"distil": TrainConfig(steps=int(f.distill_steps)), "lcm": TrainConfig(steps=int(f.lcm_steps), lr=LR["lcm"])}
     for phase, cfg in configs.items():
         with replace(students, widgets={"--steps": FAST_STEPS[phase]}).worded():
             cfg.check()
@@ -246,7 +201,7 @@ def time_text(seconds: dict[str, float], device: str) -> str:
             "teacher and of the student):\n\n" + table(("phase", "expected"), rows))
 
 
-def fast_plan(host: FolderHost, f: FastFields) -> str:
+def fast_plan(host: FolderHost, f: Form) -> str:
     """What Make it fast will do for the fields: the route it takes with the files on disk, the planner's estimate and
     the expected time (Markdown), or why it cannot run. It times one UNet call: run it on a click, not at page load."""
     from ..fast import choose_route, expected_seconds
@@ -277,7 +232,7 @@ def following(live: Live | None, progress: ProgressFn, folders: dict[str, Path])
     return relay
 
 
-def fast_job(host: FolderHost, f: FastFields, live: Live | None = None) -> Callable[[ProgressFn], str]:
+def fast_job(host: FolderHost, f: Form, live: Live | None = None) -> Callable[[ProgressFn], str]:
     """The tab's Make-it-fast action: the tiny student of the checkpoint (and its 4-step LoRA) by the cheapest route,
     as one job; the student lands in the checkpoint folder, the LoRA in the LoRA folder."""
     from ..distill import run_folder

@@ -1,55 +1,31 @@
-"""The tab's jobs: each turns the widgets' values into one core call, run later with a progress callback.
+"""The tab's jobs: each turns a section's widget values (one `terms.Form`, or a few plain values) into one core call,
+run later with a progress callback.
 
 Output names go through `names.Output` (inside the host's folder, never an input), and core messages come back
-naming the tab's widgets (each job's table maps the CLI flags the core names to the labels) with paths shown
+naming the tab's widgets (sdkd_ext.terms maps the CLI flags the core names to their labels) with paths shown
 relative to the folder. gradio is not imported here: the jobs are plain functions the tests call directly.
 A job given a `Live` records there the run folder its loss curve and samples go to and the checkpoint it wrote.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..errors import SdkdError
 from ..hosts.base import DEMO_LISTED, FolderHost
 from ..names import Output
+from ..plan import parse_vram
 from ..progress import ProgressFn
 from ..sampling import DEFAULT_SAMPLER
+from ..terms import LR, NONE as NO_LORA, Form, labels
 from ..train import TrainConfig
 from ..variants import VARIANTS, get_variant
-from .facts import describe_file, estimate_text, parse_vram, table, train_device
+from .facts import describe_file, estimate_text, table, train_device
 from .run import Live
 
-# Labels of the widgets that name outputs: the tab shows them and its messages name them.
-PRUNE_NAME, PRUNE_OVERWRITE = "Output name", "Overwrite an existing file"
-PORTABLE = "Portable (loads whole in web UIs without sdkd; small and tiny)"
-DISTIL_NAME, DISTIL_OVERWRITE = "Student name", "Overwrite"
-LORA_NAME, LORA_OVERWRITE = "LoRA name", "Overwrite"
-REPORT_NAME = "Report name"
-BENCH_NAME = "Bench name"
-PORT_NAME, PORT_OVERWRITE = "Ported LoRA name", "Overwrite"
-REBASE_NAME, REBASE_OVERWRITE = "Rebased student name", "Overwrite"
-# The CLI flag each tab widget stands for, so a core message naming the flag names the widget instead.
-DISTIL_WIDGETS = {"--variant": "Student", "--data": "Image folder or prompt file", "--prompts": "Image folder or prompt file",
-                  "--self": "Built-in prompts", "--steps": "Steps", "--resolution": "Resolution",
-                  "--vram": "VRAM budget (GB or auto)", "--l-sd": "Task loss weight", "--l-out": "Output KD weight",
-                  "--l-feat": "Feature KD weight", "--resume": "Resume", "--preview-every": "Samples every N steps",
-                  "--portable": PORTABLE, "--keep-state": "Keep training state"}
-LORA_WIDGETS = {"--data": "Image folder (with .txt captions or metadata.jsonl)", "--text-encoder": "Also train the text encoder",
-                "--rank": "Rank", "--alpha": "Alpha", "--steps": "Steps", "--resolution": "Resolution", "--resume": "Resume",
-                "--vram": "VRAM budget (GB or auto)", "--preview-every": "Samples every N steps",
-                "--keep-state": "Keep training state"}
-COMPARE_WIDGETS = {"--size": "Size", "--sampler": "Student sampler", "--steps": "Student steps",
-                   "--guidance": "Student guidance", "--lora": "Student LoRA", "--reference-steps": "Teacher steps",
-                   "--reference-guidance": "Teacher guidance"}
-COMPARE_LORA_WEIGHT, NO_LORA = "LoRA weight", "(none)"
-BENCH_WIDGETS = {"--size": "Size", "--sampler": "Sampler", "--steps": "Steps", "--guidance": "Guidance",
-                 "--repeats": "Timed UNet calls", "--t2i-repeats": "Timed images"}
-PORT_WIDGETS = {"--to": "Port to", "--alpha-equals-rank": "Alpha = rank (for a LoRA that states no alpha)"}
-REBASE_WIDGETS = {"--base": "Base (what the checkpoint was made from)", "--student": "Student to rebase",
-                  "--strength": "Strength", "--dtype": "Weights"}
+# The tab's words for what the core's messages name, from the one table (sdkd_ext.terms): its widgets show these labels.
+DISTIL_WIDGETS, LORA_WIDGETS, COMPARE_WIDGETS = (labels(job, "tab") for job in ("distil", "lora", "compare"))
 PUBLIC_STUDENTS = ("Public distilled students of SD1.x are on Hugging Face: Nota's `nota-ai/bk-sdm-base`, `-small`, "
                    "`-tiny` (and their `-2m` versions) and Segmind's `segmind/small-sd` (a BK-SDM base) and "
                    "`segmind/tiny-sd` (a BK-SDM tiny). Download one and turn it into a checkpoint this list shows with "
@@ -68,7 +44,7 @@ def prune_job(host: FolderHost, checkpoint: str, variant: str, name: str, dtype:
     with the identity middle block, see `sdkd_ext.portable`)."""
     from ..prune import PruneJob, prune
 
-    out = Output(host.output_dir(), "your checkpoint folder", PRUNE_NAME, PRUNE_OVERWRITE, {"--portable": PORTABLE})
+    out = Output.of("prune", "tab", host.output_dir(), "your checkpoint folder")
 
     def job(progress: ProgressFn) -> str:
         teacher = _teacher(host, checkpoint)
@@ -111,7 +87,7 @@ DATA_KINDS = ("image folder", "prompt file (teacher generates)", "built-in promp
 
 def distil_output(host: FolderHost) -> Output:
     """Where Distil writes, and its widgets."""
-    return Output(host.output_dir(), "your checkpoint folder", DISTIL_NAME, DISTIL_OVERWRITE, DISTIL_WIDGETS)
+    return Output.of("distil", "tab", host.output_dir(), "your checkpoint folder")
 
 
 def distil_config(steps: int, samples_every: int, keep_state: bool = False) -> TrainConfig:
@@ -129,27 +105,25 @@ def run_notes(train, out: Output) -> tuple[str, str]:
     return state, f"{preview} {out.reword(disk_note(train))}."
 
 
-def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path: str, count: int, steps: int,
-                resolution: int, vram: str, l_sd: float, l_out: float, l_feat: float, name: str, resume: bool,
-                overwrite: bool, samples_every: int = 0, live: Live | None = None,
-                portable: bool = False, keep_state: bool = False) -> Callable[[ProgressFn], str]:
-    """The tab's distil action: a student distilled on the GPU, exported into the host's checkpoint folder, with a
-    sample grid (teacher beside student, fixed prompts and seeds) every `samples_every` steps and at the end."""
+def distill_job(host: FolderHost, f: Form, live: Live | None = None) -> Callable[[ProgressFn], str]:
+    """The tab's distil action (the Distil section's form and the tab's checkpoint): a student distilled on the GPU,
+    exported into the host's checkpoint folder, with a sample grid (teacher beside student, fixed prompts and seeds)
+    every `preview_every` steps and at the end."""
     from ..distill import DistillJob, LossWeights, distill, run_folder
 
     out = distil_output(host)
 
     def job(progress: ProgressFn) -> str:
-        teacher = _teacher(host, checkpoint)
-        target = out.path(name, f"{teacher.stem}-bk-{variant}-kd", ".safetensors", (teacher,))
+        teacher = _teacher(host, f.checkpoint)
+        target = out.path(f.out, f"{teacher.stem}-bk-{f.variant}-kd", ".safetensors", (teacher,))
         with out.worded():
-            budget = parse_vram(vram, DISTIL_WIDGETS["--vram"])
+            budget = parse_vram(f.vram)
             if live is not None:
                 live.run_dir = run_folder(target)
-            r = distill(DistillJob(teacher, get_variant(variant), target, _data(kind, path, count),
-                                   distil_config(steps, samples_every, keep_state), LossWeights(l_sd, l_out, l_feat),
-                                   resolution=int(resolution), vram=budget, resume=resume, overwrite=overwrite,
-                                   portable=portable), progress)
+            r = distill(DistillJob(teacher, get_variant(f.variant), target, _data(f.kind, f.data, f.self_n),
+                                   distil_config(f.steps, f.preview_every, f.keep_state), LossWeights(f.l_sd, f.l_out, f.l_feat),
+                                   resolution=int(f.resolution), vram=budget, resume=f.resume, overwrite=f.overwrite,
+                                   portable=f.portable), progress)
         host.refresh()
         _output(live, r.exported.checkpoint if r.exported else None)
         where = out.shown(r.exported.checkpoint) if r.exported else "(no student written)"
@@ -162,37 +136,37 @@ def distill_job(host: FolderHost, checkpoint: str, variant: str, kind: str, path
 
 def lora_output(host: FolderHost) -> Output:
     """Where LoRA training writes, and its widgets."""
-    return Output(host.lora_dir(), "your LoRA folder", LORA_NAME, LORA_OVERWRITE, LORA_WIDGETS)
+    return Output.of("lora", "tab", host.lora_dir(), "your LoRA folder")
 
 
 def lora_config(steps: int, samples_every: int = 0, keep_state: bool = False) -> TrainConfig:
     """The training settings the LoRA fields give (the CLI's LoRA learning rate)."""
-    return TrainConfig(steps=int(steps), lr=1e-4, preview_every=max(0, int(samples_every or 0)), keep_state=bool(keep_state))
+    return TrainConfig(steps=int(steps), lr=LR["lora"], preview_every=max(0, int(samples_every or 0)),
+                       keep_state=bool(keep_state))
 
 
-def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: float, steps: int, resolution: int,
-             text_encoder: bool, name: str, resume: bool, overwrite: bool, vram: str = "", samples_every: int = 0,
-             live: Live | None = None, keep_state: bool = False) -> Callable[[ProgressFn], str]:
-    """The tab's LoRA action: train on an image folder, write the LoRA into the host's LoRA folder, with a sample
-    grid (the model without, then with the LoRA) every `samples_every` steps and at the end."""
+def lora_job(host: FolderHost, f: Form, live: Live | None = None) -> Callable[[ProgressFn], str]:
+    """The tab's LoRA action (the LoRA section's form and the tab's checkpoint): train on an image folder, write the
+    LoRA into the host's LoRA folder, with a sample grid (the model without, then with the LoRA) every
+    `preview_every` steps and at the end."""
     from ..distill import run_folder
     from ..lora.train import LoraJob, LoraSpec, train_lora
 
     out = lora_output(host)
 
     def job(progress: ProgressFn) -> str:
-        base = _teacher(host, checkpoint)
-        if not folder.strip():
+        base = _teacher(host, f.checkpoint)
+        if not f.data.strip():
             raise SdkdError(f"give the {LORA_WIDGETS['--data']!r}")
-        target = out.path(name, f"{base.stem}-lora", ".safetensors", (base,))
+        target = out.path(f.out, f"{base.stem}-lora", ".safetensors", (base,))
         with out.worded():
-            budget = parse_vram(vram, LORA_WIDGETS["--vram"])
+            budget = parse_vram(f.vram)
             if live is not None:
                 live.run_dir = run_folder(target)
-            r = train_lora(LoraJob(base, Path(folder.strip()).expanduser(), target,
-                                   LoraSpec(int(rank), float(alpha), text_encoder),
-                                   lora_config(steps, samples_every, keep_state), resolution=int(resolution), vram=budget,
-                                   resume=resume, overwrite=overwrite), progress)
+            r = train_lora(LoraJob(base, Path(f.data.strip()).expanduser(), target,
+                                   LoraSpec(int(f.rank), float(f.alpha), f.text_encoder),
+                                   lora_config(f.steps, f.preview_every, f.keep_state), resolution=int(f.resolution),
+                                   vram=budget, resume=f.resume, overwrite=f.overwrite), progress)
         host.refresh()
         state, notes = run_notes(r.train, out)
         if r.path is None:
@@ -203,52 +177,37 @@ def lora_job(host: FolderHost, checkpoint: str, folder: str, rank: int, alpha: f
     return job
 
 
-@dataclass(frozen=True)
-class CompareForm:
-    """The tab's Compare settings as its widgets give them: image size, the students' sampling and LoRA (a name from
-    the host's LoRA list, or none), the teacher's (the reference's) steps and guidance."""
-
-    size: int = 512
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = 25
-    guidance: float = 7.5
-    lora: str | None = None
-    lora_weight: float = 1.0
-    reference_steps: int = 25
-    reference_guidance: float = 7.5
-
-
-def compare_job(host: FolderHost, teacher: str, students: list[str], prompts: str, seeds: str, form: CompareForm,
-                name: str) -> Callable[[ProgressFn], tuple[str, str | None]]:
-    """The tab's compare action: same prompts and seeds through each model, a grid and agreement figures."""
+def compare_job(host: FolderHost, f: Form) -> Callable[[ProgressFn], tuple[str, str | None]]:
+    """The tab's compare action (the Compare section's form, the tab's checkpoint as the teacher): same prompts and
+    seeds through each model, a grid and agreement figures."""
     from ..compare import CompareSpec, compare, lacking_few_step, write_report
     from ..lora.kind import poor_images_line
     from ..sampling import flags, sampler
 
-    # a same-named report is replaced
-    out = Output(host.report_dir(), "the sdkd-compare folder", REPORT_NAME, widgets=COMPARE_WIDGETS)
+    out = Output.of("compare", "tab", host.report_dir(), "the sdkd-compare folder")  # a same-named report is replaced
 
     def job(progress: ProgressFn) -> tuple[str, str | None]:
-        folder = out.path(name, "report")
-        lines = [p.strip() for p in prompts.splitlines() if p.strip()]
+        folder = out.path(f.out, "report")
+        lines = [p.strip() for p in f.prompts.splitlines() if p.strip()]
+        students = f.students or []
         if not students:
             raise SdkdError("pick at least one student to compare with the teacher")
         loras = host.loras()
-        lora = None if form.lora in (None, "", NO_LORA) else form.lora
+        lora = None if f.lora in (None, "", NO_LORA) else f.lora
         if lora and lora not in loras:
             raise SdkdError(f"{COMPARE_WIDGETS['--lora']} {lora!r} is not in the LoRA list; press Refresh if you just "
                             "added it")
         with out.worded():
-            picked = tuple(int(x) for x in seeds.replace(",", " ").split()) or (0,)
-            spec = CompareSpec(tuple(lines), picked, int(form.size),
-                               sampler(DEFAULT_SAMPLER, int(form.reference_steps), float(form.reference_guidance),
+            picked = tuple(int(x) for x in f.seeds.replace(",", " ").split()) or (0,)
+            spec = CompareSpec(tuple(lines), picked, int(f.size),
+                               sampler(DEFAULT_SAMPLER, int(f.reference_steps), float(f.reference_guidance),
                                        flags("reference-")),
-                               sampler(form.sampler, int(form.steps), float(form.guidance)),
-                               ((loras[lora], float(form.lora_weight)),) if lora else ())
+                               sampler(f.sampler, int(f.steps), float(f.guidance)),
+                               ((loras[lora], float(f.lora_weight)),) if lora else ())
             paths = [_teacher(host, s) for s in students]
-            result = compare(_teacher(host, teacher), paths, spec, progress=progress)
+            result = compare(_teacher(host, f.checkpoint), paths, spec, progress=progress)
         files = write_report(result, folder, overwrite=True)
-        poor = lacking_few_step(_teacher(host, teacher), paths, spec)
+        poor = lacking_few_step(_teacher(host, f.checkpoint), paths, spec)
         fix = f"pick an LCM LoRA as {COMPARE_WIDGETS['--lora']!r}"
         note = f"; {poor_images_line(', '.join(poor), fix)}" if poor else ""
         return f"Report: {out.shown(files['report'])}{note}", str(files["grid"])
@@ -293,47 +252,47 @@ def _sd1_source(host: FolderHost, checkpoint: str, kinds: tuple[str, ...]):
     return src, info
 
 
-def distil_estimate(host: FolderHost, checkpoint: str, variant: str, steps: int, resolution: int, vram: str,
-                    samples_every: int = 0) -> str:
+def distil_estimate(host: FolderHost, f: Form) -> str:
     """The planner's estimate for the Distil fields on this machine's GPU (Markdown), or why there is none."""
     from ..plan import check_resolution, fit, kd_estimator
 
     out = distil_output(host)
     try:
         with out.worded():
-            _, info = _sd1_source(host, checkpoint, ("sd1",))
-            check_resolution(int(resolution))
-            budget = parse_vram(vram, DISTIL_WIDGETS["--vram"])
-            estimator = kd_estimator(get_variant(variant), int(resolution), info.topology)
+            _, info = _sd1_source(host, f.checkpoint, ("sd1",))
+            check_resolution(int(f.resolution))
+            budget = parse_vram(f.vram)
+            estimator = kd_estimator(get_variant(f.variant), int(f.resolution), info.topology)
     except SdkdError as e:
         return f"No estimate yet: {e}"
-    plan = lambda cfg, v, device, say: fit(cfg, v, device, estimator, say, f"{variant} at {int(resolution)} px",  # noqa: E731
+    plan = lambda cfg, v, device, say: fit(cfg, v, device, estimator, say,  # noqa: E731
+                                           f"{f.variant} at {int(f.resolution)} px",
                                            "lower --resolution, pick a smaller --variant, or install bitsandbytes "
                                            "for 8-bit AdamW")
-    return estimate_text(plan, estimator, distil_config(steps, samples_every), budget, out, host.memory_note)
+    return estimate_text(plan, estimator, distil_config(f.steps, f.preview_every), budget, out, host.memory_note)
 
 
-def lora_estimate(host: FolderHost, checkpoint: str, rank: int, alpha: float, steps: int, resolution: int,
-                  text_encoder: bool, vram: str) -> str:
+def lora_estimate(host: FolderHost, f: Form) -> str:
     """The planner's estimate for the LoRA fields on this machine's GPU (Markdown), or why there is none."""
     from ..lora.names import layout_of_source
     from ..lora.train import LoraSpec, estimate_lora, plan_lora
     from ..plan import check_resolution
 
     out = lora_output(host)
-    spec = LoraSpec(int(rank), float(alpha), bool(text_encoder))
+    spec = LoraSpec(int(f.rank), float(f.alpha), bool(f.text_encoder))
     try:
         with out.worded():
             spec.check()
-            src, info = _sd1_source(host, checkpoint, ("sd1", "student"))
-            check_resolution(int(resolution))
-            budget = parse_vram(vram, LORA_WIDGETS["--vram"])
+            src, info = _sd1_source(host, f.checkpoint, ("sd1", "student"))
+            check_resolution(int(f.resolution))
+            budget = parse_vram(f.vram)
             layout = layout_of_source(src, info.topology)
     except SdkdError as e:
         return f"No estimate yet: {e}"
-    res = int(resolution)
+    res = int(f.resolution)
     return estimate_text(lambda cfg, v, device, say: plan_lora(cfg, v, layout, spec, res, device, say),
-                         lambda s: estimate_lora(layout, spec, res, s), lora_config(steps), budget, out, host.memory_note)
+                         lambda s: estimate_lora(layout, spec, res, s), lora_config(f.steps), budget, out,
+                         host.memory_note)
 
 
 # ---- bench, LoRA port, rebase ---------------------------------------------------------------------------------------
@@ -350,35 +309,22 @@ def bench_markdown(result) -> str:
               "medians of repeated runs, every model timed in turn.")
 
 
-@dataclass(frozen=True)
-class BenchForm:
-    """The tab's Bench settings as its widgets give them."""
-
-    size: int = 512
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = 25
-    guidance: float = 7.5
-    repeats: int = 5
-    t2i_repeats: int = 3
-
-
-def bench_job(host: FolderHost, teacher: str, students: list[str], form: BenchForm,
-              name: str) -> Callable[[ProgressFn], tuple[str, str, object]]:
-    """The tab's bench action: teacher vs students on this machine's GPU (or CPU); (status, figures, chart)."""
+def bench_job(host: FolderHost, f: Form) -> Callable[[ProgressFn], tuple[str, str, object]]:
+    """The tab's bench action (the Bench section's form, the tab's checkpoint as the teacher): teacher vs students on
+    this machine's GPU (or CPU); (status, figures, chart)."""
     from ..bench import BenchSpec, bench, chart, write_outputs
     from ..sampling import sampler
 
-    out = Output(host.bench_dir(), "the sdkd-bench folder", BENCH_NAME, widgets=BENCH_WIDGETS)  # a same name is replaced
+    out = Output.of("bench", "tab", host.bench_dir(), "the sdkd-bench folder")  # a same name is replaced
 
     def job(progress: ProgressFn) -> tuple[str, str, object]:
-        folder = out.path(name, "bench")
-        if not students:
+        folder = out.path(f.out, "bench")
+        if not f.students:
             raise SdkdError("pick at least one student to bench against the teacher")
         with out.worded():
-            spec = BenchSpec(train_device().type, size=int(form.size),
-                             sampling=sampler(form.sampler, int(form.steps), float(form.guidance)),
-                             repeats=int(form.repeats), t2i_repeats=int(form.t2i_repeats))
-            result = bench(_teacher(host, teacher), [_teacher(host, s) for s in students], spec, progress)
+            spec = BenchSpec(train_device().type, size=int(f.size), sampling=sampler(f.sampler, int(f.steps), float(f.guidance)),
+                             repeats=int(f.repeats), t2i_repeats=int(f.t2i_repeats))
+            result = bench(_teacher(host, f.checkpoint), [_teacher(host, s) for s in f.students], spec, progress)
         js, _ = write_outputs(result, folder, overwrite=True)
         return f"Bench: {out.shown(js)}", bench_markdown(result), chart(result)
 
@@ -395,7 +341,7 @@ def port_job(host: FolderHost, lora: str, to: str, name: str, alpha_equals_rank:
     """The tab's LoRA-port action: a teacher LoRA renamed onto a student's blocks, into the host's LoRA folder."""
     from ..lora.port import port_lora
 
-    out = Output(host.lora_dir(), "your LoRA folder", PORT_NAME, PORT_OVERWRITE, PORT_WIDGETS)
+    out = Output.of("port", "tab", host.lora_dir(), "your LoRA folder")
 
     def job(progress: ProgressFn) -> str:
         source = host.loras().get(lora or "")
@@ -413,21 +359,21 @@ def port_job(host: FolderHost, lora: str, to: str, name: str, alpha_equals_rank:
     return job
 
 
-def rebase_job(host: FolderHost, community: str, base: str, student: str, strength: float, name: str, dtype: str,
-               overwrite: bool, live: Live | None = None) -> Callable[[ProgressFn], str]:
-    """The tab's rebase action: the student plus what the chosen (community) checkpoint changed in its base."""
+def rebase_job(host: FolderHost, f: Form, live: Live | None = None) -> Callable[[ProgressFn], str]:
+    """The tab's rebase action (the Rebase section's form): the student plus what the tab's checkpoint (a community
+    one) changed in its base."""
     from ..rebase import RebaseJob, rebase
 
-    out = Output(host.output_dir(), "your checkpoint folder", REBASE_NAME, REBASE_OVERWRITE, REBASE_WIDGETS)
+    out = Output.of("rebase", "tab", host.output_dir(), "your checkpoint folder")
 
     def job(progress: ProgressFn) -> str:
-        paths = [_teacher(host, c) for c in (community, base, student)]
-        target = out.path(name, f"{paths[0].stem}-{paths[2].stem}-rebased", ".safetensors", tuple(paths))
+        paths = [_teacher(host, c) for c in (f.checkpoint, f.base, f.student)]
+        target = out.path(f.out, f"{paths[0].stem}-{paths[2].stem}-rebased", ".safetensors", tuple(paths))
         with out.worded():
-            r, d = rebase(RebaseJob(*paths, target, float(strength), dtype, overwrite), progress)
+            r, d = rebase(RebaseJob(*paths, target, float(f.strength), f.dtype, f.overwrite), progress)
         host.refresh()
         _output(live, r.checkpoint)
-        return (f"Done: {r.variant} student {out.shown(r.checkpoint)} (+ {r.yaml.name}), strength {float(strength):g}; "
+        return (f"Done: {r.variant} student {out.shown(r.checkpoint)} (+ {r.yaml.name}), strength {float(f.strength):g}; "
                 f"difference from the base: {d.summary()}")
 
     return job

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import SdkdError
-from .common import NONE, Job, chosen, core_job, model_path, names, optional_models, output, result
-from .training import DATA, KEEP_STATE, data_spec, losses, stopped, training
+from ...terms import LR
+from .common import Job, chosen, core_job, inputs, model_path, names, optional_models, output, result
+from .training import DATA, Trainer, data_spec, losses, stopped, training
 
 
 class ListedName(str):
@@ -22,14 +23,6 @@ class ListedName(str):
 
 
 NAME = ListedName("*")
-# The CLI flags the core's messages name -> the node widgets that set them.
-LCM_WIDGETS = {"--teacher": "teacher_name", "--data": "data_path", "--prompts": "data_path", "--self": "prompt_count",
-               "--steps": "steps", "--rank": "rank", "--alpha": "rank", "--resolution": "resolution",
-               "--guidance": "guidance", "--vram": "vram", "--resume": "resume", "--lr": "lr",
-               "--keep-state": "keep_state"}
-FAST_WIDGETS = {"--target": "target", "--lora-out": "lora_filename", "--self": "prompt_count",
-                "--resolution": "resolution", "--vram": "vram",
-                "--resume": "the Distil node's 'resume'"}
 
 
 def use_line() -> str:
@@ -52,47 +45,17 @@ def few_step_model(name: str, widget: str) -> Path:
     return path
 
 
-def budget(vram: str) -> float | str | None:
-    """The vram widget as the core takes it: blank (as set), 'auto', or GB."""
-    text = (vram or "").strip().lower()
-    if text in ("", "auto"):
-        return text or None
-    try:
-        return float(text)
-    except ValueError:
-        raise SdkdError(f"vram {vram!r}: give GB (e.g. 8), auto, or leave it blank") from None
-
-
-class SdkdFewStepLora(Job):
+class SdkdFewStepLora(Trainer, function="train", job="lcm", folder="loras", returns={"lora": NAME}):
     """Train a few-step (LCM) LoRA for a checkpoint or BK-SDM student, saved in loras: 4 steps at cfg 1."""
-
-    FUNCTION = "train"
-    RETURN_TYPES = (NAME,)
-    RETURN_NAMES = ("lora",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         """Node inputs: the model, its teacher, data, adapter rank, schedule, baked-in guidance, output name."""
-        return {"required": {
-            "ckpt_name": (names("checkpoints"),),
-            "teacher_name": (optional_models(), {"default": NONE, "tooltip": "whose guided sampling the model "
-                                                 "learns to shortcut; (none): the model itself; for a student, its "
-                                                 "teacher"}),
-            "data": (list(DATA), {"default": DATA[0], "tooltip": "prompts: the teacher draws the training images"}),
-            "data_path": ("STRING", {"default": "", "tooltip": "prompt file or image folder: a name in ComfyUI's "
-                                                               "input folder or a full path"}),
-            "prompt_count": ("INT", {"default": 500, "min": 1, "max": 100000}),
-            "steps": ("INT", {"default": 1000, "min": 1, "max": 1000000}),
-            "rank": ("INT", {"default": 64, "min": 1, "max": 256}),
-            "resolution": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 64}),
-            "guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5,
-                                   "tooltip": "the teacher's cfg baked into the LoRA"}),
-            "lr": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False}),
-            "vram": ("STRING", {"default": "auto", "tooltip": "GB the run may use, or auto; blank: as set"}),
-            "filename": ("STRING", {"default": ""}),
-            "resume": ("BOOLEAN", {"default": False}),
-            "overwrite": ("BOOLEAN", {"default": False}),
-        }, "optional": {"keep_state": KEEP_STATE}}
+        return {"required": {"ckpt_name": (names("checkpoints"),),
+                             **inputs("lcm", "teacher", "kind", "data", "self_n", "steps", "rank", "resolution",
+                                      "guidance", "lr", "vram", "out", "resume", "overwrite", teacher=optional_models(),
+                                      kind=list(DATA))},
+                "optional": inputs("lcm", "keep_state")}
 
     @core_job
     def train(self, ckpt_name: str, teacher_name: str, data: str, data_path: str, prompt_count: int, steps: int,
@@ -102,52 +65,33 @@ class SdkdFewStepLora(Job):
         from ...lcm.job import LcmJob, few_step_lora
         from ...lcm.objective import ConsistencySpec
         from ...lora.train import LoraSpec
+        from ...plan import parse_vram
         from ...train import TrainConfig
 
-        out = output("loras", widgets=LCM_WIDGETS)
         model = few_step_model(ckpt_name, "ckpt_name")
         teachers = chosen("checkpoints", {"teacher_name": teacher_name})
-        with out.worded():
-            target = out.path(filename, f"{Path(ckpt_name).stem}-lcm", ".safetensors", (model, *teachers))
-            g = float(guidance)
-            job = LcmJob(model, target, data_spec(data, data_path, prompt_count), teachers[0] if teachers else None,
-                         lora=LoraSpec(int(rank), float(rank)), consistency=ConsistencySpec((g, g)),
-                         train=TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)),
-                         resolution=int(resolution), overwrite=overwrite, resume=resume, vram=budget(vram))
-            r = training(lambda progress: few_step_lora(job, progress))
-        name = out.listed(r.path)
-        return result(f"few-step LoRA for {ckpt_name}, {r.modules} modules, {stopped(r.train)} on {r.samples} samples "
-                      f"({losses(r.train)}): {name} in your loras; load it at strength 1 and {use_line()}", name)
+        g, data_of = float(guidance), data_spec(data, data_path, prompt_count)
+        cfg, budget = TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)), parse_vram(vram)
+        return self.trained(filename, f"{Path(ckpt_name).stem}-lcm", (model, *teachers), lambda target, progress:
+            few_step_lora(LcmJob(model, target, data_of, teachers[0] if teachers else None,
+                                 lora=LoraSpec(int(rank), float(rank)), consistency=ConsistencySpec((g, g)), train=cfg,
+                                 resolution=int(resolution), overwrite=overwrite, resume=resume, vram=budget), progress),
+            lambda r, name: f"few-step LoRA for {ckpt_name}, {r.modules} modules, {stopped(r.train)} on {r.samples} "
+                            f"samples ({losses(r.train)}): {name} in your loras; load it at strength 1 and {use_line()}.")
 
 
-class SdkdMakeItFast(Job):
+class SdkdMakeItFast(Job, function="make_fast", job="fast", returns={"student": NAME, "lora": NAME}):
     """Make a checkpoint fast in one job: its BK-SDM tiny student (rebased and polished where a converted public tiny
     student and the checkpoint's base are in checkpoints, else pruned and distilled) and a 4-step LoRA for it."""
-
-    FUNCTION = "make_fast"
-    RETURN_TYPES = (NAME, NAME)
-    RETURN_NAMES = ("student", "lora")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         """Node inputs: the checkpoint, the target, the two output names, the schedule."""
         from ...fast import TARGETS
 
-        return {"required": {
-            "ckpt_name": (names("checkpoints"),),
-            "target": (list(TARGETS), {"default": "tiny+lcm", "tooltip": "tiny: the student; tiny+lcm: and its "
-                                                                         "4-step LoRA"}),
-            "student_filename": ("STRING", {"default": "", "tooltip": "blank: <checkpoint>-bk-tiny-fast"}),
-            "lora_filename": ("STRING", {"default": "", "tooltip": "blank: <student>-lcm"}),
-            "distill_steps": ("INT", {"default": 1000, "min": 1, "max": 1000000,
-                                      "tooltip": "distillation steps (the rebase route polishes for a quarter)"}),
-            "lcm_steps": ("INT", {"default": 1000, "min": 1, "max": 1000000}),
-            "prompt_count": ("INT", {"default": 256, "min": 1, "max": 100000,
-                                     "tooltip": "built-in prompts the checkpoint draws its training images from"}),
-            "resolution": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 64}),
-            "vram": ("STRING", {"default": "auto", "tooltip": "GB the run may use, or auto; blank: as set"}),
-            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "off: files already made are output as they are"}),
-        }}
+        return {"required": {"ckpt_name": (names("checkpoints"),),
+                             **inputs("fast", "target", "out", "lora_out", "distill_steps", "lcm_steps", "prompts",
+                                      "resolution", "vram", "overwrite", target=list(TARGETS))}}
 
     @core_job
     def make_fast(self, ckpt_name: str, target: str, student_filename: str, lora_filename: str, distill_steps: int,
@@ -156,10 +100,10 @@ class SdkdMakeItFast(Job):
         names (the LoRA's is '' for target tiny). Without overwrite, files already made are output as they are, so
         queueing the graph again samples instead of training again."""
         from ...fast import FastJob, make_fast
+        from ...plan import parse_vram
         from ...train import TrainConfig
 
-        students, loras = output("checkpoints", "student_filename", FAST_WIDGETS), output("loras", "lora_filename",
-                                                                                          FAST_WIDGETS)
+        students, loras = output("checkpoints", "fast"), output("loras", "fast", "--lora-out")
         checkpoint = model_path("checkpoints", ckpt_name, "ckpt_name")
         student = students.path(student_filename, f"{Path(ckpt_name).stem}-bk-tiny-fast", ".safetensors", (checkpoint,))
         lora = (loras.path(lora_filename, f"{student.stem}-lcm", ".safetensors", (checkpoint,))
@@ -170,10 +114,9 @@ class SdkdMakeItFast(Job):
         candidates = tuple(p for p in (model_path("checkpoints", n, "ckpt_name") for n in names("checkpoints"))
                            if p.resolve() != checkpoint.resolve())
         job = FastJob(checkpoint, target, student, lora, candidates, TrainConfig(steps=int(distill_steps)),
-                      TrainConfig(steps=int(lcm_steps), lr=1e-4), int(prompt_count), int(resolution), budget(vram),
+                      TrainConfig(steps=int(lcm_steps), lr=LR["lcm"]), int(prompt_count), int(resolution), parse_vram(vram),
                       overwrite)
-        with students.worded():
-            r = training(lambda progress: make_fast(job, progress))
+        r = training(lambda progress: make_fast(job, progress))
         state = "interrupted; what was written is kept" if r.cancelled else f"{r.route.kind}: {r.use()}"
         return self.made(students, loras, r.student, r.lora, state)
 

@@ -5,27 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import (DTYPES, Job, comfy_progress, core_job, model_path, names, output, portable_input, result,
-                     variant_input)
+from .common import Job, comfy_progress, core_job, inputs, model_path, names, result, variants
 
 
-class SdkdPrune(Job):
+class SdkdPrune(Job, function="prune", job="prune", returns={"student": "STRING"}):
     """Prune a checkpoint into a BK-SDM student saved in ComfyUI's checkpoints folder."""
-
-    FUNCTION = "prune"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("student",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         """Node inputs: teacher, variant, dtype, output name."""
-        return {"required": {
-            "ckpt_name": (names("checkpoints"),),
-            "variant": variant_input(),
-            "dtype": (DTYPES, {"default": "fp16"}),
-            "filename": ("STRING", {"default": ""}),
-            "overwrite": ("BOOLEAN", {"default": False}),
-        }, "optional": {"portable": portable_input()}}
+        return {"required": {"ckpt_name": (names("checkpoints"),),
+                             **inputs("prune", "variant", "dtype", "out", "overwrite", variant=variants())},
+                "optional": inputs("prune", "portable")}  # optional: API prompts from before it still run
 
     @core_job
     def prune(self, ckpt_name: str, variant: str, dtype: str, filename: str, overwrite: bool,
@@ -35,23 +26,18 @@ class SdkdPrune(Job):
         from ...prune import PruneJob, prune
         from ...variants import get_variant
 
-        out = output("checkpoints", widgets={"--portable": "portable"})
+        out = self.output()
         teacher = model_path("checkpoints", ckpt_name, "ckpt_name")
-        with out.worded():
-            target = out.path(filename, f"{Path(ckpt_name).stem}-bk-{variant}", ".safetensors", (teacher,))
-            r = prune(PruneJob(teacher, get_variant(variant), target, dtype=dtype, overwrite=overwrite, portable=portable),
-                      comfy_progress())
+        target = out.path(filename, f"{Path(ckpt_name).stem}-bk-{variant}", ".safetensors", (teacher,))
+        r = prune(PruneJob(teacher, get_variant(variant), target, dtype=dtype, overwrite=overwrite, portable=portable),
+                  comfy_progress())
         name = out.listed(r.checkpoint)
         return result(f"{r.variant} student, {r.unet_params:,} UNet parameters: {name} in your checkpoints "
                       f"(+ {r.yaml.name}) in {r.seconds:.1f}s", name)
 
 
-class SdkdInspect(Job):
+class SdkdInspect(Job, function="inspect", job="inspect", returns={"info": "STRING"}):
     """Say what a checkpoint is (SD1.x teacher, BK-SDM student, or why it can't be pruned)."""
-
-    FUNCTION = "inspect"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("info",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -69,32 +55,16 @@ class SdkdInspect(Job):
         return result(text, text)
 
 
-# The CLI flags rebase's messages name -> the node's widgets.
-REBASE_WIDGETS = {"--base": "base_name", "--student": "student_name", "--strength": "strength", "--dtype": "dtype"}
-
-
-class SdkdRebase(Job):
+class SdkdRebase(Job, function="rebase", job="rebase", returns={"student": "STRING"}):
     """Add a community checkpoint's difference from its base (SD1.5) to a distilled student: a student of the
     community model without distilling it."""
-
-    FUNCTION = "rebase"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("student",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         """Node inputs: community model, its base, the student, strength, dtype, output name."""
         ckpts = names("checkpoints")
-        return {"required": {
-            "ckpt_name": (ckpts, {"tooltip": "the community checkpoint (COMMUNITY)"}),
-            "base_name": (ckpts, {"tooltip": "the checkpoint it was fine-tuned or merged from (SD1.5 for most)"}),
-            "student_name": (ckpts, {"tooltip": "a BK-SDM student of the base: a public one (Nota bk-sdm, Segmind "
-                                                "small-sd/tiny-sd converted with `sdkd convert`) or one of yours"}),
-            "strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05}),
-            "dtype": (DTYPES, {"default": "fp16"}),
-            "filename": ("STRING", {"default": ""}),
-            "overwrite": ("BOOLEAN", {"default": False}),
-        }}
+        return {"required": inputs("rebase", "community", "base", "student", "strength", "dtype", "out", "overwrite",
+                                   community=ckpts, base=ckpts, student=ckpts)}
 
     @core_job
     def rebase(self, ckpt_name: str, base_name: str, student_name: str, strength: float, dtype: str, filename: str,
@@ -102,47 +72,37 @@ class SdkdRebase(Job):
         """The core rebase into the first checkpoints folder; refusals (not derived, wrong student) name the widgets."""
         from ...rebase import RebaseJob, rebase
 
-        out = output("checkpoints", widgets=REBASE_WIDGETS)
+        out = self.output()
         paths = {w: model_path("checkpoints", n, w)
                  for w, n in {"ckpt_name": ckpt_name, "base_name": base_name, "student_name": student_name}.items()}
-        with out.worded():
-            target = out.path(filename, f"{Path(ckpt_name).stem}-rebased-{Path(student_name).stem}", ".safetensors",
-                              tuple(paths.values()))
-            r, d = rebase(RebaseJob(paths["ckpt_name"], paths["base_name"], paths["student_name"], target, strength, dtype,
-                                    overwrite), comfy_progress())
+        target = out.path(filename, f"{Path(ckpt_name).stem}-rebased-{Path(student_name).stem}", ".safetensors",
+                          tuple(paths.values()))
+        r, d = rebase(RebaseJob(paths["ckpt_name"], paths["base_name"], paths["student_name"], target, strength, dtype,
+                                overwrite), comfy_progress())
         name = out.listed(r.checkpoint)
         return result(f"{r.variant} student of {ckpt_name}: difference from {base_name} {d.summary()}; strength "
                       f"{strength:g} -> {name} in your checkpoints (+ {r.yaml.name})", name)
 
 
-class SdkdPortLora(Job):
+class SdkdPortLora(Job, function="port", job="port", folder="loras", returns={"lora": "STRING"}):
     """Move a LoRA made for the teacher onto a BK-SDM student's blocks, saved in ComfyUI's loras folder."""
-
-    FUNCTION = "port"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("lora",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         """Node inputs: the teacher LoRA, the student it is for, output name."""
-        return {"required": {
-            "lora_name": (names("loras"),),
-            "student_name": (names("checkpoints"), {"tooltip": "the BK-SDM student the LoRA should work on"}),
-            "filename": ("STRING", {"default": ""}),
-            "overwrite": ("BOOLEAN", {"default": False}),
-        }}
+        return {"required": {"lora_name": (names("loras"),),
+                             **inputs("port", "to", "out", "overwrite", to=names("checkpoints"))}}
 
     @core_job
     def port(self, lora_name: str, student_name: str, filename: str, overwrite: bool) -> dict:
         """The core port into the first loras folder; a LoRA that needs no port, or a teacher as target, is refused."""
         from ...lora.port import port_lora
 
-        out = output("loras", widgets={"--to": "student_name"})
+        out = self.output()
         lora = model_path("loras", lora_name, "lora_name")
         student = model_path("checkpoints", student_name, "student_name")
-        with out.worded():
-            target = out.path(filename, f"{Path(lora_name).stem}-{Path(student_name).stem}", ".safetensors", (lora,))
-            r = port_lora(lora, str(student), target, overwrite)
+        target = out.path(filename, f"{Path(lora_name).stem}-{Path(student_name).stem}", ".safetensors", (lora,))
+        r = port_lora(lora, str(student), target, overwrite)
         name = out.listed(r.path)
         dropped = f"; {len(r.dropped)} modules in blocks the student removed were left out" if r.dropped else ""
         return result(f"{lora_name} for the BK-SDM {r.variant} student: {r.kept} modules -> {name} in your loras"

@@ -9,7 +9,7 @@ from ...detect import describe, require_teacher
 from ...errors import SdkdError
 from ...prune import student_names
 from ...variants import get_variant
-from .common import Node, result, variant_input
+from .common import Node, inputs, result, variants
 
 PREFIX = "diffusion_model."  # where ComfyUI's BaseModel keeps the UNet (LDM names below it)
 
@@ -47,17 +47,13 @@ def student_patcher(model, variant: str):
     return comfy.model_patcher.ModelPatcher(student, load_device=model.load_device, offload_device=model.offload_device)
 
 
-class SdkdPruneModel(Node):
+class SdkdPruneModel(Node, function="prune_model", returns={"student": "MODEL", "info": "STRING"}):
     """Prune a loaded MODEL into a BK-SDM student MODEL, in memory (the teacher's CLIP and VAE serve the student)."""
-
-    FUNCTION = "prune_model"
-    RETURN_TYPES = ("MODEL", "STRING")
-    RETURN_NAMES = ("student", "info")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         """Node inputs: the teacher MODEL and the variant."""
-        return {"required": {"model": ("MODEL",), "variant": variant_input()}}
+        return {"required": {"model": ("MODEL",), **inputs("prune", "variant", variant=variants())}}
 
     def prune_model(self, model, variant: str) -> dict:
         """The student MODEL and one line on what it is."""

@@ -4,17 +4,24 @@ figures) and bench (speed and memory on this machine's device). Both return an I
 from __future__ import annotations
 
 from ...errors import SdkdError
-from ...sampling import DEFAULT_SAMPLER, MAX_STEPS, SAMPLER_NAMES
-from .common import (NONE, Job, chosen, comfy_progress, core_job, free_device, image_tensor, model_path, names,
-                     optional_models, result, wording)
+from ...sampling import DEFAULT_SAMPLER
+from ...terms import NONE
+from .common import (Job, chosen, comfy_progress, core_job, free_device, image_tensor, inputs, model_path, names,
+                     optional_models, result)
 
 STUDENT_WIDGETS = ("student_name", "student_2", "student_3")
 
 
-def student_inputs() -> dict:
-    """One required student and two optional ones."""
+def model_inputs() -> dict:
+    """The teacher, one required student and two optional ones."""
     ckpts = names("checkpoints")
-    return {STUDENT_WIDGETS[0]: (ckpts,), **{w: (optional_models(), {"default": "(none)"}) for w in STUDENT_WIDGETS[1:]}}
+    return {"ckpt_name": (ckpts, {"tooltip": "the teacher"}), STUDENT_WIDGETS[0]: (ckpts,),
+            **{w: (optional_models(), {"default": NONE}) for w in STUDENT_WIDGETS[1:]}}
+
+
+def models(ckpt_name: str, *students: str) -> tuple:
+    """The teacher's file and the chosen students' (the model inputs' values, in their order)."""
+    return model_path("checkpoints", ckpt_name, "ckpt_name"), chosen("checkpoints", dict(zip(STUDENT_WIDGETS, students)))
 
 
 def seeds_of(text: str) -> list[int]:
@@ -52,40 +59,18 @@ def compare_text(comparison) -> str:
     return "\n".join(lines)
 
 
-def sampler_input() -> tuple:
-    """The sampler widget (optional, so API prompts written before it existed still run with the default)."""
-    return (list(SAMPLER_NAMES), {"default": DEFAULT_SAMPLER, "tooltip": "lcm: 4-8 steps at guidance 1, with an LCM LoRA"})
-
-
-class SdkdCompare(Job):
+class SdkdCompare(Job, function="compare", job="compare", returns={"grid": "IMAGE", "figures": "STRING"}):
     """Teacher vs students on the same prompts and seeds: a labelled grid and PSNR/SSIM/latent MSE against the teacher."""
-
-    FUNCTION = "compare"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("grid", "figures")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         """Node inputs: teacher, students, prompts, seeds, image size, the students' steps and guidance; optional: the
         students' sampler and LoRA, the teacher's (reference's) steps and guidance."""
         return {"required": {
-            "ckpt_name": (names("checkpoints"), {"tooltip": "the teacher"}),
-            **student_inputs(),
-            "prompts": ("STRING", {"default": "a photograph of an astronaut riding a horse\na red apple on a table",
-                                   "multiline": True}),
-            "seeds": ("STRING", {"default": "0 1"}),
-            "size": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 8}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": MAX_STEPS, "tooltip": "the students' sampler steps"}),
-            "guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5,
-                                   "tooltip": "the students' guidance (1: none, as for LCM LoRAs)"}),
-        }, "optional": {
-            "sampler": sampler_input(),
-            "lora_name": (optional_models("loras"), {"default": NONE, "tooltip": "a LoRA applied to every student"}),
-            "lora_strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
-            "reference_steps": ("INT", {"default": 25, "min": 1, "max": MAX_STEPS, "tooltip": "the teacher's steps"}),
-            "reference_guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5,
-                                             "tooltip": "the teacher's guidance"}),
-        }}
+            **model_inputs(),
+            **inputs("compare", "prompts", "seeds", "size", "steps", "guidance"),
+        }, "optional": inputs("compare", "sampler", "lora", "lora_weight", "reference_steps", "reference_guidance",
+                              lora=optional_models("loras"))}
 
     @core_job
     def compare(self, ckpt_name: str, student_name: str, student_2: str, student_3: str, prompts: str, seeds: str,
@@ -96,48 +81,30 @@ class SdkdCompare(Job):
         from ...lora.kind import poor_images_line
         from ...sampling import flags, sampler as checked
 
-        words = wording({"--size": "size", "--steps": "steps", "--guidance": "guidance", "--sampler": "sampler",
-                         "--reference-steps": "reference_steps", "--reference-guidance": "reference_guidance",
-                         "--lora": "lora_name"})
-        teacher = model_path("checkpoints", ckpt_name, "ckpt_name")
-        students = chosen("checkpoints", dict(zip(STUDENT_WIDGETS, (student_name, student_2, student_3))))
+        teacher, students = models(ckpt_name, student_name, student_2, student_3)
         loras = chosen("loras", {"lora_name": lora_name})
         lines = [p.strip() for p in prompts.splitlines() if p.strip()]
+        spec = CompareSpec(tuple(lines), tuple(seeds_of(seeds)), int(size),
+                           checked(DEFAULT_SAMPLER, int(reference_steps), float(reference_guidance), flags("reference-")),
+                           checked(sampler, int(steps), float(guidance)), tuple((p, float(lora_strength)) for p in loras))
         free_device()
-        with words.worded():
-            spec = CompareSpec(tuple(lines), tuple(seeds_of(seeds)), int(size),
-                               checked(DEFAULT_SAMPLER, int(reference_steps), float(reference_guidance),
-                                       flags("reference-")),
-                               checked(sampler, int(steps), float(guidance)),
-                               tuple((p, float(lora_strength)) for p in loras))
-            c = compare(teacher, students, spec, device=device(), progress=comfy_progress())
+        c = compare(teacher, students, spec, device=device(), progress=comfy_progress())
         poor = lacking_few_step(teacher, students, spec)
         note = f"\n{poor_images_line(', '.join(poor), 'pick an LCM LoRA as lora_name')}" if poor else ""
         text = compare_text(c) + note
         return result(text, image_tensor(grid(c)), text)
 
 
-class SdkdBench(Job):
+class SdkdBench(Job, function="bench", job="bench", returns={"chart": "IMAGE", "table": "STRING"}):
     """Time teacher and students on ComfyUI's device: UNet step and text-to-image latency, speed-up, memory, MACs."""
-
-    FUNCTION = "bench"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("chart", "table")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         """Node inputs: teacher, students, image size, steps, repeats; optional: sampler and guidance."""
         return {"required": {
-            "ckpt_name": (names("checkpoints"), {"tooltip": "the teacher"}),
-            **student_inputs(),
-            "size": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 8}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": MAX_STEPS}),
-            "repeats": ("INT", {"default": 5, "min": 1, "max": 100}),
-        }, "optional": {
-            "sampler": sampler_input(),
-            "guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5,
-                                   "tooltip": "above 1 doubles the UNet batch; LCM LoRAs draw at 1"}),
-        }}
+            **model_inputs(),
+            **inputs("bench", "size", "steps", "repeats"),
+        }, "optional": inputs("bench", "sampler", "guidance")}
 
     @core_job
     def bench(self, ckpt_name: str, student_name: str, student_2: str, student_3: str, size: int, steps: int,
@@ -146,14 +113,10 @@ class SdkdBench(Job):
         from ...bench import BenchSpec, bench, chart
         from ...sampling import sampler as checked
 
-        teacher = model_path("checkpoints", ckpt_name, "ckpt_name")
-        words = wording({"--size": "size", "--steps": "steps", "--repeats": "repeats", "--sampler": "sampler",
-                         "--guidance": "guidance"})
-        students = chosen("checkpoints", dict(zip(STUDENT_WIDGETS, (student_name, student_2, student_3))))
+        teacher, students = models(ckpt_name, student_name, student_2, student_3)
+        drawn = checked(sampler, int(steps), float(guidance))
         free_device()
-        with words.worded():
-            drawn = checked(sampler, int(steps), float(guidance))
-            spec = BenchSpec(device(), size=int(size), sampling=drawn, repeats=int(repeats), t2i_repeats=min(3, int(repeats)))
-            r = bench(teacher, students, spec, comfy_progress())
+        spec = BenchSpec(device(), size=int(size), sampling=drawn, repeats=int(repeats), t2i_repeats=min(3, int(repeats)))
+        r = bench(teacher, students, spec, comfy_progress())
         text = r.table()
         return result(text, image_tensor(chart(r)), text)

@@ -7,22 +7,11 @@ from pathlib import Path
 
 from ...errors import SdkdError
 from ...progress import Cancelled
-from .common import (Job, comfy_progress, core_job, free_device, input_path, interrupted, model_path, names, output,
-                     portable_input, result, variant_input)
+from .common import (Job, comfy_progress, free_device, core_job, input_path, inputs, interrupted, model_path, names,
+                     result, variants)
 
 # Where a distillation's data comes from: the widget value -> how the core is told.
 DATA = ("built-in prompts", "prompt file", "image folder")
-# The CLI flags the core's messages name -> the node widgets that set them.
-DISTIL_WIDGETS = {"--variant": "variant", "--data": "data_path", "--prompts": "data_path", "--self": "prompt_count",
-                  "--steps": "steps", "--resolution": "resolution", "--vram": "vram", "--l-sd": "l_sd",
-                  "--l-out": "l_out", "--l-feat": "l_feat", "--resume": "resume", "--lr": "lr", "--portable": "portable",
-                  "--keep-state": "keep_state"}
-LORA_WIDGETS = {"--data": "image_folder", "--text-encoder": "text_encoder", "--rank": "rank", "--alpha": "alpha",
-                "--steps": "steps", "--resolution": "resolution", "--resume": "resume", "--lr": "lr",
-                "--keep-state": "keep_state"}
-# An optional input (API prompts written before it existed still run, as False).
-KEEP_STATE = ("BOOLEAN", {"default": False, "tooltip": "keep the resumable training state (GBs) in the run folder after "
-                                                      "a finished run, to resume it for more steps later"})
 
 
 def data_spec(kind: str, path: str, count: int):
@@ -33,7 +22,7 @@ def data_spec(kind: str, path: str, count: int):
         raise SdkdError(f"data {kind!r}: choose {', '.join(DATA)}")
     if kind == "built-in prompts":
         return PromptData(tuple(builtin_prompts(int(count))), origin="built-in prompts")
-    where = input_path(path, "data_path")
+    where = input_path(path, "data_path", folder=kind == "image folder")
     if kind == "prompt file":
         return PromptData(tuple(read_prompts(where)), origin=f"prompts {where.name}")
     return FolderData(where)
@@ -67,34 +56,31 @@ def training(job):
         raise interrupted() from None
 
 
-class SdkdDistil(Job):
-    """Distil a checkpoint into a BK-SDM student (knowledge distillation from the teacher), saved in checkpoints."""
+class Trainer(Job):
+    """A training node: its run into the first folder of its kind, with ComfyUI's bar and graceful interrupt."""
 
-    FUNCTION = "distil"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("student",)
+    def trained(self, filename: str, default: str, inputs: tuple[Path, ...], run, said) -> dict:
+        """`run(target, progress)` into the file `filename` names (blank: `default`); the node's text is `said(result,
+        listed name)` and what the run folder keeps, its output the written file's listed name."""
+        out = self.output()
+        target = out.path(filename, default, ".safetensors", inputs)
+        r = training(lambda progress: run(target, progress))
+        name = out.listed(r.exported.checkpoint if hasattr(r, "exported") else r.path)
+        return result(said(r, name) + left(r.train, out), name)
+
+
+class SdkdDistil(Trainer, function="distil", job="distil", returns={"student": "STRING"}):
+    """Distil a checkpoint into a BK-SDM student (knowledge distillation from the teacher), saved in checkpoints."""
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        """Node inputs: teacher, variant, data, schedule, loss weights, output name."""
-        return {"required": {
-            "ckpt_name": (names("checkpoints"),),
-            "variant": variant_input(),
-            "data": (list(DATA), {"default": DATA[0], "tooltip": "prompts: the teacher draws the training images"}),
-            "data_path": ("STRING", {"default": "", "tooltip": "prompt file or image folder: a name in ComfyUI's "
-                                                               "input folder or a full path"}),
-            "prompt_count": ("INT", {"default": 500, "min": 1, "max": 100000}),
-            "steps": ("INT", {"default": 1000, "min": 1, "max": 1000000}),
-            "resolution": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 64}),
-            "lr": ("FLOAT", {"default": 5e-5, "min": 1e-7, "max": 1.0, "step": 1e-6, "round": False}),
-            "vram": ("STRING", {"default": "auto", "tooltip": "GB the run may use, or auto; blank: as set"}),
-            "l_sd": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1}),
-            "l_out": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1}),
-            "l_feat": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1}),
-            "filename": ("STRING", {"default": ""}),
-            "resume": ("BOOLEAN", {"default": False}),
-            "overwrite": ("BOOLEAN", {"default": False}),
-        }, "optional": {"portable": portable_input(), "keep_state": KEEP_STATE}}
+        """Node inputs: teacher, variant, data, schedule, loss weights, output name; optional (API prompts from before
+        them still run): portable, keep_state."""
+        return {"required": {"ckpt_name": (names("checkpoints"),),
+                             **inputs("distil", "variant", "kind", "data", "self_n", "steps", "resolution", "lr", "vram",
+                                      "l_sd", "l_out", "l_feat", "out", "resume", "overwrite", variant=variants(),
+                                      kind=list(DATA))},
+                "optional": inputs("distil", "portable", "keep_state")}
 
     @core_job
     def distil(self, ckpt_name: str, variant: str, data: str, data_path: str, prompt_count: int, steps: int,
@@ -102,48 +88,32 @@ class SdkdDistil(Job):
             resume: bool, overwrite: bool, portable: bool = False, keep_state: bool = False) -> dict:
         """The core distillation into the first checkpoints folder; the student's name is output."""
         from ...distill import DistillJob, LossWeights, distill
+        from ...plan import parse_vram
         from ...variants import get_variant
         from ...train import TrainConfig
 
-        out = output("checkpoints", widgets=DISTIL_WIDGETS)
         teacher = model_path("checkpoints", ckpt_name, "ckpt_name")
-        with out.worded():
-            target = out.path(filename, f"{Path(ckpt_name).stem}-bk-{variant}-kd", ".safetensors", (teacher,))
-            spec = data_spec(data, data_path, prompt_count)
-            job = DistillJob(teacher, get_variant(variant), target, spec,
-                             TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)),
-                             LossWeights(l_sd, l_out, l_feat), resolution=int(resolution),
-                             vram=(vram or "").strip() or None, resume=resume, overwrite=overwrite, portable=portable)
-            r = training(lambda progress: distill(job, progress))
-        name = out.listed(r.exported.checkpoint)
-        return result(f"{r.exported.variant} student, {stopped(r.train)} on {r.samples} samples "
-                      f"({losses(r.train)}): {name} in your checkpoints." + left(r.train, out), name)
+        spec = data_spec(data, data_path, prompt_count)
+        budget = parse_vram(vram)
+        cfg = TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state))
+        return self.trained(filename, f"{Path(ckpt_name).stem}-bk-{variant}-kd", (teacher,), lambda target, progress:
+            distill(DistillJob(teacher, get_variant(variant), target, spec, cfg, LossWeights(l_sd, l_out, l_feat),
+                               resolution=int(resolution), vram=budget, resume=resume, overwrite=overwrite,
+                               portable=portable), progress),
+            lambda r, name: f"{r.exported.variant} student, {stopped(r.train)} on {r.samples} samples "
+                            f"({losses(r.train)}): {name} in your checkpoints.")
 
 
-class SdkdTrainLora(Job):
+class SdkdTrainLora(Trainer, function="train", job="lora", folder="loras", returns={"lora": "STRING"}):
     """Train a LoRA for a checkpoint (teacher or BK-SDM student) on a captioned image folder, saved in loras."""
-
-    FUNCTION = "train"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("lora",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        """Node inputs: base model, image folder, adapter shape, schedule, output name."""
-        return {"required": {
-            "ckpt_name": (names("checkpoints"),),
-            "image_folder": ("STRING", {"default": "sdkd-lora", "tooltip": "images with .txt captions (or "
-                                        "metadata.jsonl): a folder in ComfyUI's input folder or a full path"}),
-            "rank": ("INT", {"default": 16, "min": 1, "max": 256}),
-            "alpha": ("FLOAT", {"default": 16.0, "min": 0.01, "max": 256.0, "step": 0.5}),
-            "text_encoder": ("BOOLEAN", {"default": False}),
-            "steps": ("INT", {"default": 1000, "min": 1, "max": 1000000}),
-            "resolution": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 64}),
-            "lr": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False}),
-            "filename": ("STRING", {"default": ""}),
-            "resume": ("BOOLEAN", {"default": False}),
-            "overwrite": ("BOOLEAN", {"default": False}),
-        }, "optional": {"keep_state": KEEP_STATE}}
+        """Node inputs: base model, image folder, adapter shape, schedule, output name; optional: keep_state."""
+        return {"required": {"ckpt_name": (names("checkpoints"),),
+                             **inputs("lora", "data", "rank", "alpha", "text_encoder", "steps", "resolution", "lr",
+                                      "out", "resume", "overwrite")},
+                "optional": inputs("lora", "keep_state")}
 
     @core_job
     def train(self, ckpt_name: str, image_folder: str, rank: int, alpha: float, text_encoder: bool, steps: int,
@@ -152,18 +122,11 @@ class SdkdTrainLora(Job):
         from ...lora.train import LoraJob, LoraSpec, train_lora
         from ...train import TrainConfig
 
-        out = output("loras", widgets=LORA_WIDGETS)
         base = model_path("checkpoints", ckpt_name, "ckpt_name")
-        folder = input_path(image_folder, "image_folder")
-        if not folder.is_dir():
-            raise SdkdError(f"image_folder {image_folder!r}: no such folder; put captioned images in ComfyUI's input "
-                            "folder under that name, or give a full path")
-        with out.worded():
-            target = out.path(filename, f"{Path(ckpt_name).stem}-lora", ".safetensors", (base,))
-            job = LoraJob(base, folder, target, LoraSpec(int(rank), float(alpha), text_encoder),
-                          TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state)), resolution=int(resolution),
-                          resume=resume, overwrite=overwrite)
-            r = training(lambda progress: train_lora(job, progress))
-        name = out.listed(r.path)
-        return result(f"LoRA for {ckpt_name}, {r.modules} modules, {stopped(r.train)} on {r.samples} images "
-                      f"({losses(r.train)}): {name} in your loras." + left(r.train, out), name)
+        folder = input_path(image_folder, "image_folder", folder=True)
+        cfg = TrainConfig(steps=int(steps), lr=float(lr), keep_state=bool(keep_state))
+        return self.trained(filename, f"{Path(ckpt_name).stem}-lora", (base,), lambda target, progress: train_lora(
+            LoraJob(base, folder, target, LoraSpec(int(rank), float(alpha), text_encoder), cfg, resolution=int(resolution),
+                    resume=resume, overwrite=overwrite), progress),
+            lambda r, name: f"LoRA for {ckpt_name}, {r.modules} modules, {stopped(r.train)} on {r.samples} images "
+                            f"({losses(r.train)}): {name} in your loras.")
