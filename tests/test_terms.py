@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import subprocess
 import sys
 
@@ -65,13 +64,13 @@ def test_cli_defaults_are_the_tables(job):
 
 
 def test_core_defaults_are_the_tables():
-    from sdkd_ext.bench import bench
+    from sdkd_ext.bench import BenchSpec
     from sdkd_ext.compare import CompareSpec
     from sdkd_ext.distill import LossWeights, recipe
     from sdkd_ext.fast import TARGETS, FastJob
     from sdkd_ext.lcm.job import LcmJob
     from sdkd_ext.lora.train import LoraSpec
-    from sdkd_ext.rebase import rebase
+    from sdkd_ext.rebase import RebaseJob
     from sdkd_ext.sampling import DEFAULT_SAMPLER, MAX_STEPS as SAMPLING_MAX, SAMPLER_NAMES, Sampler
     from sdkd_ext.train import TrainConfig
 
@@ -100,12 +99,11 @@ def test_core_defaults_are_the_tables():
         assert (sampler.name, sampler.steps, sampler.guidance) == tuple(field(job, n).default for n in
                                                                          ("sampler", "steps", "guidance"))
     assert (DEFAULT_SAMPLER, tuple(SAMPLER_NAMES), SAMPLING_MAX) == (SAMPLERS[0], SAMPLERS, MAX_STEPS)
-    b = inspect.signature(bench).parameters
-    assert [b[n].default for n in ("size", "repeats", "t2i_repeats")] == [field("bench", n).default
-                                                                          for n in ("size", "repeats", "t2i_repeats")]
-    r = inspect.signature(rebase).parameters
-    assert (r["strength"].default, r["dtype"].default) == (field("rebase", "strength").default,
-                                                           field("rebase", "dtype").default)
+    b = BenchSpec()
+    assert [getattr(b, n) for n in ("size", "repeats", "t2i_repeats")] == [field("bench", n).default
+                                                                           for n in ("size", "repeats", "t2i_repeats")]
+    r = {f.name: f.default for f in dataclasses.fields(RebaseJob)}
+    assert (r["strength"], r["dtype"]) == (field("rebase", "strength").default, field("rebase", "dtype").default)
 
 
 def sections(gr, folder):
