@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
@@ -41,7 +40,7 @@ from sdkd_ext.lcm.objective import ConsistencySpec  # noqa: E402
 from sdkd_ext.lora.apply import apply_lora  # noqa: E402
 from sdkd_ext.lora.port import port_lora  # noqa: E402
 from sdkd_ext.lora.train import LoraSpec  # noqa: E402
-from sdkd_ext.metrics import psnr  # noqa: E402
+from sdkd_ext.metrics import mean_interval, psnr  # noqa: E402
 from sdkd_ext.pipeline import load_pipeline  # noqa: E402
 from sdkd_ext.sampling import Sampler, sample_latents  # noqa: E402
 from sdkd_ext.shapes import accuracy, caption, sample_specs, split_specs, write_folder  # noqa: E402
@@ -117,9 +116,9 @@ def build(out: Path, a: argparse.Namespace) -> dict[str, Path]:
 
 
 def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% interval (normal approximation)."""
-    m = statistics.fmean(values)
-    return m, (1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
+    """Mean and the half-width of its 95% interval (metrics.mean_interval; nan where that is undefined)."""
+    iv = mean_interval(values)
+    return (iv[0], (iv[2] - iv[1]) / 2) if iv else (statistics.fmean(values), float("nan"))
 
 
 def render(pipe, sampler: Sampler, prompts: list[str], seeds: list[int]) -> tuple[list, float, float]:

@@ -238,11 +238,6 @@ def node_input(job: str, name: str) -> tuple:
     return (list(f.choices) if f.choices else f.kind(), opts)
 
 
-def node_inputs(job: str, *names: str) -> dict[str, tuple]:
-    """Several fields' ComfyUI inputs by input name, in the order given."""
-    return {JOBS[job][n].node: node_input(job, n) for n in names}
-
-
 @dataclass(frozen=True)
 class Form:
     """One job's values as a front end gave them, by field name (frozen): built once at the edge from the widgets'
